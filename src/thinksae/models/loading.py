@@ -1,0 +1,147 @@
+"""Load a model and its tokenizer from a Hugging Face id, a local directory or a ``.gguf`` file."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from ..errors import ThinksaeError
+
+DEFAULT_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+OFFLINE_ALIAS = "offline"
+"""Model spec that names the Qwen2.5-Coder-1.5B GGUF assembled by `thinksae models fetch-offline`."""
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (avx512_bf16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ThinksaeError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ThinksaeError(f"device {device!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` → bfloat16 where the hardware computes it fast, else float32.
+
+    float16 on CPU and bfloat16 on a GPU without bf16 support are refused with a clear error.
+    """
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    if dtype not in _DTYPES:
+        raise ThinksaeError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
+    out = _DTYPES[dtype]
+    if device.type == "cpu" and out is torch.float16:
+        raise ThinksaeError("dtype float16 is not supported on CPU; use bfloat16 or float32")
+    if device.type == "cuda" and out is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ThinksaeError("dtype bfloat16 is not supported on this GPU; use float16 or float32")
+    return out
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` → ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a local path."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``$HF_ENDPOINT``) answers a TCP connection, quickly."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _is_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _pretrained_kwargs(spec: str) -> tuple[str, dict]:
+    """Where to load from and which extra kwargs (``gguf_file``, ``local_files_only``) to pass."""
+    from .offline import fetch_offline, is_gguf
+
+    if spec == OFFLINE_ALIAS:
+        spec = str(fetch_offline(progress=True))
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf" or not is_gguf(path):
+            raise ThinksaeError(f"{spec} is not a GGUF file (no GGUF magic); pass a .gguf or a dir")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ThinksaeError(f"{spec} is a directory without config.json: not a model directory")
+        return str(path), {"local_files_only": True}
+    if spec.endswith(".gguf") or _looks_like_path(spec):
+        raise ThinksaeError(f"model not found: {spec} (no such file or directory)")
+    if _is_cached(spec):
+        return spec, {"local_files_only": True}
+    if not hub_reachable():
+        raise ThinksaeError(
+            f"model {spec!r} is not in the local Hugging Face cache and the hub is unreachable; "
+            "pass a local directory or a .gguf file (`thinksae models fetch-offline` builds one)"
+        )
+    return spec, {}
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str = "auto",
+    tokenizer: str | None = None,
+):
+    """Load ``(model, tokenizer)`` from a hub id, a local directory, a ``.gguf`` file or ``offline``.
+
+    ``tokenizer`` optionally loads the tokenizer from another spec (e.g. a directory holding the
+    R1-Distill tokenizer). The model is put in eval mode; the tokenizer pads on the left (for
+    batched generation) and has a pad token. ``trust_remote_code`` stays off.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    source, kwargs = _pretrained_kwargs(spec)
+    tok_source, tok_kwargs = _pretrained_kwargs(tokenizer) if tokenizer else (source, kwargs)
+    try:
+        tok = AutoTokenizer.from_pretrained(tok_source, **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ThinksaeError(f"cannot load model {spec}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model.to(dev).eval()
+    return model, tok

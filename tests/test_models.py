@@ -1,0 +1,110 @@
+"""Model loading and hookpoint capture (tiny random Qwen2 + the real R1 tokenizer)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thinksae import ThinksaeError
+from thinksae.models import capture, load_model, resolve_dtype, resolve_hookpoint
+from thinksae.models.loading import _pretrained_kwargs
+
+
+def _ids(tokenizer, texts):
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return batch["input_ids"], batch["attention_mask"]
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_layer_capture_equals_output_hidden_states(tiny_model, tokenizer, layer):
+    ids, mask = _ids(tokenizer, ["Wait, so 3 + 4 = 7.", "<think>\nHmm</think> ok"])
+    with torch.no_grad():
+        ref = tiny_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    got = capture(tiny_model, f"layers.{layer}", ids, mask)[f"layers.{layer}"]
+    assert torch.equal(got, ref.hidden_states[layer + 1])
+
+
+def test_embed_and_submodule_hookpoints(tiny_model, tokenizer):
+    ids, mask = _ids(tokenizer, ["Let me check 12 * 3."])
+    got = capture(tiny_model, "embed_tokens,layers.1.mlp,layers.1.self_attn", ids, mask)
+    assert list(got) == ["embed_tokens", "layers.1.mlp", "layers.1.self_attn"]
+    assert torch.equal(got["embed_tokens"], tiny_model.model.embed_tokens(ids))
+    for t in got.values():
+        assert t.shape == (*ids.shape, 64)
+
+
+def test_capture_stops_after_deepest_hookpoint(tiny_model, tokenizer):
+    ids, mask = _ids(tokenizer, ["Therefore the answer is 5."])
+    ran: list[str] = []
+    handles = [
+        tiny_model.model.layers[i].register_forward_hook(lambda *a, i=i: ran.append(f"layer{i}"))
+        for i in range(4)
+    ]
+    handles.append(tiny_model.lm_head.register_forward_hook(lambda *a: ran.append("lm_head")))
+    handles.append(tiny_model.model.norm.register_forward_hook(lambda *a: ran.append("norm")))
+    try:
+        capture(tiny_model, ["layers.1", "layers.0.mlp"], ids, mask)
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == ["layer0", "layer1"]
+
+
+def test_hooks_removed_after_capture_and_after_errors(tiny_model, tokenizer):
+    ids, mask = _ids(tokenizer, ["Maybe."])
+    capture(tiny_model, "layers.2", ids, mask)
+    with pytest.raises(RuntimeError):  # float ids: the embedding lookup fails mid-forward
+        capture(tiny_model, "layers.2", ids.float(), mask)
+    assert all(not m._forward_hooks for m in tiny_model.modules())
+
+
+@pytest.mark.parametrize(
+    "name,match",
+    [("layers.4", "out of range"), ("layers.99.mlp", "out of range"), ("blocks.3", "unknown"),
+     ("layers.1.nope", "no such module"), ("", "no hookpoint")],
+)
+def test_bad_hookpoints(tiny_model, name, match):
+    with pytest.raises(ThinksaeError, match=match):
+        if name:
+            resolve_hookpoint(tiny_model, name)
+        else:
+            capture(tiny_model, name, torch.zeros(1, 1, dtype=torch.long))
+
+
+def test_load_model_from_directory(tiny_model_dir, tiny_model, tokenizer):
+    model, tok = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    assert tok.convert_tokens_to_ids("<think>") == 151648
+    assert tok.padding_side == "left" and tok.pad_token_id is not None
+    ids, mask = _ids(tokenizer, ["Hmm, 2 + 2."])
+    assert torch.equal(capture(model, "layers.1", ids, mask)["layers.1"],
+                       capture(tiny_model, "layers.1", ids, mask)["layers.1"])
+
+
+def test_load_model_bad_specs(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"not a gguf at all")
+    with pytest.raises(ThinksaeError, match="not a GGUF"):
+        load_model(str(fake), device="cpu")
+    with pytest.raises(ThinksaeError, match="not found"):
+        load_model(str(tmp_path / "missing.gguf"), device="cpu")
+    with pytest.raises(ThinksaeError, match="not found"):
+        load_model("./no/such/dir", device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ThinksaeError, match="without config.json"):
+        load_model(str(tmp_path / "empty"), device="cpu")
+
+
+def test_uncached_hub_id_offline_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ThinksaeError, match="hub is unreachable"):
+        _pretrained_kwargs("no-such-org/no-such-model-xyz")
+
+
+def test_dtype_rules():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("float32", cpu) is torch.float32
+    assert resolve_dtype("auto", cpu) in (torch.float32, torch.bfloat16)
+    with pytest.raises(ThinksaeError, match="not supported on CPU"):
+        resolve_dtype("float16", cpu)
+    with pytest.raises(ThinksaeError, match="unknown dtype"):
+        resolve_dtype("int8", cpu)
