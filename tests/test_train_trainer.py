@@ -21,7 +21,7 @@ def _cfg(tmp_path, **kw) -> TrainConfig:
 
 
 class Poisoned(SyntheticActivations):
-    """Synthetic data whose batch number ``at`` (0-based, first epoch) is multiplied by ``factor``."""
+    """Synthetic data whose batch ``at`` (0-based, first epoch) is multiplied by ``factor``."""
 
     def __init__(self, at: int, factor: float, **kw):
         super().__init__(**kw)
@@ -43,19 +43,20 @@ def _metrics(sae_dir):
 
 def test_training_learns_and_writes_sae_card_config_and_metrics(tmp_path):
     src = SyntheticActivations(d_in=32, num_tokens=2048, num_features=64, active=3)
-    sae_dir = train(_cfg(tmp_path, dead_feature_threshold=256), source=src)
+    sae_dir = train(_cfg(tmp_path, dead_feature_threshold=256, lr=1e-2, log_every=8, epochs=2),
+                    source=src)
     assert sae_dir == tmp_path / "run" / "synthetic"
     names = sorted(p.name for p in sae_dir.iterdir())
     assert names == ["cfg.json", "metrics.jsonl", "sae.safetensors", "thinksae.json",
                      "train_config.json"]
     rows = _metrics(sae_dir)
-    assert [r["step"] for r in rows] == [4, 8, 12, 16, 20, 24, 28, 32]
+    assert [r["step"] for r in rows] == list(range(8, 65, 8))
     assert rows[-1]["fvu"] < 0.5 * rows[0]["fvu"]
     assert all(0 < r["l0"] <= 4 for r in rows)
-    assert rows[0]["lr"] == pytest.approx(2e-4 / (128 / 2**14) ** 0.5)
+    assert rows[0]["lr"] == pytest.approx(1e-2)
     assert {"dead_pct", "auxk", "tokens_per_s", "tokens"} <= set(rows[0])
     card = json.loads((sae_dir / "thinksae.json").read_text())
-    assert card["training"]["steps"] == 32 and card["training"]["tokens_seen"] == 2048
+    assert card["training"]["steps"] == 64 and card["training"]["tokens_seen"] == 4096
     assert card["num_latents"] == 128 and card["k"] == 4 and card["d_in"] == 32
     assert card["data"]["hash"] == src.hash
     assert card["metrics"]["fvu"] == pytest.approx(rows[-1]["fvu"])
@@ -180,3 +181,12 @@ def test_normalize_inputs_makes_training_scale_free(tmp_path):
         out_a, out_b = a(small.data), b(big.data)
     torch.testing.assert_close(out_b.sae_out, 50.0 * out_a.sae_out, rtol=1e-3, atol=1e-2)
     assert out_a.fvu.item() < 0.6
+
+
+def test_logged_lr_is_the_lr_of_each_step(tmp_path):
+    src = SyntheticActivations(d_in=32, num_tokens=512)
+    sae_dir = train(_cfg(tmp_path, lr=1e-3, lr_warmup_steps=2, lr_decay="linear", log_every=1),
+                    source=src)
+    lrs = [r["lr"] for r in _metrics(sae_dir)]
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3 * 5 / 6, 1e-3 * 4 / 6, 1e-3 * 3 / 6,
+                                 1e-3 * 2 / 6, 1e-3 * 1 / 6])

@@ -59,7 +59,7 @@ def memmap_shard(path: Path) -> dict[str, np.ndarray]:
 
 def to_torch(array: np.ndarray, dtype_name: str) -> torch.Tensor:
     """A numpy array from :func:`memmap_shard` (fancy-indexed copy) as a torch tensor."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = torch.from_numpy(np.array(array))  # a writable copy
     if dtype_name == "bfloat16":
         tensor = tensor.view(torch.bfloat16)
     return tensor

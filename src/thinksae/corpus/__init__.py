@@ -1,0 +1,183 @@
+"""Corpus: reasoning traces (generate or import), region segmentation and behaviour tagging."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import save_config, to_dict
+from ..errors import ThinksaeError
+from ..models.loading import DEFAULT_MODEL
+from .generate import THINK_SYSTEM_PROMPT, build_prompt, generate_traces, question_id
+from .problems import (
+    Problem,
+    answers_match,
+    builtin_problems,
+    extract_numeric_answer,
+    load_prompts,
+    safe_arithmetic,
+)
+from .segment import (
+    BEHAVIOUR_VOCAB,
+    Region,
+    TokenizedTrace,
+    behaviour_names,
+    control_token_ids,
+    find_behaviours,
+    tokenize_trace,
+)
+from .traces import (
+    Trace,
+    append_trace,
+    iter_traces,
+    load_traces,
+    read_traces,
+    traces_from_records,
+    write_traces,
+)
+
+
+@dataclass
+class CorpusConfig:
+    """Options of `thinksae corpus`: generate reasoning traces, or import existing ones."""
+
+    model: str = DEFAULT_MODEL
+    """Model (hub id, local dir, .gguf or `offline`) that generates; its tokenizer templates."""
+    prompts: str = "builtin"
+    """Questions: `builtin` (math word problems), `gsm8k[:split]`, or a JSONL/text file."""
+    traces: str | None = None
+    """Import these traces instead of generating: a JSONL file, datasets dir or hub dataset id."""
+    split: str = "train"
+    """Split of the dataset named by --traces."""
+    out: str = "runs/corpus/traces.jsonl"
+    """Where to write the traces (JSONL); the config goes to `<out>.config.json`."""
+    limit: int | None = None
+    """Use only the first N questions (or imported traces)."""
+    batch_size: int = 8
+    """Questions generated together (left-padded)."""
+    max_new_tokens: int = 512
+    """Most tokens generated per question (thinking + answer)."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding."""
+    temperature: float = 0.6
+    """Sampling temperature (with --do_sample)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass (with --do_sample)."""
+    seed: int = 0
+    """Random seed for sampling."""
+    system_prompt: str | None = None
+    """System prompt, e.g. asking a non-reasoning model to think inside <think> </think> tags."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    dtype: str = "auto"
+    """Model dtype: auto, float32, bfloat16 or float16."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+_RECIPE = ("model", "prompts", "traces", "split", "max_new_tokens", "do_sample", "temperature",
+           "top_p", "seed", "system_prompt")
+"""Fields that change what the traces in `out` are; a resumed run must keep them."""
+
+
+def config_path(out: str | Path) -> Path:
+    """Where the config of a corpus written to ``out`` is saved."""
+    out = Path(out)
+    return out.with_name(out.name + ".config.json")
+
+
+def _check_resumable(cfg: CorpusConfig) -> None:
+    path = config_path(cfg.out)
+    if not (Path(cfg.out).exists() and path.exists()):
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    new = to_dict(cfg)
+    changed = [k for k in _RECIPE if k in old and old[k] != new[k]]
+    if changed:
+        raise ThinksaeError(
+            f"{cfg.out} holds traces made with other {', '.join(changed)} "
+            f"({', '.join(f'{old[k]!r}' for k in changed)}); use another --out or the same settings"
+        )
+
+
+def _load_tokenizer(spec: str):
+    """Only the tokenizer of a model spec (importing traces needs no weights)."""
+    from transformers import AutoTokenizer
+
+    from ..models.loading import _pretrained_kwargs
+
+    source, kwargs = _pretrained_kwargs(spec)
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ThinksaeError(f"cannot load the tokenizer of {spec}: {reason}") from None
+
+
+def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
+    """Generate traces for ``cfg.prompts`` with ``cfg.model`` (resuming into ``cfg.out``) or
+    import ``cfg.traces``; writes ``cfg.out`` and ``<out>.config.json``, returns ``cfg.out``."""
+    out = Path(cfg.out)
+    if cfg.traces:
+        try:
+            traces = load_traces(cfg.traces, tokenizer, split=cfg.split, limit=cfg.limit)
+        except ThinksaeError as e:
+            if tokenizer is not None or "chat template" not in str(e):
+                raise
+            tokenizer = _load_tokenizer(cfg.model)  # the records need templating after all
+            traces = load_traces(cfg.traces, tokenizer, split=cfg.split, limit=cfg.limit)
+        if not traces:
+            raise ThinksaeError(f"{cfg.traces} holds no traces")
+        write_traces(traces, out)
+        save_config(cfg, config_path(out))
+        return out
+
+    _check_resumable(cfg)
+    problems = load_prompts(cfg.prompts, cfg.limit)
+    if model is None or tokenizer is None:
+        from ..models import load_model
+
+        model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    save_config(cfg, config_path(out))
+    generate_traces(
+        model, tokenizer, problems, out,
+        batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+        temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+        system_prompt=cfg.system_prompt, progress=cfg.progress,
+    )
+    return out
+
+
+__all__ = [
+    "BEHAVIOUR_VOCAB",
+    "THINK_SYSTEM_PROMPT",
+    "CorpusConfig",
+    "Problem",
+    "Region",
+    "TokenizedTrace",
+    "Trace",
+    "answers_match",
+    "append_trace",
+    "behaviour_names",
+    "build_corpus",
+    "build_prompt",
+    "builtin_problems",
+    "config_path",
+    "control_token_ids",
+    "extract_numeric_answer",
+    "find_behaviours",
+    "generate_traces",
+    "iter_traces",
+    "load_prompts",
+    "load_traces",
+    "question_id",
+    "read_traces",
+    "safe_arithmetic",
+    "tokenize_trace",
+    "traces_from_records",
+    "write_traces",
+]

@@ -1,0 +1,210 @@
+"""Generate reasoning traces with a model, appending each to JSONL as it is made (resumable)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ThinksaeError
+from .problems import Problem, extract_numeric_answer
+from .traces import Trace, append_trace, iter_traces, render_chat
+
+THINK_SYSTEM_PROMPT = (
+    "Think step by step inside <think> </think> tags, then give the final answer."
+)
+"""A system prompt that makes a non-reasoning chat model write a thinking section."""
+
+
+def question_id(question: str) -> str:
+    """A stable id for a question given without one: a short hash of its text."""
+    return "q-" + hashlib.sha256(question.encode("utf-8")).hexdigest()[:12]
+
+
+def _as_problem(item: Problem | str | dict) -> Problem:
+    if isinstance(item, Problem):
+        return item
+    if isinstance(item, str):
+        return Problem(question_id(item), item)
+    if isinstance(item, dict) and isinstance(item.get("question"), str):
+        answer = item.get("answer")
+        if isinstance(answer, str):
+            answer = extract_numeric_answer(answer)
+        return Problem(str(item.get("id") or question_id(item["question"])), item["question"],
+                       None if answer is None else float(answer))
+    raise ThinksaeError(f"cannot use {type(item).__name__} as a question")
+
+
+def build_prompt(tokenizer, question: str, system_prompt: str | None = None) -> str:
+    """The chat-templated prompt for ``question``; a system prompt the template rejects (or
+    silently drops) is folded into the user message instead."""
+    user = {"role": "user", "content": question}
+    if not system_prompt:
+        return render_chat(tokenizer, [user])
+    try:
+        text = render_chat(tokenizer, [{"role": "system", "content": system_prompt}, user])
+    except ThinksaeError:
+        text = None
+    if text is None or system_prompt not in text:
+        folded = {"role": "user", "content": f"{system_prompt}\n\n{question}"}
+        text = render_chat(tokenizer, [folded])
+    return text
+
+
+def _done_ids(out_path: Path) -> dict[str, Trace]:
+    """Traces already in ``out_path`` by id. An unterminated last line is a write cut short by
+    a crash: it is cut off (or, if it is whole JSON, ended) so that new lines start clean."""
+    if not out_path.exists():
+        return {}
+    data = out_path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[cut:])
+        except ValueError:
+            with open(out_path, "r+b") as f:
+                f.truncate(cut)
+                os.fsync(f.fileno())
+        else:
+            with open(out_path, "ab") as f:
+                f.write(b"\n")
+                os.fsync(f.fileno())
+    return {t.id: t for t in iter_traces(out_path)}
+
+
+def _stop_ids(model, tokenizer) -> list[int]:
+    """EOS ids of the tokenizer and the model's generation config, and the pad id."""
+    ids = set()
+    eos = (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None))
+    for source in eos:
+        if isinstance(source, int):
+            ids.add(source)
+        elif source is not None:
+            ids.update(int(i) for i in source)
+    if not ids:
+        raise ThinksaeError("the tokenizer has no end-of-sequence token: cannot stop generation")
+    if tokenizer.pad_token_id is not None:
+        ids.add(int(tokenizer.pad_token_id))
+    return sorted(ids)
+
+
+def _trim(new_ids: list[int], stop: set[int], pad_id: int | None) -> tuple[list[int], bool]:
+    """Generated ids up to (not including) the first stop token; whether it stopped."""
+    for i, t in enumerate(new_ids):
+        if t in stop:
+            return new_ids[:i], True
+    while new_ids and new_ids[-1] == pad_id:
+        new_ids = new_ids[:-1]
+    return new_ids, False
+
+
+def _batch_seed(seed: int, ids: Sequence[str]) -> int:
+    """A seed per batch that depends only on the run seed and the batch's questions, so a
+    resumed run samples the remaining batches like an uninterrupted one would."""
+    blob = f"{seed}\0" + "\0".join(ids)
+    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "little") % (2**63)
+
+
+def _left_pad(tokenizer, prompts: list[str], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of the prompts (no added special tokens: the template has them), left-padded."""
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.as_tensor(r)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def generate_traces(
+    model,
+    tokenizer,
+    questions: Sequence[Problem | str | dict],
+    out_path: str | os.PathLike,
+    batch_size: int = 8,
+    max_new_tokens: int = 512,
+    do_sample: bool = False,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    seed: int = 0,
+    system_prompt: str | None = None,
+    progress: bool = True,
+) -> list[Trace]:
+    """Generate one trace per question and append each to ``out_path`` as soon as it is made.
+
+    Questions whose id is already in ``out_path`` are skipped (resume). Prompts are
+    chat-templated (with ``system_prompt`` if given), batched with left padding and generated
+    until EOS (or a pad token) or ``max_new_tokens``; the completion is decoded with special
+    tokens kept and the trailing EOS/padding removed. Knobs not given here (top_k, repetition
+    penalty, ...) are the model's generation-config defaults. Sampling is seeded per batch from
+    ``seed`` and the batch's question ids, so a resumed run samples like an uninterrupted one.
+    Returns the traces of all ``questions``, in order.
+    """
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ThinksaeError("batch_size and max_new_tokens must be at least 1")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    problems = list({p.id: p for p in map(_as_problem, questions)}.values())
+    done = _done_ids(out_path)
+    todo = [p for p in problems if p.id not in done]
+
+    stop = _stop_ids(model, tokenizer)
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None),
+                  stop[0])
+    device = next(model.parameters()).device
+    sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "") or "unknown"
+    settings = {"model": name, "do_sample": do_sample, "max_new_tokens": max_new_tokens,
+                "seed": seed, **sampling}
+    if system_prompt:
+        settings["system_prompt"] = system_prompt
+
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="generate",
+               unit="trace", disable=not progress)
+    try:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            prompts = [build_prompt(tokenizer, p.question, system_prompt) for p in batch]
+            input_ids, attention_mask = _left_pad(tokenizer, prompts, pad_id)
+            torch.manual_seed(_batch_seed(seed, [p.id for p in batch]))
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                eos_token_id=stop,
+                pad_token_id=pad_id,
+                **sampling,
+            )
+            width = input_ids.shape[1]
+            for row, (problem, prompt) in enumerate(zip(batch, prompts, strict=True)):
+                new_ids, finished = _trim(out[row, width:].tolist(), set(stop), pad_id)
+                completion = tokenizer.decode(new_ids, skip_special_tokens=False,
+                                              clean_up_tokenization_spaces=False)
+                answer = problem.answer
+                trace = Trace(
+                    id=problem.id, prompt=prompt, completion=completion,
+                    question=problem.question,
+                    reference_answer=None if answer is None else _format_number(answer),
+                    meta={**settings, "finished": finished, "num_new_tokens": len(new_ids)},
+                )
+                append_trace(out_path, trace)
+                done[trace.id] = trace
+                bar.update(1)
+    finally:
+        bar.close()
+    return [done[p.id] for p in problems]
+
+
+def _format_number(x: float) -> str:
+    """``12.0`` → ``"12"``, ``2.5`` → ``"2.5"``."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))

@@ -1,0 +1,85 @@
+"""`build_corpus`: generate (resumable, settings checked) or import, config saved beside."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers_corpus import r1_tokenizer, tiny_qwen2  # noqa: F401  (fixtures)
+
+from thinksae.corpus import CorpusConfig, Trace, build_corpus, read_traces, write_traces
+from thinksae.errors import ThinksaeError
+
+
+@pytest.fixture(scope="module")
+def model(r1_tokenizer):  # noqa: F811
+    return tiny_qwen2(len(r1_tokenizer))
+
+
+def test_generate_resume_and_settings_check(tmp_path, model, r1_tokenizer, monkeypatch):  # noqa: F811
+    out = tmp_path / "c" / "traces.jsonl"
+    cfg = CorpusConfig(out=str(out), limit=3, max_new_tokens=4, batch_size=2, progress=False)
+    assert build_corpus(cfg, model, r1_tokenizer) == out
+    traces = read_traces(out)
+    assert len(traces) == 3 and all(t.reference_answer for t in traces)
+    saved = json.loads((tmp_path / "c" / "traces.jsonl.config.json").read_text())
+    assert saved["limit"] == 3 and saved["prompts"] == "builtin"
+
+    def no_generate(**kw):
+        raise AssertionError("nothing should be generated again")
+
+    monkeypatch.setattr(model, "generate", no_generate)
+    build_corpus(cfg, model, r1_tokenizer)
+    assert read_traces(out) == traces
+    monkeypatch.undo()
+
+    cfg.limit = 4  # a larger limit extends the corpus
+    build_corpus(cfg, model, r1_tokenizer)
+    assert read_traces(out)[:3] == traces and len(read_traces(out)) == 4
+
+    cfg.seed = 1
+    with pytest.raises(ThinksaeError, match="other seed"):
+        build_corpus(cfg, model, r1_tokenizer)
+
+
+def test_model_loaded_lazily(tmp_path, model, r1_tokenizer, monkeypatch):  # noqa: F811
+    import thinksae.models as models
+
+    calls = []
+
+    def fake_load_model(spec, device="auto", dtype="auto"):
+        calls.append((spec, device, dtype))
+        return model, r1_tokenizer
+
+    monkeypatch.setattr(models, "load_model", fake_load_model)
+    cfg = CorpusConfig(model="some/model", out=str(tmp_path / "t.jsonl"), limit=1,
+                       max_new_tokens=2, device="cpu", dtype="float32", progress=False)
+    build_corpus(cfg)
+    assert calls == [("some/model", "cpu", "float32")]
+    assert len(read_traces(tmp_path / "t.jsonl")) == 1
+
+
+def test_import_traces(tmp_path, r1_tokenizer):  # noqa: F811
+    src = tmp_path / "in.jsonl"
+    write_traces([Trace(f"t{i}", "p", "<think>\nx\n</think>\n\ny") for i in range(3)], src)
+    out = tmp_path / "out.jsonl"
+    cfg = CorpusConfig(traces=str(src), out=str(out), limit=2)
+    assert build_corpus(cfg) == out  # no tokenizer needed: prompts are already templated
+    assert [t.id for t in read_traces(out)] == ["t0", "t1"]
+    assert json.loads((tmp_path / "out.jsonl.config.json").read_text())["traces"] == str(src)
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "Q?", "thinking": "hm", "answer": "1"}) + "\n")
+    build_corpus(CorpusConfig(traces=str(qa), out=str(out)), tokenizer=r1_tokenizer)
+    (t,) = read_traces(out)
+    assert t.full_text.endswith("<｜User｜>Q?<｜Assistant｜><think>\nhm\n</think>\n\n1")
+
+
+def test_cli_options():
+    from thinksae.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["corpus", "--limit", "5", "--do_sample", "true", "--system_prompt", "Think."])
+    assert isinstance(args.cfg, CorpusConfig)
+    assert (args.cfg.limit, args.cfg.do_sample, args.cfg.system_prompt) == (5, True, "Think.")
+    assert args.cfg.traces is None and args.cfg.prompts == "builtin"
