@@ -1,0 +1,23 @@
+"""The SAE's architecture options, saved as sparsify's ``cfg.json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SaeConfig:
+    """Shape of a TopK sparse autoencoder (the fields of sparsify's cfg.json that we train)."""
+
+    expansion_factor: int = 32
+    """Latents per input dimension (num_latents = d_in x expansion_factor unless --num_latents)."""
+    num_latents: int = 0
+    """Number of latents; 0 means d_in x expansion_factor."""
+    k: int = 32
+    """Active latents per token (the k of TopK)."""
+    normalize_decoder: bool = True
+    """Keep decoder rows at unit norm (and remove the gradient parallel to them each step)."""
+
+    def latents_for(self, d_in: int) -> int:
+        """The number of latents an SAE of this config has on inputs of width ``d_in``."""
+        return self.num_latents or d_in * self.expansion_factor

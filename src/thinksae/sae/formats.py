@@ -1,0 +1,253 @@
+"""SAE files: sparsify layout (native), SAELens import/export, and the report card.
+
+sparsify layout — one directory per hookpoint:
+  cfg.json          {"activation": "topk", "expansion_factor", "normalize_decoder", "num_latents",
+                     "k", "multi_topk", "skip_connection", "transcode", "d_in"}
+  sae.safetensors   encoder.weight [n, d], encoder.bias [n], W_dec [n, d], b_dec [d]
+SAELens (v6) TopK — cfg.json {"architecture": "topk", "d_in", "d_sae", "k", …} and
+  sae_weights.safetensors with W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d].
+thinksae.json (report card) sits beside cfg.json: hyperparameters, data, metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .. import atomic
+from ..errors import ThinksaeError
+from .config import SaeConfig
+from .topk_sae import Sae
+
+SPARSIFY_CFG, SPARSIFY_WEIGHTS = "cfg.json", "sae.safetensors"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+REPORT_CARD = "thinksae.json"
+
+# Keys sparsify has written over its versions ("signed" in old files); anything else is refused.
+_SPARSIFY_KEYS = {"activation", "expansion_factor", "normalize_decoder", "num_latents", "k",
+                  "multi_topk", "skip_connection", "transcode", "d_in", "signed"}
+_SAELENS_KEYS = {"architecture", "d_in", "d_sae", "k", "dtype", "device", "apply_b_dec_to_input",
+                 "normalize_activations", "reshape_activations", "rescale_acts_by_decoder_norm",
+                 "metadata", "use_sparse_activations"}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ThinksaeError(f"no {path.name} in {path.parent}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ThinksaeError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ThinksaeError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _check_keys(path: Path, data: dict, known: set[str], required: tuple[str, ...]) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ThinksaeError(f"{path}: unknown keys {unknown}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ThinksaeError(f"{path}: missing keys {missing}")
+
+
+def _read_tensors(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """Exactly the ``expected`` tensors with their shapes, or a one-line error."""
+    if not path.is_file():
+        raise ThinksaeError(f"no {path.name} in {path.parent}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            names = set(f.keys())
+            if names != set(expected):
+                raise ThinksaeError(
+                    f"{path} holds tensors {sorted(names)}, expected {sorted(expected)}")
+            tensors = {name: f.get_tensor(name) for name in expected}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise ThinksaeError(f"cannot read {path} (truncated or corrupt safetensors?): {e}") from None
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ThinksaeError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, "
+                                f"expected {shape} from cfg.json")
+        if not bool(torch.isfinite(tensors[name].float()).all()):
+            raise ThinksaeError(f"{path}: {name} holds NaN or inf")
+    return tensors
+
+
+def _int(path: Path, key: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ThinksaeError(f"{path}: {key} must be an integer >= {minimum} (got {value!r})")
+    return value
+
+
+def _build(d_in: int, cfg: SaeConfig, tensors: dict[str, Tensor], device, dtype) -> Sae:
+    dtype = dtype or tensors["encoder.weight"].dtype
+    with torch.device("meta"):
+        sae = Sae(d_in, cfg, dtype=dtype)
+    sae.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, assign=True)
+    return sae.to(device)
+
+
+# ---------------------------------------------------------------------- sparsify (native)
+
+def load_sparsify(path: str | Path, device: str | torch.device = "cpu",
+                  dtype: torch.dtype | None = None) -> Sae:
+    """An SAE from a sparsify-layout directory; dtype defaults to that of the file."""
+    path = Path(path)
+    cfg_path = path / SPARSIFY_CFG
+    data = _read_json(cfg_path)
+    _check_keys(cfg_path, data, _SPARSIFY_KEYS, ("d_in", "k"))
+    if data.get("activation", "topk") != "topk":
+        raise ThinksaeError(f"{cfg_path}: activation {data['activation']!r} is not supported "
+                            "(only topk)")
+    for flag in ("skip_connection", "transcode"):
+        if data.get(flag):
+            raise ThinksaeError(f"{cfg_path}: {flag} SAEs are not supported")
+    d_in, k = _int(cfg_path, "d_in", data["d_in"]), _int(cfg_path, "k", data["k"])
+    cfg = SaeConfig(expansion_factor=_int(cfg_path, "expansion_factor",
+                                          data.get("expansion_factor", 32)),
+                    num_latents=_int(cfg_path, "num_latents", data.get("num_latents", 0), 0),
+                    k=k, normalize_decoder=bool(data.get("normalize_decoder", True)))
+    n = cfg.latents_for(d_in)
+    if k > n:
+        raise ThinksaeError(f"{cfg_path}: k = {k} is more than the {n} latents")
+    tensors = _read_tensors(path / SPARSIFY_WEIGHTS, {
+        "encoder.weight": (n, d_in), "encoder.bias": (n,), "W_dec": (n, d_in), "b_dec": (d_in,)})
+    return _build(d_in, cfg, tensors, device, dtype)
+
+
+def sparsify_cfg(sae: Sae) -> dict[str, Any]:
+    """cfg.json as sparsify writes it."""
+    return {"activation": "topk", "expansion_factor": sae.cfg.expansion_factor,
+            "normalize_decoder": sae.cfg.normalize_decoder, "num_latents": sae.num_latents,
+            "k": sae.cfg.k, "multi_topk": False, "skip_connection": False, "transcode": False,
+            "d_in": sae.d_in}
+
+
+def save_sparsify(sae: Sae, path: str | Path) -> None:
+    """Write cfg.json and sae.safetensors into ``path`` (each file atomically)."""
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
+    with atomic.atomic_path(path / SPARSIFY_WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    atomic.write_json(path / SPARSIFY_CFG, sparsify_cfg(sae))
+
+
+# ---------------------------------------------------------------------- SAELens
+
+def load_saelens(path: str | Path, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> Sae:
+    """An SAE from a SAELens TopK directory, converted to our (sparsify) parametrisation.
+
+    ``apply_b_dec_to_input = false`` is folded into the encoder bias (b_enc + W_enc b_dec), and
+    ``rescale_acts_by_decoder_norm`` into the weights (encoder rows times, decoder rows over,
+    the decoder norms), so encodes and decodes are unchanged.
+    """
+    path = Path(path)
+    cfg_path = path / SPARSIFY_CFG
+    data = _read_json(cfg_path)
+    _check_keys(cfg_path, data, _SAELENS_KEYS, ("architecture", "d_in", "d_sae", "k"))
+    if data["architecture"] != "topk":
+        raise ThinksaeError(f"{cfg_path}: architecture {data['architecture']!r} is not supported "
+                            "(only topk)")
+    for key, ok in (("normalize_activations", "none"), ("reshape_activations", "none")):
+        if data.get(key, ok) != ok:
+            raise ThinksaeError(f"{cfg_path}: {key} = {data[key]!r} is not supported (only 'none')")
+    d_in, n, k = (_int(cfg_path, key, data[key]) for key in ("d_in", "d_sae", "k"))
+    if k > n:
+        raise ThinksaeError(f"{cfg_path}: k = {k} is more than the {n} latents")
+    t = _read_tensors(path / SAELENS_WEIGHTS, {
+        "W_enc": (d_in, n), "b_enc": (n,), "W_dec": (n, d_in), "b_dec": (d_in,)})
+    w_enc, b_enc, w_dec = t["W_enc"].T.float(), t["b_enc"].float(), t["W_dec"].float()
+    if not data.get("apply_b_dec_to_input", True):
+        b_enc = b_enc + w_enc @ t["b_dec"].float()
+    if data.get("rescale_acts_by_decoder_norm", False):
+        norms = w_dec.norm(dim=1)
+        w_enc, b_enc, w_dec = w_enc * norms[:, None], b_enc * norms, w_dec / norms[:, None]
+    unit = bool(torch.allclose(w_dec.norm(dim=1), torch.ones(n), atol=1e-3))
+    cfg = SaeConfig(expansion_factor=max(n // d_in, 1), num_latents=n, k=k, normalize_decoder=unit)
+    tensors = {"encoder.weight": w_enc.contiguous(), "encoder.bias": b_enc, "W_dec": w_dec,
+               "b_dec": t["b_dec"].float()}
+    return _build(d_in, cfg, tensors, device, dtype or t["W_enc"].dtype)
+
+
+def save_saelens(sae: Sae, path: str | Path, hook_name: str = "", model_name: str = "") -> None:
+    """Write ``sae`` as a SAELens TopK SAE (cfg.json + sae_weights.safetensors)."""
+    path = Path(path)
+    state = {"W_enc": sae.encoder.weight.detach().T.contiguous().cpu(),
+             "b_enc": sae.encoder.bias.detach().cpu(), "W_dec": sae.W_dec.detach().cpu(),
+             "b_dec": sae.b_dec.detach().cpu()}
+    cfg = {"architecture": "topk", "d_in": sae.d_in, "d_sae": sae.num_latents, "k": sae.cfg.k,
+           "dtype": str(sae.dtype).removeprefix("torch."), "device": "cpu",
+           "apply_b_dec_to_input": True, "normalize_activations": "none",
+           "reshape_activations": "none", "rescale_acts_by_decoder_norm": False,
+           "metadata": {"model_name": model_name, "hook_name": hook_name,
+                        "sae_lens_training_version": None}}
+    with atomic.atomic_path(path / SAELENS_WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    atomic.write_json(path / SPARSIFY_CFG, cfg)
+
+
+# ---------------------------------------------------------------------- any format
+
+def detect_format(path: Path) -> str | None:
+    """``sparsify`` or ``saelens`` for an SAE directory, None if it holds neither."""
+    if not (path / SPARSIFY_CFG).is_file():
+        return None
+    if (path / SPARSIFY_WEIGHTS).is_file():
+        return "sparsify"
+    if (path / SAELENS_WEIGHTS).is_file():
+        return "saelens"
+    return None
+
+
+def resolve_sae_dir(path: str | Path, hookpoint: str | None = None) -> Path:
+    """The SAE directory meant by ``path``: itself, ``path/hookpoint``, or its only SAE child."""
+    path = Path(path)
+    if hookpoint and detect_format(path / hookpoint):
+        return path / hookpoint
+    if detect_format(path):
+        return path
+    if not path.is_dir():
+        raise ThinksaeError(f"no SAE at {path}")
+    children = sorted(p for p in path.iterdir() if p.is_dir() and detect_format(p))
+    if len(children) == 1 and not hookpoint:
+        return children[0]
+    names = ", ".join(p.name for p in children) or "none"
+    want = f" for hookpoint {hookpoint}" if hookpoint else ""
+    raise ThinksaeError(f"no single SAE directory{want} in {path} (SAE directories: {names})")
+
+
+def load_sae(path: str | Path, hookpoint: str | None = None, device: str | torch.device = "cpu",
+             dtype: torch.dtype | None = None) -> Sae:
+    """Load an SAE in sparsify or SAELens layout (a run directory + ``hookpoint`` works too)."""
+    sae_dir = resolve_sae_dir(path, hookpoint)
+    if detect_format(sae_dir) == "saelens":
+        return load_saelens(sae_dir, device, dtype)
+    return load_sparsify(sae_dir, device, dtype)
+
+
+# ---------------------------------------------------------------------- report card
+
+def read_report_card(sae_dir: str | Path) -> dict[str, Any]:
+    """thinksae.json beside an SAE ({} when there is none, e.g. an SAE from elsewhere)."""
+    path = Path(sae_dir) / REPORT_CARD
+    return _read_json(path) if path.exists() else {}
+
+
+def write_report_card(sae_dir: str | Path, card: dict[str, Any]) -> None:
+    """Write thinksae.json atomically."""
+    atomic.write_json(Path(sae_dir) / REPORT_CARD, card)
+
+
+def update_report_card(sae_dir: str | Path, section: str, values: dict[str, Any]) -> None:
+    """Replace one top-level section of the report card (e.g. ``eval``), keeping the rest."""
+    card = read_report_card(sae_dir)
+    card[section] = values
+    write_report_card(sae_dir, card)

@@ -1,0 +1,186 @@
+"""Options of `thinksae train`: one dataclass whose field docstrings are the CLI help."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from ..config import to_dict
+from ..errors import ThinksaeError
+from ..sae import SaeConfig
+
+LR_DECAYS = ("none", "linear", "cosine")
+B_DEC_INITS = ("mean", "geometric_median")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+# Fields that say how to run or report, not what is trained: a checkpoint made with other values
+# of these is still continued.
+PROGRESS_FIELDS = ("out", "device", "log_every", "save_every", "wandb", "tensorboard", "resume",
+                   "progress")
+
+
+@dataclass
+class TrainConfig:
+    """Options of `thinksae train`."""
+
+    store: str | None = None
+    """Activation store directory of one hookpoint (from `thinksae harvest`). Or give --model,
+    --corpus and --hookpoint to capture activations on the fly, without a store."""
+    model: str | None = None
+    """On the fly: model (Hugging Face id, local directory, .gguf file or `offline`)."""
+    corpus: str | None = None
+    """On the fly: trace corpus (JSONL written by `thinksae corpus`)."""
+    hookpoint: str | None = None
+    """Hookpoint to train on (e.g. layers.10). With --store it defaults to the store's."""
+    out: str = "runs/sae"
+    """Run directory; the SAE is saved in {out}/{hookpoint}/ (sparsify layout + thinksae.json)."""
+    sae: SaeConfig = field(default_factory=SaeConfig)
+    """SAE architecture: expansion factor or number of latents, k, decoder normalisation."""
+    batch_size: int = 4096
+    """Tokens per optimiser step (the global batch, split across ranks under torchrun)."""
+    lr: float | None = None
+    """Adam learning rate; default 2e-4 / sqrt(num_latents / 2**14) (1e-4 at 65536 latents)."""
+    lr_warmup_steps: int = 1000
+    """Steps of linear learning-rate warmup from 0."""
+    lr_decay: str = "none"
+    """Learning-rate decay to 0 over the steps after warmup: none, linear or cosine."""
+    auxk_alpha: float = 1 / 32
+    """Weight of the AuxK loss that revives dead latents (0 turns it off)."""
+    aux_k: int | None = None
+    """Dead latents the AuxK loss reconstructs the residual with (default d_in // 2)."""
+    dead_feature_threshold: int = 10_000_000
+    """A latent that has not fired for this many tokens counts as dead."""
+    normalize_inputs: bool = False
+    """Multiply activations by one constant so that E||x||^2 = d_in (estimated on the first
+    batch) while training, so hyperparameters carry across models. The saved SAE has the constant
+    folded into its weights and works on raw activations."""
+    b_dec_init: str = "mean"
+    """Initialise the decoder bias from the first batch: mean or geometric_median."""
+    max_tokens: int | None = None
+    """Stop after this many training tokens (default: all of the data, --epochs times)."""
+    epochs: int = 1
+    """Passes over the data (each pass reshuffled)."""
+    seed: int = 0
+    """Seed for the SAE's initialisation and the data order."""
+    dtype: str = "auto"
+    """SAE compute dtype: auto (bfloat16 on CUDA and on CPUs with avx512_bf16), float32 or
+    bfloat16. Weights and optimiser state stay float32."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto. Under torchrun each rank uses cuda:LOCAL_RANK."""
+    log_every: int = 50
+    """Log FVU, L0, dead fraction, AuxK, lr and tokens/s every N steps (console and
+    metrics.jsonl)."""
+    save_every: int = 1000
+    """Write a resumable checkpoint every N steps."""
+    wandb: bool = False
+    """Also log to Weights & Biases (only if wandb is installed)."""
+    tensorboard: bool = False
+    """Also log to TensorBoard (only if tensorboard is installed)."""
+    resume: bool = True
+    """Continue from the checkpoint in the output directory when its config matches; with
+    --noresume start afresh and overwrite."""
+    progress: bool = True
+    """Show a progress bar."""
+    regions: str | None = None
+    """Store only: train on tokens of these regions (comma-separated, e.g. think,answer)."""
+    model_dtype: str = "auto"
+    """On the fly: dtype of the model forward (auto, float32, bfloat16)."""
+    max_length: int = 2048
+    """On the fly: tokens kept per trace."""
+    model_batch_size: int = 8
+    """On the fly: traces per model forward."""
+    shuffle_tokens: int = 65536
+    """On the fly: tokens shuffled together (rounded up to whole batches); more mixes better
+    but takes shuffle_tokens x d_in x 4 bytes of memory."""
+
+
+def default_lr(num_latents: int) -> float:
+    """sparsify's width rule: 2e-4 at 16384 latents, scaled by 1 / sqrt(width)."""
+    return 2e-4 / math.sqrt(num_latents / 2**14)
+
+
+def check_config(cfg: TrainConfig, world_size: int = 1, need_data: bool = True) -> None:
+    """Refuse bad options with a one-line ThinksaeError before anything is read or written.
+
+    ``need_data=False`` when the caller passes the activations itself (no store or model needed).
+    """
+    on_the_fly = [cfg.model, cfg.corpus]
+    if need_data and cfg.store is None and not all(on_the_fly):
+        raise ThinksaeError(
+            "give --store, or --model, --corpus and --hookpoint to train on the fly"
+        )
+    if cfg.store is not None and any(on_the_fly):
+        raise ThinksaeError("give either --store or --model/--corpus, not both")
+    if need_data and cfg.store is None and not cfg.hookpoint:
+        raise ThinksaeError("training on the fly needs --hookpoint (e.g. layers.10)")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise ThinksaeError(f"learning rate must be > 0 (got {cfg.lr})")
+    if cfg.lr_decay not in LR_DECAYS:
+        raise ThinksaeError(f"unknown lr_decay {cfg.lr_decay!r} (use {', '.join(LR_DECAYS)})")
+    if cfg.b_dec_init not in B_DEC_INITS:
+        raise ThinksaeError(f"unknown b_dec_init {cfg.b_dec_init!r} (use {', '.join(B_DEC_INITS)})")
+    if cfg.dtype not in COMPUTE_DTYPES:
+        raise ThinksaeError(f"unknown dtype {cfg.dtype!r} (use {', '.join(COMPUTE_DTYPES)})")
+    for name in ("batch_size", "epochs", "log_every", "save_every", "max_length",
+                 "model_batch_size", "shuffle_tokens"):
+        if getattr(cfg, name) < 1:
+            raise ThinksaeError(f"{name} must be >= 1 (got {getattr(cfg, name)})")
+    for name in ("lr_warmup_steps", "dead_feature_threshold"):
+        if getattr(cfg, name) < 0:
+            raise ThinksaeError(f"{name} must be >= 0 (got {getattr(cfg, name)})")
+    if cfg.max_tokens is not None and cfg.max_tokens < cfg.batch_size:
+        raise ThinksaeError(
+            f"max_tokens {cfg.max_tokens} is less than one batch ({cfg.batch_size})"
+        )
+    if not cfg.auxk_alpha >= 0 or math.isinf(cfg.auxk_alpha):
+        raise ThinksaeError(f"auxk_alpha must be a finite number >= 0 (got {cfg.auxk_alpha})")
+    if cfg.aux_k is not None and cfg.aux_k < 1:
+        raise ThinksaeError(f"aux_k must be >= 1 (got {cfg.aux_k})")
+    if cfg.batch_size % world_size:
+        raise ThinksaeError(
+            f"batch size {cfg.batch_size} is not divisible by the world size {world_size}"
+        )
+    if cfg.sae.k <= 0:
+        raise ThinksaeError(f"k must be >= 1 (got {cfg.sae.k})")
+    if cfg.sae.num_latents < 0 or cfg.sae.expansion_factor < 1:
+        raise ThinksaeError("num_latents must be >= 0 and expansion_factor >= 1")
+
+
+def check_sizes(cfg: TrainConfig, d_in: int) -> int:
+    """Check the options that depend on the data width; returns the number of latents."""
+    num_latents = cfg.sae.num_latents or d_in * cfg.sae.expansion_factor
+    if cfg.sae.k > num_latents:
+        raise ThinksaeError(f"k = {cfg.sae.k} is more than the {num_latents} latents")
+    if cfg.aux_k is not None and cfg.aux_k > num_latents:
+        raise ThinksaeError(f"aux_k = {cfg.aux_k} is more than the {num_latents} latents")
+    return num_latents
+
+
+def identity(cfg: TrainConfig) -> dict:
+    """The fields that define what is trained (everything but how it is run and reported)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in PROGRESS_FIELDS}
+
+
+def differing_fields(old: dict, new: dict) -> list[str]:
+    """Dotted names of the fields whose values differ between two identity dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{sub}" for sub in differing_fields(a, b)]
+        elif a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Rebuild a TrainConfig from :func:`to_dict` output (nested ``sae`` included)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ThinksaeError(f"unknown train config keys {unknown}")
+    data = dict(data)
+    if isinstance(data.get("sae"), dict):
+        data["sae"] = SaeConfig(**data["sae"])
+    return TrainConfig(**data)

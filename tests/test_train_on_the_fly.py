@@ -1,0 +1,152 @@
+"""On-the-fly activations: every token once per epoch, seeded, resumable, rank-split; training."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from thinksae.errors import ThinksaeError
+from thinksae.models import capture
+from thinksae.sae import Sae, SaeConfig
+from thinksae.train import TrainConfig, train
+from thinksae.train.on_the_fly import OnTheFlyActivations
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def docs():
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(3, 50, (24,), generator=g).tolist()
+    return [torch.randint(0, 300, (n,), generator=g).tolist() for n in lengths]
+
+
+def _rows_index(rows: torch.Tensor, ref: torch.Tensor) -> list[int]:
+    """Index in ``ref`` of each row of ``rows`` (exact match), -1 where none matches."""
+    out = []
+    for row in rows:
+        hit = (ref == row).all(-1).nonzero()
+        out.append(int(hit[0]) if len(hit) else -1)
+    return out
+
+
+def test_each_token_once_per_epoch_with_exact_activations(qwen, docs):
+    src = OnTheFlyActivations(qwen, "layers.1", docs, model_batch_size=1, shuffle_tokens=100)
+    ref = torch.cat([capture(qwen, "layers.1", torch.tensor([d]))["layers.1"][0] for d in docs])
+    batches = list(src.iter_batches(32, seed=3))
+    assert src.num_tokens == len(ref) and src.d_in == 64
+    assert len(batches) == src.num_tokens // 32
+    assert all(b.shape == (32, 64) and b.dtype == torch.float32 for b in batches)
+    idx = _rows_index(torch.cat(batches), ref)
+    assert -1 not in idx and len(set(idx)) == len(idx)  # exact values, no token twice
+
+
+def test_seeded_resumable_and_padding_free(qwen, docs):
+    src = OnTheFlyActivations(qwen, "layers.0.mlp", docs, model_batch_size=5, shuffle_tokens=70)
+    full = list(src.iter_batches(16, seed=7))
+    again = list(src.iter_batches(16, seed=7))
+    resumed = list(src.iter_batches(16, seed=7, start_batch=9))
+    other = list(src.iter_batches(16, seed=8))
+    assert all(torch.equal(a, b) for a, b in zip(full, again, strict=True))
+    assert len(resumed) == len(full) - 9
+    assert all(torch.equal(a, b) for a, b in zip(full[9:], resumed, strict=True))
+    assert not torch.equal(full[0], other[0])
+    # padded batches give the padding-free values up to float noise, and never padding rows
+    ref = torch.cat([capture(qwen, "layers.0.mlp", torch.tensor([d]))["layers.0.mlp"][0]
+                     for d in docs])
+    dist = torch.cdist(torch.cat(full), ref).min(1).values
+    assert dist.max() < 1e-2 * ref.norm(dim=1).min()
+
+
+def test_ranks_split_each_batch(qwen, docs):
+    src = OnTheFlyActivations(qwen, "layers.1", docs, model_batch_size=1, shuffle_tokens=64)
+    ref = torch.cat([capture(qwen, "layers.1", torch.tensor([d]))["layers.1"][0] for d in docs])
+    r0 = list(src.iter_batches(32, seed=0, rank=0, world_size=2))
+    r1 = list(src.iter_batches(32, seed=0, rank=1, world_size=2))
+    assert len(r0) == len(r1) == src.num_tokens // 32
+    assert all(b.shape == (16, 64) for b in r0 + r1)
+    idx = _rows_index(torch.cat(r0 + r1), ref)
+    assert -1 not in idx and len(set(idx)) == len(idx)
+    assert torch.equal(list(src.iter_batches(32, 0, 4, 1, 2))[0], r1[4])
+    with pytest.raises(ThinksaeError, match="not divisible"):
+        next(src.iter_batches(30, world_size=4))
+
+
+def test_train_on_the_fly_end_to_end(qwen, docs, tmp_path):
+    src = OnTheFlyActivations(qwen, "layers.1", docs, model_batch_size=4, shuffle_tokens=128)
+    cfg = TrainConfig(model="tiny", corpus="x", hookpoint="layers.1", out=str(tmp_path),
+                      sae=SaeConfig(expansion_factor=2, k=8), batch_size=32, epochs=3,
+                      lr=5e-3, lr_warmup_steps=2, dtype="float32", device="cpu", log_every=5,
+                      save_every=4, progress=False)
+    sae_dir = train(cfg, source=src)
+    assert sae_dir == tmp_path / "layers.1"
+    rows = [json.loads(x) for x in (sae_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3 * (src.num_tokens // 32)
+    assert rows[-1]["fvu"] < rows[0]["fvu"]
+    card = json.loads((sae_dir / "thinksae.json").read_text())
+    assert card["data"]["hash"] == src.hash and card["d_in"] == 64
+    assert Sae.load_from_disk(sae_dir).num_latents == 128
+
+
+def test_from_config_tokenizes_the_corpus(qwen, tmp_path, monkeypatch):
+    import thinksae.corpus
+    import thinksae.models
+
+    corpus = tmp_path / "traces.jsonl"
+    traces = [{"id": f"t{i}", "ids": list(range(1 + i, 40 + 3 * i))} for i in range(5)]
+    corpus.write_text("".join(json.dumps(t) + "\n" for t in traces))
+    tokenizer = SimpleNamespace(get_vocab=lambda: {"a": 0}, added_tokens_decoder={})
+    seen = {}
+
+    def fake_load(spec, device, dtype, **kw):
+        seen["load"] = (spec, device, dtype)
+        return qwen, tokenizer
+
+    monkeypatch.setattr(thinksae.models, "load_model", fake_load)
+    monkeypatch.setattr(thinksae.corpus, "read_traces",
+                        lambda p: [json.loads(x) for x in open(p)], raising=False)
+    monkeypatch.setattr(thinksae.corpus, "tokenize_trace",
+                        lambda tok, t, max_length: SimpleNamespace(input_ids=t["ids"][:max_length]),
+                        raising=False)
+    cfg = TrainConfig(model="tiny-spec", corpus=str(corpus), hookpoint="layers.0",
+                      max_length=20, model_dtype="float32")
+    src = OnTheFlyActivations.from_config(cfg, torch.device("cpu"))
+    assert seen["load"] == ("tiny-spec", "cpu", "float32")
+    assert src.num_tokens == 5 * 20 and src.manifest["model"] == "tiny-spec"
+    assert src.manifest["corpus_hash"] and src.manifest["max_length"] == 20
+    cfg.max_length = 30
+    assert OnTheFlyActivations.from_config(cfg, torch.device("cpu")).hash != src.hash
+    with pytest.raises(ThinksaeError, match="corpus not found"):
+        OnTheFlyActivations.from_config(TrainConfig(model="m", corpus=str(tmp_path / "no"),
+                                                    hookpoint="layers.0"), torch.device("cpu"))
+
+
+def test_from_config_with_real_corpus_and_model_dir(tiny_model_dir, corpus_path, tokenizer,
+                                                    tmp_path):
+    from thinksae.corpus import read_traces, tokenize_trace
+
+    cfg = TrainConfig(model=str(tiny_model_dir), corpus=str(corpus_path), hookpoint="layers.2",
+                      max_length=64, model_dtype="float32", model_batch_size=3,
+                      shuffle_tokens=128, out=str(tmp_path / "run"),
+                      sae=SaeConfig(expansion_factor=2, k=4), batch_size=32, lr_warmup_steps=1,
+                      dtype="float32", device="cpu", log_every=2, save_every=2, progress=False)
+    src = OnTheFlyActivations.from_config(cfg, torch.device("cpu"))
+    lengths = [len(tokenize_trace(tokenizer, t, max_length=64).input_ids)
+               for t in read_traces(corpus_path)]
+    assert src.num_tokens == sum(lengths) and src.d_in == 64
+    assert src.manifest["model"] == str(tiny_model_dir) and src.manifest["tokenizer_hash"]
+    sae_dir = train(cfg)  # opens the same source itself
+    card = json.loads((sae_dir / "thinksae.json").read_text())
+    assert card["data"]["hash"] == src.hash
+    assert card["training"]["steps"] == src.num_tokens // 32
