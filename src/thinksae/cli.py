@@ -47,6 +47,12 @@ def _train(cfg) -> None:
     print(train(cfg))
 
 
+def _convert(cfg) -> None:
+    from .sae.convert import convert
+
+    print(convert(cfg))
+
+
 def _commands() -> dict[str, tuple[str, type, Callable]]:
     """name → (help, config dataclass, runner). Stage modules are imported lazily."""
     from .corpus import CorpusConfig
@@ -60,12 +66,12 @@ def _commands() -> dict[str, tuple[str, type, Callable]]:
             _fetch_offline,
         ),
     }
-    try:
-        from .train import TrainConfig
-    except ImportError:
-        pass
-    else:
-        commands["train"] = ("train a TopK sparse autoencoder", TrainConfig, _train)
+    from .sae.convert import ConvertConfig
+    from .train import TrainConfig
+
+    commands["train"] = ("train a TopK sparse autoencoder", TrainConfig, _train)
+    commands["convert"] = ("convert an SAE between sparsify and SAELens layouts", ConvertConfig,
+                           _convert)
     return commands
 
 
