@@ -123,6 +123,32 @@ def test_system_prompt_kept_or_folded(r1_tokenizer):  # noqa: F811
     assert text == "<|im_start|>user\nBe brief.\n\nQ?<|im_end|>\n<|im_start|>assistant\n"
 
 
+def test_think_prefill_opens_the_thinking_once(r1_tokenizer):  # noqa: F811
+    from thinksae.corpus import Region, Trace, tokenize_trace
+
+    plain = build_prompt(r1_tokenizer, "Q?")
+    opened = build_prompt(r1_tokenizer, "Q?", think_prefill=True)
+    assert opened == plain + "<think>\n"
+    assert build_prompt(_Opened(r1_tokenizer), "Q?", think_prefill=True).count("<think>") == 1
+    trace = Trace(id="a", prompt=opened, completion="Hmm 2+2.\n</think>\n\n4")
+    tok = tokenize_trace(r1_tokenizer, trace)
+    think = [t for t, r in zip(tok.input_ids, tok.regions) if r == Region.THINK]
+    assert r1_tokenizer.decode(think).strip() == "Hmm 2+2."
+
+
+class _Opened:
+    """A tokenizer whose chat template already ends the prompt with <think>."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def apply_chat_template(self, *a, **kw):
+        return self.tok.apply_chat_template(*a, **kw) + "<think>\n"
+
+
 class ScriptedModel(torch.nn.Module):
     """Returns fixed continuations: row 0 stops with EOS then padding, row 1 runs out."""
 

@@ -68,6 +68,9 @@ class CorpusConfig:
     """Random seed for sampling."""
     system_prompt: str | None = None
     """System prompt, e.g. asking a non-reasoning model to think inside <think> </think> tags."""
+    think_prefill: bool = False
+    """End each prompt with `<think>` + newline (as the current R1 hub template does) so the model
+    starts inside its thinking; useful for models not trained to open it themselves."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     dtype: str = "auto"
@@ -77,7 +80,7 @@ class CorpusConfig:
 
 
 _RECIPE = ("model", "prompts", "traces", "split", "max_new_tokens", "do_sample", "temperature",
-           "top_p", "seed", "system_prompt")
+           "top_p", "seed", "system_prompt", "think_prefill")
 """Fields that change what the traces in `out` are; a resumed run must keep them."""
 
 
@@ -148,6 +151,7 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
         batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
         temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
         system_prompt=cfg.system_prompt, progress=cfg.progress,
+        think_prefill=cfg.think_prefill,
     )
     return out
 

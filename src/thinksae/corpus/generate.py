@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ThinksaeError
 from .problems import Problem, extract_numeric_answer
-from .traces import Trace, append_trace, iter_traces, render_chat
+from .traces import THINK_OPEN, Trace, append_trace, iter_traces, render_chat
 
 THINK_SYSTEM_PROMPT = (
     "Think step by step inside <think> </think> tags, then give the final answer."
@@ -40,9 +40,19 @@ def _as_problem(item: Problem | str | dict) -> Problem:
     raise ThinksaeError(f"cannot use {type(item).__name__} as a question")
 
 
-def build_prompt(tokenizer, question: str, system_prompt: str | None = None) -> str:
+def build_prompt(tokenizer, question: str, system_prompt: str | None = None,
+                 think_prefill: bool = False) -> str:
     """The chat-templated prompt for ``question``; a system prompt the template rejects (or
-    silently drops) is folded into the user message instead."""
+    silently drops) is folded into the user message instead. ``think_prefill`` ends the prompt
+    with ``<think>\n`` (as the current R1 hub template does) unless the template already did,
+    so that the model starts inside its thinking."""
+    text = _templated(tokenizer, question, system_prompt)
+    if think_prefill and not text.rstrip().endswith(THINK_OPEN):
+        text += f"{THINK_OPEN}\n"
+    return text
+
+
+def _templated(tokenizer, question: str, system_prompt: str | None) -> str:
     user = {"role": "user", "content": question}
     if not system_prompt:
         return render_chat(tokenizer, [user])
@@ -137,11 +147,13 @@ def generate_traces(
     seed: int = 0,
     system_prompt: str | None = None,
     progress: bool = True,
+    think_prefill: bool = False,
 ) -> list[Trace]:
     """Generate one trace per question and append each to ``out_path`` as soon as it is made.
 
     Questions whose id is already in ``out_path`` are skipped (resume). Prompts are
-    chat-templated (with ``system_prompt`` if given), batched with left padding and generated
+    chat-templated (with ``system_prompt`` if given, ``<think>\n`` appended with
+    ``think_prefill``), batched with left padding and generated
     until EOS (or a pad token) or ``max_new_tokens``; the completion is decoded with special
     tokens kept and the trailing EOS/padding removed. Knobs not given here (top_k, repetition
     penalty, ...) are the model's generation-config defaults. Sampling is seeded per batch from
@@ -167,13 +179,16 @@ def generate_traces(
                 "seed": seed, **sampling}
     if system_prompt:
         settings["system_prompt"] = system_prompt
+    if think_prefill:
+        settings["think_prefill"] = True
 
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="generate",
                unit="trace", disable=not progress)
     try:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            prompts = [build_prompt(tokenizer, p.question, system_prompt) for p in batch]
+            prompts = [build_prompt(tokenizer, p.question, system_prompt, think_prefill)
+                       for p in batch]
             input_ids, attention_mask = _left_pad(tokenizer, prompts, pad_id)
             torch.manual_seed(_batch_seed(seed, [p.id for p in batch]))
             out = model.generate(

@@ -122,7 +122,7 @@ class Sae(nn.Module):
     def set_decoder_norm_to_unit_norm(self) -> None:
         """Scale every decoder row to unit L2 norm."""
         eps = torch.finfo(self.W_dec.dtype).eps
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True) + eps)
+        self.W_dec.div_(torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True).add_(eps))
 
     @torch.no_grad()
     def remove_gradient_parallel_to_decoder_directions(self) -> None:
@@ -130,8 +130,8 @@ class Sae(nn.Module):
         grad = self.W_dec.grad
         if grad is None:
             return
-        parallel = (grad * self.W_dec).sum(dim=1, keepdim=True)
-        grad.sub_(parallel * self.W_dec)
+        parallel = torch.linalg.vecdot(grad, self.W_dec, dim=1).unsqueeze(1)
+        grad.addcmul_(parallel, self.W_dec, value=-1)
 
     @torch.no_grad()
     def init_b_dec_from_data(self, x: Tensor, method: str = "mean", iters: int = 50) -> None:
