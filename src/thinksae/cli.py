@@ -53,6 +53,12 @@ def _convert(cfg) -> None:
     print(convert(cfg))
 
 
+def _eval(cfg) -> None:
+    from .evaluate import evaluate
+
+    evaluate(cfg)
+
+
 def _commands() -> dict[str, tuple[str, type, Callable]]:
     """name → (help, config dataclass, runner). Stage modules are imported lazily."""
     from .corpus import CorpusConfig
@@ -72,6 +78,10 @@ def _commands() -> dict[str, tuple[str, type, Callable]]:
     commands["train"] = ("train a TopK sparse autoencoder", TrainConfig, _train)
     commands["convert"] = ("convert an SAE between sparsify and SAELens layouts", ConvertConfig,
                            _convert)
+    from .evaluate import EvalConfig
+
+    commands["eval"] = ("evaluate an SAE: reconstruction, spliced losses, per region/behaviour",
+                        EvalConfig, _eval)
     return commands
 
 

@@ -1,0 +1,235 @@
+"""`evaluate(cfg)`: check the inputs, stream the eval set through the SAE (and the model), report.
+
+Two modes. ``--store`` alone: reconstruction metrics on the store's activations. ``--model`` with
+``--corpus`` (or with ``--store``, whose token ids are then rerun): reconstruction metrics on the
+model's hookpoint outputs plus the spliced next-token losses. Every number is given for all tokens,
+each region and each behaviour tag. Inputs are checked before anything runs or is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from simple_parsing import field
+from tqdm.auto import tqdm
+
+from .. import atomic
+from ..config import to_dict
+from ..errors import ThinksaeError
+from ..sae import load_sae, read_report_card, resolve_sae_dir, update_report_card
+from ..sae.formats import detect_format
+from .checks import check_options, check_tokenizers, resolve_eval_hookpoint
+from .metrics import ALL, Grouped, Moments, ReconstructionStats, TokenGroups
+from .metrics import latent_frequency_histogram as frequency_histogram
+from .report import print_table, write_histogram_png
+from .sources import batches, corpus_docs, pad_right, store_docs, take_chunks, take_tokens
+from .spliced import SplicedStats, spliced_batch
+
+
+@dataclass
+class EvalConfig:
+    """Options of `thinksae eval`."""
+
+    sae: str = field(positional=True, metavar="SAE_DIR")
+    """SAE directory (sparsify or SAELens layout), or a training run directory with --hookpoint."""
+    hookpoint: str | None = None
+    """Hookpoint the SAE must read (default: the SAE's own, from thinksae.json or its directory
+    name, e.g. layers.10 or layers.10.mlp)."""
+    store: str | None = None
+    """Activation store of that hookpoint: reconstruction metrics on its tokens. With --model, the
+    model is rerun on the store's token ids for the spliced losses too."""
+    model: str | None = None
+    """Model (hub id, local directory, .gguf or `offline`) for the spliced losses; needs --corpus
+    or --store."""
+    corpus: str | None = None
+    """Trace corpus (JSONL from `thinksae corpus`), tokenised with the model's tokenizer."""
+    tokenizer: str | None = None
+    """Load the model's tokenizer from another spec (default: the model's own)."""
+    out: str | None = None
+    """Result JSON (default: eval.json in the SAE directory). The latent-frequency histogram is
+    written beside it as <name>.latent_frequency.png."""
+    max_tokens: int | None = None
+    """Evaluate on at most this many tokens (default: all)."""
+    max_length: int = 2048
+    """Corpus: tokens kept per trace."""
+    batch_size: int = 4
+    """Documents per model forward."""
+    chunk_tokens: int = 8192
+    """Tokens per SAE batch when reading a store without a model."""
+    mean_ablation: bool = True
+    """Also report the mean-ablated CE (costs a first pass that stops at the hookpoint)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    dtype: str = "auto"
+    """Model dtype: auto (bf16 where fast), float32, bfloat16 or float16. The SAE runs in float32."""
+    update_card: bool = True
+    """Merge the results into the SAE's report card (thinksae.json, section `eval`)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def _label_names(store) -> tuple[list[str], list[str]]:
+    from ..corpus import Region, behaviour_names
+
+    manifest = store.manifest if store is not None else {}
+    return (list(manifest.get("regions") or [r.name.lower() for r in Region]),
+            list(manifest.get("behaviours") or behaviour_names()))
+
+
+def _eval_store(cfg, store, sae, groups, device, bar) -> Grouped:
+    recon = Grouped(groups, lambda: ReconstructionStats(sae.d_in, sae.num_latents))
+    with torch.inference_mode():
+        for chunk in take_chunks(store.iter_chunks(cfg.chunk_tokens), cfg.max_tokens):
+            x = chunk["activations"].to(device)
+            acts, indices = sae.encode(x)
+            recon.update(chunk["regions"], chunk["behaviours"], x=x, x_hat=sae.decode(acts, indices),
+                         latent_acts=acts, latent_indices=indices)
+            bar.update(len(x))
+    return recon
+
+
+def _eval_model(cfg, model, tokenizer, store, hookpoint, sae, groups, bar):
+    from ..models import capture
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def docs():
+        source = (store_docs(store, cfg.chunk_tokens) if store is not None
+                  else corpus_docs(cfg.corpus, tokenizer, cfg.max_length))
+        return take_tokens(source, cfg.max_tokens)
+
+    mean = None
+    if cfg.mean_ablation:
+        moments = Moments(sae.d_in)
+        for batch in batches(docs(), cfg.batch_size):
+            ids, mask, _, _ = pad_right(batch, pad_id)
+            out = capture(model, hookpoint, ids.to(device), mask.to(device))[hookpoint]
+            moments.update(out[mask.to(device).bool()].float())
+        mean = moments.mean.float() if moments.count else None
+    recon = Grouped(groups, lambda: ReconstructionStats(sae.d_in, sae.num_latents))
+    spliced = Grouped(groups, SplicedStats)
+    for batch in batches(docs(), cfg.batch_size):
+        ids, mask, regions, behaviours = pad_right(batch, pad_id)
+        out = spliced_batch(model, hookpoint, sae, ids.to(device), mask.to(device), mean)
+        token_mask, loss_mask = out.token_mask.cpu(), out.loss_mask.cpu()
+        recon.update(regions[token_mask], behaviours[token_mask], x=out.x, x_hat=out.x_hat,
+                     latent_acts=out.latent_acts, latent_indices=out.latent_indices)
+        if bool(loss_mask.any()):
+            spliced.update(regions[loss_mask], behaviours[loss_mask], **out.losses)
+        bar.update(len(out.x))
+    return recon, spliced
+
+
+@contextlib.contextmanager
+def _hf_progress(enabled: bool) -> Iterator[None]:
+    """Hugging Face's own progress bars (weight loading) follow --progress."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """Per-group union of two nested result dicts."""
+    return {ALL: {**a[ALL], **b[ALL]},
+            **{kind: {name: {**a[kind][name], **b[kind].get(name, {})} for name in a[kind]}
+               for kind in ("regions", "behaviours")}}
+
+
+def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
+    """Evaluate the SAE ``cfg.sae`` as ``cfg`` says; returns the result that is also written to
+    the JSON (``cfg.out``), printed as a table and merged into the report card.
+
+    ``model``/``tokenizer`` optionally replace loading ``cfg.model``.
+    """
+    from ..models import capture, load_model, resolve_device, resolve_hookpoint
+    from ..store import ActivationStore
+
+    have_model = model is not None or cfg.model is not None
+    check_options(cfg, have_model)
+    sae_dir = resolve_sae_dir(cfg.sae, cfg.hookpoint)
+    card = read_report_card(sae_dir)
+    store = ActivationStore(cfg.store) if cfg.store is not None else None
+    hookpoint = resolve_eval_hookpoint(cfg, sae_dir, card, store)
+    sae = load_sae(sae_dir, dtype=torch.float32)
+    if store is not None and store.d_in != sae.d_in:
+        raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but store {store.path} "
+                            f"holds activations of width {store.d_in}")
+    if have_model and model is None:
+        with _hf_progress(cfg.progress):
+            model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype,
+                                          tokenizer=cfg.tokenizer)
+    if model is not None:
+        if tokenizer is None:
+            raise ThinksaeError("a model was passed without its tokenizer")
+        resolve_hookpoint(model, hookpoint)
+        device = next(model.parameters()).device
+        probe = torch.zeros((1, 1), dtype=torch.long, device=device)
+        width = capture(model, hookpoint, probe)[hookpoint].shape[-1]
+        if width != sae.d_in:
+            raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but the model's "
+                                f"{hookpoint} output has width {width}")
+    else:
+        device = resolve_device(cfg.device)
+    data_hash = check_tokenizers(sae_dir, card, store, tokenizer)
+    sae = sae.to(device)
+    groups = TokenGroups(*_label_names(store))
+
+    total = store.num_tokens if store is not None else None
+    if cfg.max_tokens:
+        total = min(cfg.max_tokens, total or cfg.max_tokens)
+    with tqdm(total=total, desc="eval", unit="tok", disable=not cfg.progress) as bar:
+        if model is not None:
+            recon, spliced = _eval_model(cfg, model, tokenizer, store, hookpoint, sae, groups, bar)
+        else:
+            recon, spliced = _eval_store(cfg, store, sae, groups, device, bar), None
+    all_stats: ReconstructionStats = recon.stats[ALL]
+    if all_stats.tokens == 0:
+        source = cfg.corpus or cfg.store
+        raise ThinksaeError(f"empty eval set: {source} yields no tokens")
+
+    metrics = recon.results()
+    if spliced is not None:
+        metrics = _merge(metrics, spliced.results())
+    out = Path(cfg.out) if cfg.out else sae_dir / "eval.json"
+    png = out.with_name(f"{out.stem}.latent_frequency.png")
+    histogram = frequency_histogram(all_stats.fire_counts, all_stats.tokens)
+    result = {
+        "sae": str(sae_dir),
+        "format": detect_format(sae_dir),
+        "hookpoint": hookpoint,
+        "d_in": sae.d_in,
+        "num_latents": sae.num_latents,
+        "k": sae.cfg.k,
+        "data": {
+            "mode": "model" if model is not None else "store",
+            "store": cfg.store,
+            "corpus": cfg.corpus,
+            "model": cfg.model or getattr(getattr(model, "config", None), "_name_or_path", None),
+            "tokens": all_stats.tokens,
+            "tokenizer_hash": data_hash,
+            "store_hash": store.hash if store is not None else None,
+            "corpus_hash": atomic.sha256_file(cfg.corpus)[:16] if cfg.corpus else None,
+        },
+        "metrics": metrics,
+        "latent_frequency": {"png": str(png), **histogram},
+        "config": to_dict(cfg),
+    }
+    title = f"{sae_dir.parent.name}/{sae_dir.name} ({hookpoint}), {all_stats.tokens} tokens"
+    write_histogram_png(png, histogram, title)
+    atomic.write_json(out, result)
+    if cfg.update_card:
+        update_report_card(sae_dir, "eval", result)
+    print_table(result)
+    return result

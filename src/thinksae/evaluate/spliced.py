@@ -1,0 +1,195 @@
+"""Splicing: run the model with the hookpoint's output replaced, and score its next-token losses.
+
+Per position t of a document that has a next token (losses belong to the groups of position t,
+the token whose hookpoint output was replaced and whose prediction is scored):
+
+- ``ce`` = −ln p(token[t+1] | tokens[..t]), averaged over positions.
+- ``ce_clean``: the model as it is. ``ce_spliced``: the hookpoint output replaced by the SAE's
+  reconstruction x̂ at every token. ``ce_zero_ablated``: replaced by zeros.
+  ``ce_mean_ablated``: replaced by the mean hookpoint output over the eval set (the caller passes
+  that mean; `thinksae eval` computes it in a first pass that stops at the hookpoint).
+- ``loss_recovered`` = (CE_zero − CE_spliced) / (CE_zero − CE_clean); ``loss_recovered_mean``
+  the same with the mean-ablated CE.
+- ``kl_spliced`` = mean over positions of KL(p_clean ‖ p_spliced)
+  = Σ_v p_clean(v) (ln p_clean(v) − ln p_spliced(v)) over the vocabulary.
+
+Logits are the model's output embeddings applied to the final hidden state, computed a few
+hundred positions at a time, so no [batch, seq, vocab] tensor is ever held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ThinksaeError
+from ..models import decoder_stack, resolve_hookpoint
+from .metrics import loss_recovered
+
+
+@contextlib.contextmanager
+def splice(module: nn.Module, replace: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """While open, ``module``'s output is ``replace(output)`` (for a tuple output: its first
+    element; the rest passes through)."""
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, tuple):
+            return (replace(output[0]), *output[1:])
+        if isinstance(output, list):
+            return [replace(output[0]), *output[1:]]
+        return replace(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def replace_with(value: Tensor) -> Callable[[Tensor], Tensor]:
+    """Replacement by a fixed tensor broadcast to the output's shape (x̂, zeros, the mean)."""
+
+    def replace(output: Tensor) -> Tensor:
+        return value.to(output.device, output.dtype).expand_as(output)
+
+    return replace
+
+
+def add_error_back(x_hat: Tensor) -> Callable[[Tensor], Tensor]:
+    """Replacement by x̂ + (x − x̂), x the live output: the SAE's reconstruction with its error
+    added back. Computed in float64, so it equals x bit for bit (a check on the splicing)."""
+
+    def replace(output: Tensor) -> Tensor:
+        recon = x_hat.to(output.device, torch.float64)
+        return (recon + (output.double() - recon)).to(output.dtype)
+
+    return replace
+
+
+def final_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """The decoder stack's last hidden state (after the final norm) ``[batch, seq, d_model]``."""
+    out = decoder_stack(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def output_head(model: nn.Module) -> nn.Module:
+    """The module that maps final hidden states to logits."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise ThinksaeError(f"{type(model).__name__} has no LM head: cannot score next tokens")
+    return head
+
+
+def token_losses(head: nn.Module, hidden: dict[str, Tensor], targets: Tensor,
+                 kl_for: tuple[str, ...] = ("spliced",), chunk_rows: int = 256
+                 ) -> dict[str, Tensor]:
+    """Per-position ``ce_<name>`` for each hidden-state set ``[m, d_model]`` (``clean`` among
+    them) and ``kl_<name>`` = KL(p_clean ‖ p_name) for the sets in ``kl_for``, float64 ``[m]``."""
+    out: dict[str, list[Tensor]] = defaultdict(list)
+    for a in range(0, len(targets), chunk_rows):
+        tgt = targets[a : a + chunk_rows]
+        logp_clean = F.log_softmax(head(hidden["clean"][a : a + chunk_rows]).float(), dim=-1)
+        out["ce_clean"].append(-logp_clean.gather(-1, tgt[:, None])[:, 0].double())
+        p_clean = logp_clean.exp()
+        for name, h in hidden.items():
+            if name == "clean":
+                continue
+            logp = F.log_softmax(head(h[a : a + chunk_rows]).float(), dim=-1)
+            out[f"ce_{name}"].append(-logp.gather(-1, tgt[:, None])[:, 0].double())
+            if name in kl_for:
+                out[f"kl_{name}"].append((p_clean * (logp_clean - logp)).sum(-1).double())
+    empty = torch.zeros(0, dtype=torch.float64, device=targets.device)
+    names = [f"ce_{n}" for n in hidden] + [f"kl_{n}" for n in kl_for if n in hidden]
+    return {n: torch.cat(out[n]) if out[n] else empty for n in names}
+
+
+class SplicedBatch(NamedTuple):
+    """What one batch of documents yields: the hookpoint outputs at real tokens with the SAE's
+    reconstruction and latents, and per-position losses."""
+
+    x: Tensor
+    """Hookpoint output at the real (unpadded) tokens ``[n, d_in]``, float32, row-major order."""
+    x_hat: Tensor
+    latent_acts: Tensor
+    latent_indices: Tensor
+    token_mask: Tensor
+    """``[batch, seq]`` True at real tokens (the rows of ``x``)."""
+    loss_mask: Tensor
+    """``[batch, seq]`` True at real tokens that have a real next token (the rows of losses)."""
+    losses: dict[str, Tensor]
+    """``ce_clean``, ``ce_spliced``, ``ce_zero``, ``kl_spliced`` (and ``ce_mean`` with a mean)
+    per scored position ``[m]``."""
+
+
+@torch.inference_mode()
+def spliced_batch(model: nn.Module, hookpoint: str, sae, input_ids: Tensor,
+                  attention_mask: Tensor, mean: Tensor | None = None,
+                  chunk_rows: int = 256) -> SplicedBatch:
+    """Run a right-padded batch clean, with the SAE spliced in, zero- and (with ``mean``)
+    mean-ablated at ``hookpoint``, and score next-token losses (module docstring)."""
+    module = resolve_hookpoint(model, hookpoint)
+    captured: list[Tensor] = []
+
+    def keep(output: Tensor) -> Tensor:
+        captured.append(output)
+        return output
+
+    with splice(module, keep):
+        hidden = {"clean": final_hidden(model, input_ids, attention_mask)}
+    clean = captured[0]
+    token_mask = attention_mask.bool()
+    x = clean[token_mask].float()
+    acts, indices = sae.encode(x.to(sae.dtype))
+    x_hat = sae.decode(acts, indices).float()
+    full_hat = clean.clone()
+    full_hat[token_mask] = x_hat.to(clean.dtype)
+    replacements = {"spliced": full_hat, "zero": torch.zeros((), dtype=clean.dtype)}
+    if mean is not None:
+        replacements["mean"] = mean
+    for name, value in replacements.items():
+        with splice(module, replace_with(value)):
+            hidden[name] = final_hidden(model, input_ids, attention_mask)
+    loss_mask = token_mask.clone()
+    loss_mask[:, :-1] &= token_mask[:, 1:]
+    loss_mask[:, -1] = False
+    pred = loss_mask[:, :-1]
+    targets = input_ids[:, 1:][pred]
+    losses = token_losses(output_head(model), {n: h[:, :-1][pred] for n, h in hidden.items()},
+                          targets, chunk_rows=chunk_rows)
+    return SplicedBatch(x, x_hat, acts, indices, token_mask, loss_mask, losses)
+
+
+class SplicedStats:
+    """Running sums of the per-position losses of one group of tokens."""
+
+    def __init__(self):
+        self.positions = 0
+        self.sums: dict[str, float] = defaultdict(float)
+
+    def update(self, **losses: Tensor) -> None:
+        """Add positions: each loss ``[m]`` (``ce_clean``, ``ce_spliced``, …)."""
+        self.positions += len(next(iter(losses.values())))
+        for name, values in losses.items():
+            self.sums[name] += float(values.double().sum())
+
+    def result(self) -> dict[str, float | int | None]:
+        """Mean CE per setting, loss recovered, mean KL (None for an empty group)."""
+        n = self.positions
+        mean = {k: (v / n if n else None) for k, v in self.sums.items()}
+        clean, spliced = mean.get("ce_clean"), mean.get("ce_spliced")
+        zero, ablated_mean = mean.get("ce_zero"), mean.get("ce_mean")
+        out = {"ce_positions": n, "ce_clean": clean, "ce_spliced": spliced,
+               "ce_zero_ablated": zero, "ce_mean_ablated": ablated_mean,
+               "loss_recovered": None, "loss_recovered_mean": None,
+               "kl_spliced": mean.get("kl_spliced")}
+        if n and clean is not None:
+            out["loss_recovered"] = loss_recovered(zero, spliced, clean)
+            if ablated_mean is not None:
+                out["loss_recovered_mean"] = loss_recovered(ablated_mean, spliced, clean)
+        return out
