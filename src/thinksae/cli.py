@@ -59,6 +59,18 @@ def _eval(cfg) -> None:
     evaluate(cfg)
 
 
+def _analyze(cfg) -> None:
+    from .features import analyze
+
+    print(analyze(cfg))
+
+
+def _feature(cfg) -> None:
+    from .features.card import print_feature
+
+    print_feature(cfg)
+
+
 def _commands() -> dict[str, tuple[str, type, Callable]]:
     """name → (help, config dataclass, runner). Stage modules are imported lazily."""
     from .corpus import CorpusConfig
@@ -82,6 +94,11 @@ def _commands() -> dict[str, tuple[str, type, Callable]]:
 
     commands["eval"] = ("evaluate an SAE: reconstruction, spliced losses, per region/behaviour",
                         EvalConfig, _eval)
+    from .features import AnalyzeConfig, FeatureCardConfig
+
+    commands["analyze"] = ("analyse SAE features: scores, ReasonScore, logit lens, dashboard",
+                           AnalyzeConfig, _analyze)
+    commands["feature"] = ("show one feature's card from an analysis", FeatureCardConfig, _feature)
     return commands
 
 

@@ -1,0 +1,102 @@
+"""`thinksae feature N`: one feature's card in the terminal, read from an analysis directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from simple_parsing import field
+
+from ..errors import ThinksaeError
+from .report import STATS_FILE, VOCAB_FILE, feature_details, load_analysis, read_feature_row
+from .stats import FeatureStats
+
+
+@dataclass
+class FeatureCardConfig:
+    """Options of `thinksae feature`."""
+
+    index: int = field(positional=True)
+    """The feature (latent) index."""
+    analysis: str = "runs/features"
+    """Analysis directory written by `thinksae analyze`."""
+    contexts: int = 5
+    """Top contexts shown."""
+    tokens: int = 10
+    """Top tokens shown."""
+
+
+def feature_info(analysis: str | Path, index: int) -> tuple[dict, dict]:
+    """(scores row, details) of feature ``index``; reads only that feature's rows."""
+    out = Path(analysis)
+    meta = load_analysis(out)
+    n = int(meta["sae"]["num_latents"])
+    if not 0 <= index < n:
+        raise ThinksaeError(f"feature index {index} is out of range: the SAE has {n} features "
+                            f"(0..{n - 1})")
+    stats = FeatureStats.load(out / STATS_FILE, feature=index)
+    try:
+        strings = json.loads((out / VOCAB_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ThinksaeError(f"cannot read {out / VOCAB_FILE}: {e}") from None
+    row = read_feature_row(out, index)
+    det = feature_details(stats, index, strings, meta.get("trace_ids"), row=0)
+    return row, det
+
+
+def _num(x) -> str:
+    from .dashboard import fmt
+
+    return fmt(x)
+
+
+def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: int = 10):
+    """A rich renderable of feature ``index``'s card."""
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    from .dashboard import show_token
+
+    row, det = feature_info(analysis, index)
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    keys = ("label", "fires", "freq", "traces", "trace_freq", "mean_act", "max_act",
+            "reason_score", "think_rate_ratio", "think_mean_ratio", "format_share", "tokens_90",
+            "token_entropy", "top_token_share")
+    for k in keys:
+        if k in row:
+            value = _num(row[k]) if not isinstance(row[k], str) else row[k]
+            if k in ("think_rate_ratio", "think_mean_ratio") and row.get(k) is not None:
+                value += f"  95% CI [{_num(row[k + '_lo'])}, {_num(row[k + '_hi'])}]"
+            head.add_row(k, escape(value))
+    parts = [head]
+    ctx_lines = Text()
+    for ctx in det["contexts"][:contexts]:
+        ctx_lines.append(f"{_num(ctx['act']):>8}  ", style="dim")
+        for j, tok in enumerate(ctx["tokens"]):
+            style = "bold reverse red" if j == ctx["trigger"] else ""
+            ctx_lines.append(show_token(tok), style=style)
+        ctx_lines.append("\n")
+    parts += [Text("\ntop contexts (trigger token highlighted)", style="bold"), ctx_lines]
+    tok_table = Table("token", "share", "count", title="top tokens", title_justify="left")
+    for t in det["tokens"][:tokens]:
+        tok_table.add_row(escape(repr(show_token(t["text"]))), _num(t["share"]), str(t["count"]))
+    parts.append(tok_table)
+    if "lens_pos" in det:
+        lens = Table("promoted", "suppressed", title="logit lens", title_justify="left")
+        for a, b in zip(det["lens_pos"], det["lens_neg"]):
+            lens.add_row(escape(repr(show_token(a["text"]))), escape(repr(show_token(b["text"]))))
+        parts.append(lens)
+    return Panel(Group(*parts), title=f"feature {index}", expand=False)
+
+
+def print_feature(cfg: FeatureCardConfig) -> None:
+    """Print the card of ``cfg.index`` from ``cfg.analysis``."""
+    from rich.console import Console
+
+    Console().print(feature_card(cfg.analysis, cfg.index, cfg.contexts, cfg.tokens))

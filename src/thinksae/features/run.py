@@ -1,0 +1,278 @@
+"""`thinksae analyze`: one pass of an SAE over a store (or a model over a corpus), then scores,
+logit lens, ``features.jsonl``, ``stats.safetensors`` and the HTML dashboard."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import atomic
+from ..config import to_dict
+from ..errors import ThinksaeError
+from .collect import FeatureCollector
+from .reason_score import ALPHA, ReasonMatcher, read_vocab
+from .report import ANALYSIS_FILE, FEATURES_FILE, STATS_FILE, VOCAB_FILE, rows
+from .scores import score_columns
+from .stats import FeatureStats
+from .tokens import TokenInfo
+
+FORMAT = "thinksae-features/1"
+_HOOKPOINT = re.compile(r"^(embed_tokens|layers\.\d+(\.[A-Za-z_]\w*)*)$")
+
+
+@dataclass
+class AnalyzeConfig:
+    """Options of `thinksae analyze`."""
+
+    sae: str = "runs/sae"
+    """SAE directory (sparsify or SAELens layout), or a run directory holding SAEs per hookpoint."""
+    hookpoint: str | None = None
+    """Which SAE of a run directory; with --corpus, the hookpoint to capture (default: the SAE
+    directory's name, e.g. layers.10 or layers.10.mlp)."""
+    store: str | None = None
+    """Activation store of the SAE's hookpoint (from `thinksae harvest`)."""
+    corpus: str | None = None
+    """Instead of a store: trace corpus (JSONL) to run --model over."""
+    model: str | None = None
+    """Model for --corpus and for the logit lens (default with --store: the store's model)."""
+    tokenizer: str | None = None
+    """Load the tokenizer from another spec (default: the model's)."""
+    out: str = "runs/features"
+    """Output directory: features.jsonl, stats.safetensors, analysis.json, dashboard/."""
+    top_n: int = 20
+    """Top activating contexts kept per feature."""
+    window: int = 10
+    """Tokens of context on each side of a top activation."""
+    token_slots: int = 64
+    """Vocabulary items whose activation mass is tracked per feature (exact up to this many)."""
+    min_fires: int = 10
+    """Features firing on fewer tokens are labelled `rare` instead of judged for selectivity."""
+    reason_vocab: str | None = None
+    """ReasonScore vocabulary: JSON list of words or {group: [words]} (default: the paper's 10)."""
+    alpha: float = ALPHA
+    """Exponent of the ReasonScore's entropy term."""
+    logit_lens: bool = True
+    """Compute each feature's logit lens (needs the model's weights)."""
+    lens_k: int = 10
+    """Promoted and suppressed tokens listed per feature."""
+    dashboard: bool = True
+    """Write the static HTML dashboard (dashboard/index.html)."""
+    max_pages: int = 3000
+    """Feature pages written (alive features with the highest ReasonScore first)."""
+    chunk_tokens: int = 8192
+    """Tokens encoded per step."""
+    batch_size: int = 8
+    """With --corpus: traces per forward pass."""
+    max_length: int = 2048
+    """With --corpus: tokens kept per trace."""
+    limit: int | None = None
+    """With --corpus: use only the first N traces."""
+    max_tokens: int | None = None
+    """With --store: stop after this many tokens."""
+    allow_no_regions: bool = False
+    """Analyse a store without prompt/think/answer labels (the region scores are left out)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    dtype: str = "auto"
+    """Model dtype (with --corpus or for the logit lens): auto, float32, bfloat16, float16."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def _check_cfg(cfg: AnalyzeConfig) -> None:
+    if (cfg.store is None) == (cfg.corpus is None):
+        raise ThinksaeError("give exactly one of --store (an activation store) or --corpus "
+                            "(traces to run --model over)")
+    for name in ("top_n", "token_slots", "min_fires", "lens_k", "chunk_tokens", "batch_size",
+                 "max_length"):
+        if getattr(cfg, name) < 1:
+            raise ThinksaeError(f"--{name} must be >= 1 (got {getattr(cfg, name)})")
+    if cfg.window < 0 or cfg.max_pages < 0 or cfg.alpha < 0:
+        raise ThinksaeError("--window, --max_pages and --alpha must be >= 0")
+
+
+def _load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    from ..models.loading import _pretrained_kwargs
+
+    path = Path(spec).expanduser()
+    if path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        source, kwargs = str(path), {"local_files_only": True}  # a tokenizer-only directory
+    else:
+        source, kwargs = _pretrained_kwargs(spec)
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ThinksaeError(f"cannot load the tokenizer of {spec}: {str(e).splitlines()[0]}") from None
+
+
+class _Source:
+    """Where the tokens come from, checked against the SAE before anything runs."""
+
+    def __init__(self, cfg: AnalyzeConfig, sae, sae_hook: str | None, model, tokenizer):
+        from ..corpus import Region, behaviour_names
+
+        self.model, self.tokenizer = model, tokenizer
+        self.trace_ids: list[str] | None = None
+        if cfg.store is not None:
+            from ..store import ActivationStore, tokenizer_hash
+
+            self.store = store = ActivationStore(cfg.store)
+            if sae_hook and store.hookpoint != sae_hook:
+                raise ThinksaeError(f"SAE/model mismatch: the SAE is for hookpoint {sae_hook} but "
+                                    f"store {cfg.store} holds {store.hookpoint}")
+            if store.d_in != sae.d_in:
+                raise ThinksaeError(f"SAE/model mismatch: the SAE has d_in {sae.d_in} but store "
+                                    f"{cfg.store} holds activations of width {store.d_in}")
+            names = store.manifest.get("regions")
+            self.regions = names if names and "think" in names else None
+            if self.regions is None and not cfg.allow_no_regions:
+                raise ThinksaeError(f"store {cfg.store} has no prompt/think/answer region labels; "
+                                    "harvest it again, or pass --allow_no_regions to skip the "
+                                    "region scores")
+            self.behaviours = store.manifest.get("behaviours") or behaviour_names()
+            self.info = {"store": str(cfg.store), "store_hash": store.hash,
+                         "model": store.manifest.get("model"), "hookpoint": store.hookpoint}
+            spec = cfg.model or store.manifest.get("model")
+            if self.model is None and cfg.logit_lens:
+                from ..models import load_model
+
+                self.model, tok = load_model(spec, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer)
+                self.tokenizer = self.tokenizer or tok
+            if self.tokenizer is None:
+                self.tokenizer = _load_tokenizer(cfg.tokenizer or spec)
+            want = store.manifest.get("tokenizer_hash")
+            if want and tokenizer_hash(self.tokenizer) != want:
+                raise ThinksaeError(f"SAE/model mismatch: the tokenizer differs from the one store "
+                                    f"{cfg.store} was harvested with")
+            self.trace_ids = [t for s in store.manifest["shards"] for t in s.get("trace_ids", [])]
+            self.total = min(store.num_tokens, cfg.max_tokens or store.num_tokens)
+            return
+        from ..corpus import read_traces
+        from ..models import capture, load_model, resolve_hookpoint
+
+        corpus = Path(cfg.corpus)
+        if not corpus.is_file():
+            raise ThinksaeError(f"corpus not found: {corpus}")
+        if self.model is None:
+            if not cfg.model:
+                raise ThinksaeError("--corpus needs --model (the model to run over the traces)")
+            self.model, tok = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer)
+            self.tokenizer = self.tokenizer or tok
+        self.hookpoint = cfg.hookpoint or sae_hook
+        if not self.hookpoint:
+            raise ThinksaeError("give --hookpoint: the SAE's directory name is not a hookpoint")
+        resolve_hookpoint(self.model, self.hookpoint)
+        device = next(self.model.parameters()).device
+        probe = capture(self.model, self.hookpoint, torch.tensor([[0]], device=device))
+        width = int(probe[self.hookpoint].shape[-1])
+        if width != sae.d_in:
+            raise ThinksaeError(f"SAE/model mismatch: the SAE has d_in {sae.d_in} but hookpoint "
+                                f"{self.hookpoint} of the model has width {width}")
+        self.traces = read_traces(corpus)[: cfg.limit]
+        if not self.traces:
+            raise ThinksaeError(f"corpus {corpus} holds no traces")
+        self.trace_ids = [t.id for t in self.traces]
+        self.regions = [r.name.lower() for r in Region]
+        self.behaviours = behaviour_names()
+        self.info = {"corpus": str(corpus), "model": cfg.model, "hookpoint": self.hookpoint}
+        self.total = None
+
+    def chunks(self, cfg: AnalyzeConfig):
+        from .sources import corpus_chunks, store_chunks
+
+        if cfg.store is not None:
+            return store_chunks(self.store, cfg.chunk_tokens, cfg.max_tokens)
+        return corpus_chunks(self.model, self.tokenizer, self.traces, self.hookpoint,
+                             cfg.batch_size, cfg.max_length)
+
+
+def stream_pass(chunks, sae, collector: FeatureCollector, total: int | None = None,
+            progress: bool = False, no_regions: bool = False) -> tuple[FeatureStats, dict]:
+    """Encode each chunk with ``sae`` and feed ``collector``; returns the statistics and timing."""
+    bar = tqdm(total=total, unit="tok", desc="analyze", disable=not progress)
+    t0, encode_s, n = time.perf_counter(), 0.0, 0
+    with torch.inference_mode():
+        for chunk in chunks:
+            t1 = time.perf_counter()
+            enc = sae.encode(chunk["activations"].to(sae.device, sae.dtype))
+            encode_s += time.perf_counter() - t1
+            labels = {k: chunk[k] for k in ("token_ids", "regions", "behaviours", "doc_index",
+                                            "positions")}
+            if no_regions:
+                labels["regions"] = torch.zeros_like(labels["regions"])
+            collector.update({**labels, "acts": enc.latent_acts, "idx": enc.latent_indices})
+            n += len(labels["token_ids"])
+            bar.update(len(labels["token_ids"]))
+        stats = collector.finish()
+    bar.close()
+    if n == 0:
+        raise ThinksaeError("no tokens to analyse")
+    wall = time.perf_counter() - t0
+    return stats, {"tokens": n, "seconds": wall, "encode_seconds": encode_s,
+                   "tokens_per_s": n / wall if wall else None}
+
+
+def analyze(cfg: AnalyzeConfig, model=None, tokenizer=None, sae=None) -> Path:
+    """Run the analysis; returns the output directory. Bad input fails before anything is written."""
+    from ..models import resolve_device
+    from ..sae import load_sae, resolve_sae_dir
+
+    _check_cfg(cfg)
+    device = resolve_device(cfg.device)
+    if sae is None:
+        sae_dir = resolve_sae_dir(cfg.sae, cfg.hookpoint)
+        sae = load_sae(sae_dir, device=device)
+        sae_hook = sae_dir.name if _HOOKPOINT.match(sae_dir.name) else None
+    else:
+        sae_dir, sae_hook = None, cfg.hookpoint
+    src = _Source(cfg, sae, sae_hook, model, tokenizer)
+    info = TokenInfo.from_tokenizer(src.tokenizer)
+    matcher = ReasonMatcher.from_tokenizer(src.tokenizer, read_vocab(cfg.reason_vocab))
+    lens_modules = None
+    if cfg.logit_lens:
+        from .logit_lens import lens_modules as _lm
+
+        lens_modules = _lm(src.model, sae.d_in)  # checks the width before the long pass
+    collector = FeatureCollector(
+        sae.num_latents, info, matcher, regions=src.regions or ["all"], behaviours=src.behaviours,
+        top_n=cfg.top_n, window=cfg.window, token_slots=cfg.token_slots, device=sae.device)
+    stats, timing = stream_pass(src.chunks(cfg), sae, collector, src.total, cfg.progress,
+                            no_regions=src.regions is None)
+    columns = score_columns(stats, cfg.min_fires, cfg.alpha)
+    lens = None
+    if lens_modules is not None:
+        from .logit_lens import logit_lens
+
+        alive = torch.nonzero(stats.t["fires"] > 0).flatten()
+        lens = logit_lens(src.model, sae.W_dec.detach(), alive, cfg.lens_k)
+        stats.t.update(lens)
+    feature_rows = rows(columns, info.strings, lens)
+
+    out = Path(cfg.out)
+    stats.save(out / STATS_FILE)
+    atomic.write_json(out / VOCAB_FILE, info.strings)
+    with atomic.atomic_path(out / FEATURES_FILE) as tmp:
+        import json
+
+        with open(tmp, "w") as f:
+            for row in feature_rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic.write_json(out / ANALYSIS_FILE, {
+        "format": FORMAT, "config": to_dict(cfg),
+        "sae": {"path": str(sae_dir) if sae_dir else None, "hookpoint": sae_hook,
+                "num_latents": sae.num_latents, "k": sae.cfg.k, "d_in": sae.d_in},
+        "source": src.info, "meta": stats.meta, "timing": timing,
+        "trace_ids": src.trace_ids, "logit_lens": lens is not None,
+    })
+    if cfg.dashboard:
+        from .dashboard import write_dashboard
+
+        write_dashboard(out, feature_rows, stats, info.strings, src.trace_ids, cfg.max_pages)
+    return out

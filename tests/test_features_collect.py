@@ -1,0 +1,170 @@
+"""The streaming pass: equal to a dense brute-force computation, whatever the chunking; bounded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thinksae.errors import ThinksaeError
+from thinksae.features import FeatureCollector, ReasonMatcher, TokenInfo
+from thinksae.features.stats import FeatureStats, hist_bin
+
+F, K, TOP_N, W = 12, 3, 4, 3
+TEXTS = [
+    "Okay, so 3 * 4 = 12. Wait, but let me check: maybe 12 is wrong? Hmm, the butter costs 2.",
+    "Alternatively, another way: therefore 12.\n\nHowever, perhaps not. Let me see.",
+    "So the answer is 12.",
+    "Wait. Wait, wait!",
+]
+
+
+def synthetic_stream(tokenizer, seed: int = 0, repeat: int = 1) -> dict[str, torch.Tensor]:
+    """Documents of real text (BOS first, EOS last) with random sparse activations."""
+    g = torch.Generator().manual_seed(seed)
+    ids, docs, pos = [], [], []
+    for d in range(len(TEXTS) * repeat):
+        t = [tokenizer.bos_token_id, *tokenizer(TEXTS[d % len(TEXTS)],
+                                                add_special_tokens=False).input_ids,
+             tokenizer.eos_token_id]
+        ids += t
+        docs += [d] * len(t)
+        pos += list(range(len(t)))
+    n = len(ids)
+    idx = torch.stack([torch.randperm(F, generator=g)[:K] for _ in range(n)])
+    acts = torch.rand((n, K), generator=g) * 3
+    acts[torch.rand((n, K), generator=g) < 0.3] = 0.0  # fewer than k fire
+    return {"token_ids": torch.tensor(ids), "doc_index": torch.tensor(docs),
+            "positions": torch.tensor(pos), "regions": torch.randint(0, 4, (n,), generator=g),
+            "behaviours": torch.randint(0, 3, (n,), generator=g), "acts": acts, "idx": idx}
+
+
+def run(stream, info, matcher, chunk: int, **kw) -> tuple[FeatureStats, FeatureCollector]:
+    c = FeatureCollector(F, info, matcher, behaviours=["none", "a", "b"], top_n=TOP_N, window=W,
+                         **kw)
+    n = len(stream["token_ids"])
+    for a in range(0, n, chunk):
+        c.update({k: v[a : a + chunk] for k, v in stream.items()})
+    return c.finish(), c
+
+
+@pytest.fixture(scope="module")
+def info(tokenizer):
+    return TokenInfo.from_tokenizer(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def matcher(tokenizer):
+    return ReasonMatcher.from_tokenizer(tokenizer)
+
+
+def dense(stream) -> torch.Tensor:
+    n = len(stream["token_ids"])
+    return torch.zeros(n, F).scatter_(1, stream["idx"], stream["acts"])
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 10_000])
+def test_streaming_equals_brute_force(tokenizer, info, matcher, chunk):
+    s = synthetic_stream(tokenizer)
+    stats, _ = run(s, info, matcher, chunk, token_slots=64)
+    t, x = stats.t, dense(s)
+    tok, docs, reg = s["token_ids"], s["doc_index"], s["regions"]
+    fired = x > 0
+    assert stats.meta["num_tokens"] == len(tok) and stats.meta["num_docs"] == len(TEXTS)
+    assert torch.equal(t["fires"], fired.sum(0))
+    for r in range(4):
+        assert torch.equal(t["fires_region"][:, r], fired[reg == r].sum(0))
+        torch.testing.assert_close(t["act_sq_region"][:, r], (x[reg == r].double() ** 2).sum(0))
+    assert torch.equal(t["region_tokens"], torch.bincount(reg, minlength=4))
+    torch.testing.assert_close(t["act_sum"], x.double().sum(0))
+    torch.testing.assert_close(t["act_max"], x.max(0).values)
+    traces = torch.stack([fired[docs == d].any(0) for d in range(len(TEXTS))]).sum(0)
+    assert torch.equal(t["traces"], traces)
+    assert torch.equal(t["hist"].sum(1), fired.sum(0))
+    assert torch.equal(t["hist"][0].nonzero().flatten().unique(),
+                       hist_bin(x[fired[:, 0], 0]).unique())
+    fmt = info.is_format[tok]
+    torch.testing.assert_close(t["format_mass"], x[fmt].double().sum(0))
+    for f in range(F):
+        # token masses (exact: fewer distinct tokens than slots)
+        want = {}
+        for i in fired[:, f].nonzero().flatten().tolist():
+            want[int(tok[i])] = want.get(int(tok[i]), 0.0) + float(x[i, f])
+        got = {int(a): float(m) for a, m in zip(t["tok_ids"][f], t["tok_mass"][f]) if a >= 0}
+        assert got.keys() == want.keys()
+        assert all(abs(got[k] - want[k]) < 1e-4 for k in want)
+        # top-N activations with their contexts
+        order = torch.argsort(x[:, f], descending=True, stable=True)[:TOP_N]
+        order = order[x[order, f] > 0]
+        assert t["top_index"][f, : len(order)].tolist() == order.tolist()
+        torch.testing.assert_close(t["top_val"][f, : len(order)], x[order, f])
+        for j, i in enumerate(order.tolist()):
+            assert int(t["top_doc"][f, j]) == int(docs[i]) and int(t["top_region"][f, j]) == int(reg[i])
+            ctx = [int(tok[q]) if 0 <= q < len(tok) and docs[q] == docs[i] else -1
+                   for q in range(i - W, i + W + 1)]
+            assert t["top_ctx"][f, j].tolist() == ctx
+            acts = [float(x[q, f]) if c >= 0 else 0.0 for q, c in zip(range(i - W, i + W + 1), ctx)]
+            torch.testing.assert_close(t["top_ctx_act"][f, j].float(), torch.tensor(acts),
+                                       atol=1e-2, rtol=1e-2)
+            assert t["top_ctx"][f, j, W] == tok[i]  # the trigger token sits in the middle
+    # ReasonScore sums: the same as matching the whole stream at once
+    groups = matcher.positives(tok, docs, info)
+    ign = torch.isin(tok, torch.tensor(info.ignore_ids))
+    groups &= ~ign[:, None]
+    pos, neg = groups.any(1), ~groups.any(1) & ~ign
+    assert stats.meta["reason_pos_tokens"] == int(pos.sum()) > 0
+    assert stats.meta["reason_neg_tokens"] == int(neg.sum())
+    torch.testing.assert_close(t["reason_pos_sum"], x[pos].double().sum(0))
+    torch.testing.assert_close(t["reason_neg_sum"], x[neg].double().sum(0))
+    torch.testing.assert_close(t["reason_group_sum"], x.double().T @ groups.double())
+
+
+def test_bos_eos_are_in_neither_reason_set(tokenizer, info, matcher):
+    s = synthetic_stream(tokenizer)
+    stats, _ = run(s, info, matcher, 50)
+    special = torch.isin(s["token_ids"], torch.tensor([tokenizer.bos_token_id,
+                                                        tokenizer.eos_token_id]))
+    assert int(special.sum()) == 2 * len(TEXTS)
+    m = stats.meta
+    assert m["reason_pos_tokens"] + m["reason_neg_tokens"] == m["num_tokens"] - int(special.sum())
+
+
+def test_memory_does_not_grow_with_tokens(tokenizer, info, matcher):
+    small = synthetic_stream(tokenizer, repeat=1)
+    big = synthetic_stream(tokenizer, repeat=12)
+    assert len(big["token_ids"]) > 10 * len(small["token_ids"]) > 250
+    s1, c1 = run(small, info, matcher, 16)
+    s2, c2 = run(big, info, matcher, 16)
+    assert s2.meta["num_tokens"] > 10 * s1.meta["num_tokens"]
+    assert c1.state_nbytes() == c2.state_nbytes()
+    assert {k: v.shape for k, v in s1.t.items()} == {k: v.shape for k, v in s2.t.items()}
+    # every tensor's first dimension is the feature count or a fixed label count, none the tokens
+    assert all(v.shape[0] in (F, 4, 3, 10) for v in s2.t.values())
+    # the held-back tokens never exceed the lag
+    c = FeatureCollector(F, info, matcher, top_n=TOP_N, window=W, behaviours=["none", "a", "b"])
+    for a in range(0, len(big["token_ids"]), 16):
+        c.update({k: v[a : a + 16] for k, v in big.items()})
+        held = sum(len(p["token_ids"]) for p in (c._prev, c._hold) if p is not None)
+        assert held <= 2 * c.lag + 16
+
+
+def test_token_table_overflow_keeps_total_exact(tokenizer, info):
+    s = synthetic_stream(tokenizer)
+    stats, _ = run(s, info, None, 9, token_slots=2)
+    t = stats.t
+    x = dense(s)
+    torch.testing.assert_close(t["tok_mass"].sum(1) + t["tail_mass"], x.double().sum(0))
+    assert torch.equal(t["tok_count"].sum(1) + t["tail_count"], (x > 0).sum(0))
+    distinct = torch.tensor([len(set(s["token_ids"][x[:, f] > 0].tolist())) for f in range(F)])
+    assert torch.equal(t["token_overflow"], distinct > 2)
+
+
+def test_bad_labels_and_token_ids_are_refused(tokenizer, info):
+    s = synthetic_stream(tokenizer)
+    c = FeatureCollector(F, info, None, regions=["prompt", "think"], behaviours=["none", "a", "b"])
+    with pytest.raises(ThinksaeError, match="region code 3"):
+        c.update(s)
+    c = FeatureCollector(F, info, None, behaviours=["none", "a", "b"])
+    bad = dict(s, token_ids=s["token_ids"].clone())
+    bad["token_ids"][0] = info.vocab_size + 5
+    with pytest.raises(ThinksaeError, match="another tokenizer"):
+        c.update(bad)
