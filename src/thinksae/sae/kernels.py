@@ -61,7 +61,7 @@ class _TopKEncode(torch.autograd.Function):
                 aux_acts = acts.new_empty((x.shape[0], 0))
         ctx.save_for_backward(centred, weight, torch.cat([idx, aux_idx], 1),
                               torch.cat([acts, aux_acts], 1))
-        ctx.k = k
+        ctx.k, ctx.compute_dtype = k, compute_dtype
         ctx.mark_non_differentiable(idx, aux_idx)
         return acts, idx, aux_acts, aux_idx
 
@@ -82,7 +82,9 @@ class _TopKEncode(torch.autograd.Function):
             per_latent.index_add_(0, idx.reshape(-1), grad.reshape(-1))
             grad_bias = per_latent.to(weight.dtype) if ctx.needs_input_grad[2] else None
         if ctx.needs_input_grad[1]:
-            grad_weight = _sparse_rows_times(idx, grad, centred, num_latents).to(weight.dtype)
+            cd = ctx.compute_dtype
+            grad_weight = _sparse_rows_times(idx, grad.to(cd), centred.to(cd), num_latents)
+            grad_weight = grad_weight.to(weight.dtype)
         if ctx.needs_input_grad[3]:
             grad_b_dec = -(per_latent @ weight.float())
         if ctx.needs_input_grad[0]:

@@ -102,15 +102,17 @@ class Sae(nn.Module):
         x = x.reshape(-1, self.d_in)
         num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
         k_aux = min(aux_k or self.d_in // 2, num_dead)
+        compute_dtype = self._compute_dtype(x)
         sel, aux = topk_encode(x, self.encoder.weight, self.encoder.bias, self.b_dec, self.cfg.k,
-                               dead_mask if num_dead else None, k_aux, self._compute_dtype(x))
-        sae_out = sparse_decode(sel.acts, sel.indices, self.W_dec) + self.b_dec
+                               dead_mask if num_dead else None, k_aux, compute_dtype)
+        w_dec = self.W_dec.to(compute_dtype)  # the gathers and scatters run in the compute dtype
+        sae_out = sparse_decode(sel.acts, sel.indices, w_dec).float() + self.b_dec
         residual = x.float() - sae_out.float()
         total_variance = (x.float() - x.float().mean(0)).pow(2).sum()
         fvu = residual.pow(2).sum() / total_variance
         if aux is not None:
             scale = min(num_dead / (aux_k or self.d_in // 2), 1.0)
-            e_hat = sparse_decode(aux.acts, aux.indices, self.W_dec).float()
+            e_hat = sparse_decode(aux.acts, aux.indices, w_dec).float()
             auxk_loss = scale * (e_hat - residual.detach()).pow(2).sum() / total_variance
         else:
             auxk_loss = fvu.new_zeros(())
