@@ -71,6 +71,12 @@ def _feature(cfg) -> None:
     print_feature(cfg)
 
 
+def _steer(cfg) -> None:
+    from .steer import steer
+
+    steer(cfg)
+
+
 def _commands() -> dict[str, tuple[str, type, Callable]]:
     """name → (help, config dataclass, runner). Stage modules are imported lazily."""
     from .corpus import CorpusConfig
@@ -99,6 +105,10 @@ def _commands() -> dict[str, tuple[str, type, Callable]]:
     commands["analyze"] = ("analyse SAE features: scores, ReasonScore, logit lens, dashboard",
                            AnalyzeConfig, _analyze)
     commands["feature"] = ("show one feature's card from an analysis", FeatureCardConfig, _feature)
+    from .steer import SteerConfig
+
+    commands["steer"] = ("steer generation through SAE features and measure the effect",
+                         SteerConfig, _steer)
     return commands
 
 

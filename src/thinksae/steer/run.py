@@ -1,0 +1,278 @@
+"""`thinksae steer`: generate a prompt set unsteered and steered (same batches, same seeds),
+measure both, print them side by side, and save ``steer.json`` (and ``steer.png`` for a sweep).
+
+Every input is checked before the model is loaded or anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from simple_parsing import field
+from tqdm.auto import tqdm
+
+from .. import atomic
+from ..config import to_dict
+from ..errors import ThinksaeError
+from ..models.loading import DEFAULT_MODEL
+from .generation import Settings, generate_condition, plan_batches
+from .hooks import FeatureStats, Markers
+from .measure import compare, summarize, trace_record
+from .report import print_side_by_side, print_summary, write_sweep_png
+from .spec import Intervention, check_features, parse_interventions, parse_sweep, parse_window
+
+FORMAT = "thinksae-steer/1"
+
+
+class _Extend(argparse.Action):
+    """A repeatable list option: ``--feature 1=0 --feature 2=x4`` (and ``--feature 1=0 2=x4``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        old = getattr(namespace, self.dest, None)
+        old = [] if old is None or old is self.default else list(old)
+        setattr(namespace, self.dest, old + list(values))
+
+
+@dataclass
+class SteerConfig:
+    """Options of `thinksae steer`."""
+
+    sae: str = field(positional=True, metavar="SAE_DIR")
+    """SAE directory (sparsify or SAELens layout), or a training run directory with --hookpoint."""
+    feature: list[str] = field(default_factory=list, action=_Extend)
+    """Interventions FEATURE=VALUE, repeated or comma-separated: 123=2.5 clamps to 2.5, 123=x4
+    scales by 4, 123=+2 adds 2 x the decoder row (-2 subtracts), 123=off zero-ablates, 123=2max
+    clamps to 2 x the feature's max activation over the baseline generations (AIRI's recipe).
+    With --sweep: bare feature indices."""
+    sweep: list[str] = field(default_factory=list, action=_Extend)
+    """Sweep mode: VALUEs (same grammar, comma-separated) applied in turn to every --feature;
+    writes a table and steer.png."""
+    hookpoint: str | None = None
+    """Hookpoint to steer (default: the SAE's own, from thinksae.json or its directory name)."""
+    model: str = DEFAULT_MODEL
+    """Model (hub id, local directory, .gguf or `offline`)."""
+    tokenizer: str | None = None
+    """Load the tokenizer from another spec (default: the model's)."""
+    prompt: list[str] = field(default_factory=list, action=_Extend)
+    """Question(s) to generate from (repeatable)."""
+    prompts_file: str | None = field(default=None, alias=["--prompts-file"])
+    """Questions instead of --prompt: `builtin` (math problems with answers), `gsm8k` or a
+    JSONL/text file (default: builtin)."""
+    limit: int | None = 16
+    """Use only the first N questions of --prompts_file."""
+    start: str = "sentence"
+    """Steer from: prompt (every generated token), think (after <think>), sentence (after the
+    first sentence of thinking, i.e. R1's "Okay, so the user..." opening) or N (after N thinking
+    tokens)."""
+    end: str = "think_end"
+    """Steer up to: think_end (</think>; the answer is not steered), none, or M thinking tokens."""
+    max_new_tokens: int = 512
+    """Most tokens generated per question (thinking + answer)."""
+    batch_size: int = 8
+    """Questions generated together (left-padded)."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding (baseline and steered runs use the same seeds)."""
+    temperature: float = 0.6
+    """Sampling temperature (with --do_sample)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass (with --do_sample)."""
+    seed: int = 0
+    """Random seed for sampling."""
+    system_prompt: str | None = None
+    """System prompt for every question."""
+    think_prefill: bool = False
+    """End each prompt with <think> + newline so the model starts inside its thinking."""
+    kl: bool = True
+    """Measure KL(clean || steered) of the next-token distribution at the steered positions
+    (two extra forward passes per batch)."""
+    show: int = 2
+    """Print the baseline and steered generations of this many questions side by side."""
+    out: str = "runs/steer"
+    """Output directory: steer.json (and steer.png with --sweep)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    dtype: str = "auto"
+    """Model dtype: auto (bf16 where fast), float32, bfloat16 or float16. The SAE runs in float32."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def _conditions(cfg: SteerConfig) -> list[tuple[str, list[Intervention]]]:
+    if cfg.sweep:
+        sets = parse_sweep(cfg.feature, cfg.sweep)
+        return [(ivs[0].spec.partition("=")[2], ivs) for ivs in sets]
+    ivs = parse_interventions(cfg.feature)
+    return [(" ".join(i.spec for i in ivs), ivs)]
+
+
+def _check_options(cfg: SteerConfig) -> None:
+    for name in ("max_new_tokens", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ThinksaeError(f"--{name} must be at least 1 (got {getattr(cfg, name)})")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ThinksaeError(f"--limit must be at least 1 (got {cfg.limit})")
+    if cfg.show < 0:
+        raise ThinksaeError(f"--show must be at least 0 (got {cfg.show})")
+    if cfg.do_sample and not (cfg.temperature > 0 and 0 < cfg.top_p <= 1):
+        raise ThinksaeError("--temperature must be > 0 and --top_p in (0, 1] when sampling")
+    if cfg.prompt and cfg.prompts_file:
+        raise ThinksaeError("give either --prompt or --prompts_file, not both")
+    if any(not p.strip() for p in cfg.prompt):
+        raise ThinksaeError("--prompt is empty")
+
+
+def _problems(cfg: SteerConfig):
+    from ..corpus import Problem, load_prompts, question_id
+
+    if cfg.prompt:
+        return [Problem(question_id(q), q) for q in dict.fromkeys(cfg.prompt)]
+    return load_prompts(cfg.prompts_file or "builtin", cfg.limit)
+
+
+def _load_sae(cfg: SteerConfig):
+    from ..evaluate.checks import sae_hookpoint
+    from ..sae import load_sae, read_report_card, resolve_sae_dir
+
+    sae_dir = resolve_sae_dir(cfg.sae, cfg.hookpoint)
+    own = sae_hookpoint(sae_dir, read_report_card(sae_dir))
+    if cfg.hookpoint and own and cfg.hookpoint != own:
+        raise ThinksaeError(f"the SAE in {sae_dir} reads hookpoint {own}, not {cfg.hookpoint}")
+    hookpoint = cfg.hookpoint or own
+    if not hookpoint:
+        raise ThinksaeError(f"cannot tell which hookpoint the SAE in {sae_dir} reads; pass "
+                            "--hookpoint")
+    return sae_dir, hookpoint, load_sae(sae_dir, dtype=torch.float32)
+
+
+def _check_model(model, hookpoint: str, sae, sae_dir) -> None:
+    from ..models import capture, resolve_hookpoint
+
+    resolve_hookpoint(model, hookpoint)
+    probe = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
+    width = capture(model, hookpoint, probe)[hookpoint].shape[-1]
+    if width != sae.d_in:
+        raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but the model's "
+                            f"{hookpoint} output has width {width}")
+
+
+def _feature_stats(generated: dict) -> FeatureStats:
+    """The SAE's view of the intervened features over all batches of a condition."""
+    total = FeatureStats()
+    for gen in {id(g): g for g, _ in generated.values()}.values():
+        if gen.feature_stats is not None:
+            total.add(gen.feature_stats)
+    return total
+
+
+def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
+    """Run ``cfg`` (module docstring); ``model``/``tokenizer`` optionally replace loading
+    ``cfg.model``. Returns the result also written to ``<out>/steer.json``."""
+    from ..corpus import build_prompt
+
+    conditions = _conditions(cfg)
+    window = parse_window(cfg.start, cfg.end)
+    _check_options(cfg)
+    problems = _problems(cfg)
+    sae_dir, hookpoint, sae = _load_sae(cfg)
+    for _, ivs in conditions:
+        check_features(ivs, sae.num_latents)
+    if model is None:
+        from ..models import load_model
+
+        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer)
+    elif tokenizer is None:
+        raise ThinksaeError("a model was passed without its tokenizer")
+    _check_model(model, hookpoint, sae, sae_dir)
+    sae = sae.to(next(model.parameters()).device)
+
+    from ..corpus.generate import _stop_ids
+
+    markers = Markers.from_tokenizer(tokenizer, _stop_ids(model, tokenizer),
+                                     sentences=window.start == "sentence")
+    settings = Settings(cfg.max_new_tokens, cfg.batch_size, cfg.do_sample, cfg.temperature,
+                        cfg.top_p, cfg.seed)
+    prompts = [build_prompt(tokenizer, p.question, cfg.system_prompt, cfg.think_prefill)
+               for p in problems]
+    ids = [p.id for p in problems]
+    batches = plan_batches(tokenizer, prompts, cfg.batch_size)
+    common = dict(model=model, tokenizer=tokenizer, prompts=prompts, ids=ids, batches=batches,
+                  settings=settings)
+
+    def records(generated, steered: bool) -> list[dict]:
+        out = []
+        for i, p in enumerate(problems):
+            gen, row = generated[i]
+            out.append(trace_record(
+                tokenizer, gen.ids[row].tolist(), gen.width, markers, window, p.answer,
+                gen.steered[row].tolist() if steered else None,
+                gen.kl[row].tolist() if steered and gen.kl is not None else None))
+        return out
+
+    need_max = sorted({i.feature for _, ivs in conditions for i in ivs if i.kind == "clamp_max"})
+    bar = tqdm(total=len(problems) * (1 + len(conditions)), desc="steer", unit="trace",
+               disable=not cfg.progress)
+    try:
+        t0 = time.perf_counter()
+        generated = generate_condition(**common, sae=sae, hookpoint=hookpoint, record=need_max,
+                                       progress=bar)
+        baseline = records(generated, steered=False)
+        base_summary = {**summarize(baseline), "seconds": time.perf_counter() - t0}
+        max_acts = _feature_stats(generated).act_max
+        runs = []
+        for label, requested in conditions:
+            ivs = [i.resolved(max_acts) for i in requested]
+            t0 = time.perf_counter()
+            generated = generate_condition(**common, sae=sae, hookpoint=hookpoint,
+                                           interventions=ivs, window=window, markers=markers,
+                                           kl=cfg.kl, progress=bar)
+            recs = records(generated, steered=True)
+            summary = {**summarize(recs), "seconds": time.perf_counter() - t0}
+            runs.append({"label": label,
+                         "interventions": [{**i.to_dict(), "requested": r.spec}
+                                           for i, r in zip(ivs, requested)],
+                         "summary": summary, "delta": compare(base_summary, summary),
+                         "sae_at_steered_positions": _feature_stats(generated).to_dict(),
+                         "traces": recs})
+    finally:
+        bar.close()
+
+    for i, p in enumerate(problems[:cfg.show]):
+        for run in runs:
+            print_side_by_side(p.question, baseline[i]["completion"],
+                               run["traces"][i]["completion"], run["label"])
+    title = f"steering {sae_dir.parent.name}/{sae_dir.name}, {len(problems)} prompts, window " \
+            f"{window.start}..{window.end}"
+    print_summary([("baseline", base_summary)] + [(r["label"], r["summary"]) for r in runs],
+                  title)
+
+    out = Path(cfg.out)
+    png = out / "steer.png" if cfg.sweep else None
+    config = getattr(model, "config", None)
+    result = {
+        "format": FORMAT,
+        "mode": "sweep" if cfg.sweep else "single",
+        "sae": str(sae_dir),
+        "hookpoint": hookpoint,
+        "model": getattr(config, "_name_or_path", None) or cfg.model,
+        "window": window.to_dict(),
+        "max_activation": {str(f): max_acts[f] for f in need_max} or None,
+        "settings": dataclasses.asdict(settings),
+        "questions": [{"id": p.id, "question": p.question, "answer": p.answer,
+                       "prompt": prompts[i]} for i, p in enumerate(problems)],
+        "baseline": {"summary": base_summary, "traces": baseline},
+        "runs": runs,
+        "png": str(png) if png else None,
+        "config": to_dict(cfg),
+    }
+    if png is not None:
+        feats = ", ".join(str(i.feature) for i in conditions[0][1])
+        write_sweep_png(png, [r["label"] for r in runs], [r["summary"] for r in runs],
+                        base_summary, f"{title}; features {feats}")
+    atomic.write_json(out / "steer.json", result)
+    print(out / "steer.json")
+    return result

@@ -1,0 +1,143 @@
+"""`thinksae steer` end to end on the tiny fixture: a sweep writes JSON + PNG, baseline and steered
+runs share batches and seeds, and every bad input is one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from thinksae.cli import main
+from thinksae.sae import Sae, SaeConfig
+
+QUESTIONS = ["What is 2+2?", "Tom has 7 apples and eats 2. How many are left?",
+             "A pencil costs 3 dollars. How much do 4 pencils cost?"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny-model ops gain nothing from threads; on a busy shared CPU, spinning OpenMP threads
+    make each one wait for a scheduler slot (100x slower generation)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("steer_sae") / "layers.1"
+    torch.manual_seed(1)
+    Sae(64, SaeConfig(expansion_factor=2, k=4)).save_to_disk(path)
+    return path
+
+
+def _args(sae_dir, model_dir, out, *extra):
+    return ["steer", str(sae_dir), "--model", str(model_dir), "--device", "cpu", "--dtype",
+            "float32", "--max_new_tokens", "6", "--out", str(out), "--progress", "false", *extra]
+
+
+def test_sweep_writes_json_and_png(tmp_path, sae_dir, tiny_model_dir, capsys):
+    out = tmp_path / "steer"
+    prompts = [a for q in QUESTIONS for a in ("--prompt", q)]
+    rc = main(_args(sae_dir, tiny_model_dir, out, "--feature", "3", "--feature", "5",
+                    "--sweep", "x1,+8", "--start", "think", "--think_prefill", "true",
+                    "--do_sample", "true", "--batch_size", "2", "--show", "1", *prompts))
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "steered +8" in printed and "baseline" in printed and "think tok" in printed
+    assert (out / "steer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads((out / "steer.json").read_text())
+    assert result["mode"] == "sweep" and result["hookpoint"] == "layers.1"
+    assert result["window"] == {"start": "think", "end": "think_end"}
+    assert [r["label"] for r in result["runs"]] == ["x1", "+8"]
+    assert [i["spec"] for i in result["runs"][1]["interventions"]] == ["3=+8", "5=+8"]
+    assert [q["question"] for q in result["questions"]] == QUESTIONS
+    base, ident, strong = (result["baseline"]["traces"], result["runs"][0]["traces"],
+                           result["runs"][1]["traces"])
+    # same batches and seeds: the identity setting samples exactly the baseline, at KL 0
+    assert [t["completion"] for t in ident] == [t["completion"] for t in base]
+    assert result["runs"][0]["summary"]["kl_mean"] == 0.0
+    assert [t["completion"] for t in strong] != [t["completion"] for t in base]
+    assert result["runs"][1]["summary"]["kl_mean"] > 0
+    for t in strong:  # steered from the prefilled <think> to the end (never closed here)
+        assert t["new_tokens"] == 6 and not t["reached_think_end"]
+        assert t["think_tokens"] == 7 and t["steered_positions"] == 8
+    summary = result["runs"][1]["summary"]
+    assert summary["traces"] == 3 and summary["steered_positions"] == 24
+    assert set(result["runs"][1]["delta"]) >= {"think_tokens_mean", "accuracy"}
+    stats = result["runs"][1]["sae_at_steered_positions"]
+    assert stats["steered_positions"] == 3 * 7 and set(stats["features"]) == {"3", "5"}
+    assert result["config"]["sweep"] == ["x1,+8"]
+
+
+def test_single_run_with_prompts_file(tmp_path, sae_dir, tiny_model_dir):
+    prompts = tmp_path / "q.jsonl"
+    prompts.write_text('{"question": "What is 2+2?", "answer": 4}\n'
+                       '{"question": "What is 3+3?", "answer": 6}\n')
+    out = tmp_path / "single"
+    assert main(_args(sae_dir, tiny_model_dir, out, "--feature", "1=0", "--feature", "2=x4,7=off",
+                      "--prompts-file", str(prompts), "--start", "prompt", "--kl", "false",
+                      "--show", "0")) == 0
+    result = json.loads((out / "steer.json").read_text())
+    assert result["mode"] == "single" and result["png"] is None
+    assert not (out / "steer.png").exists()
+    (run,) = result["runs"]
+    assert run["label"] == "1=0 2=x4 7=off"
+    assert run["summary"]["graded"] == 2 and run["summary"]["accuracy"] == 0.0
+    assert "kl_mean" not in run["summary"]
+    assert all(t["steered_positions"] == 7 for t in run["traces"])  # last prompt token + 6
+    assert result["max_activation"] is None
+
+    # AIRI's recipe: clamp to 2 x the max activation seen over the baseline generations, which
+    # are recorded through an identity intervention and so stay exactly the same
+    out2 = tmp_path / "airi"
+    assert main(_args(sae_dir, tiny_model_dir, out2, "--feature", "9=2max", "--prompts-file",
+                      str(prompts), "--start", "prompt", "--kl", "false", "--show", "0")) == 0
+    airi = json.loads((out2 / "steer.json").read_text())
+    assert [t["completion"] for t in airi["baseline"]["traces"]] == \
+        [t["completion"] for t in result["baseline"]["traces"]]
+    top = airi["max_activation"]["9"]
+    assert top > 0
+    (iv,) = airi["runs"][0]["interventions"]
+    assert iv["kind"] == "clamp" and iv["requested"] == "9=2max"
+    assert iv["value"] == pytest.approx(2 * top) and airi["runs"][0]["label"] == "9=2max"
+    seen = airi["runs"][0]["sae_at_steered_positions"]["features"]["9"]
+    assert seen["max_activation"] <= top + 1e-6  # steering starts later than the recording
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--feature", "123="], "missing value"),
+    (["--feature", "x=abc"], "'x' is not a non-negative integer index"),
+    (["--feature", "1=nan"], "not finite"),
+    (["--feature", "1=x-inf"], "not finite"),
+    (["--feature", "999=0"], "--feature 999: unknown feature, the SAE has 128 latents"),
+    (["--feature", "1=0", "--start", "20", "--end", "5"], "--start 20 is not before --end 5"),
+    (["--feature", "1=0", "--start", "answer"], "--start 'answer'"),
+    (["--feature", "1=0", "--sweep", "x0"], "bare feature indices"),
+    (["--feature", "1", "--sweep", "x0,abc"], "not a number"),
+    ([], "no --feature"),
+    (["--feature", "1=0", "--prompt", "hi", "--prompts-file", "q.txt"], "not both"),
+    (["--feature", "1=0", "--prompts-file", "/nonexistent/q.jsonl"], "not 'builtin'"),
+    (["--feature", "1=0", "--batch_size", "0"], "--batch_size must be at least 1"),
+    (["--feature", "1=0", "--hookpoint", "layers.2"], "reads hookpoint layers.1, not layers.2"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, sae_dir, tiny_model_dir, capsys,
+                                                   extra, message):
+    out = tmp_path / "never"
+    assert main(_args(sae_dir, tiny_model_dir, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("thinksae: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not out.exists()
+
+
+def test_sae_width_mismatch(tmp_path, tiny_model_dir, capsys):
+    sae = tmp_path / "layers.1"
+    Sae(32, SaeConfig(expansion_factor=2, k=4)).save_to_disk(sae)
+    out = tmp_path / "never"
+    assert main(_args(sae, tiny_model_dir, out, "--feature", "1=0", "--prompt", "hi")) == 2
+    assert "has d_in 32, but the model's layers.1 output has width 64" in capsys.readouterr().err
+    assert not out.exists()
