@@ -77,6 +77,12 @@ def _steer(cfg) -> None:
     steer(cfg)
 
 
+def _monitor(cfg) -> None:
+    from .monitor import monitor
+
+    monitor(cfg)
+
+
 def _commands() -> dict[str, tuple[str, type, Callable]]:
     """name → (help, config dataclass, runner). Stage modules are imported lazily."""
     from .corpus import CorpusConfig
@@ -109,6 +115,10 @@ def _commands() -> dict[str, tuple[str, type, Callable]]:
 
     commands["steer"] = ("steer generation through SAE features and measure the effect",
                          SteerConfig, _steer)
+    from .monitor import MonitorConfig
+
+    commands["monitor"] = ("watch SAE features live while the model generates: rules, alerts, "
+                           "terminal view or web app", MonitorConfig, _monitor)
     return commands
 
 

@@ -1,0 +1,141 @@
+"""`thinksae monitor`: watch SAE features while the model generates, in the terminal or a browser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from simple_parsing import field
+
+from ..errors import ThinksaeError
+from ..models.loading import DEFAULT_MODEL
+from .engine import Monitor
+from .rules import load_rules
+
+
+@dataclass
+class MonitorConfig:
+    """Options of `thinksae monitor`."""
+
+    sae: str = field(positional=True, metavar="SAE_DIR")
+    """SAE directory (sparsify or SAELens layout), or a training run directory with --hookpoint."""
+    prompt: str | None = None
+    """Question to generate from (chat-templated); shows the terminal view."""
+    serve: bool = False
+    """Serve the web app instead (prompt, features and rules are entered in the page)."""
+    features: str = ""
+    """Features to watch, comma-separated (those the rules read are added)."""
+    rules: str | None = None
+    """Rules file (YAML or JSON; see thinksae.monitor.rules for the format)."""
+    full_encode: bool = False
+    """Also run the full TopK encode per token: report actual TopK activations (rules may read
+    them with value: topk), at the cost of the full encoder GEMM."""
+    hookpoint: str | None = None
+    """Hookpoint the SAE reads (default: the SAE's own, from thinksae.json or its directory)."""
+    model: str = DEFAULT_MODEL
+    """Model (hub id, local directory, .gguf or `offline`)."""
+    tokenizer: str | None = None
+    """Load the tokenizer from another spec (default: the model's)."""
+    max_new_tokens: int = 512
+    """Most tokens generated (with --serve: the most a request may ask for)."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding."""
+    temperature: float = 0.6
+    """Sampling temperature (with --do_sample)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass (with --do_sample)."""
+    seed: int = 0
+    """Random seed for sampling."""
+    system_prompt: str | None = None
+    """System prompt for the question."""
+    think_prefill: bool = False
+    """End the prompt with <think> + newline so the model starts inside its thinking."""
+    alert_log: str = "runs/monitor/alerts.jsonl"
+    """JSONL file every alert is appended to (empty: no log)."""
+    live: bool = True
+    """Redraw the terminal view per token (off: print it once at the end)."""
+    host: str = "127.0.0.1"
+    """Address the web app binds (with --serve)."""
+    port: int = 8765
+    """Port of the web app (with --serve)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    dtype: str = "auto"
+    """Model dtype: auto (bf16 where fast), float32, bfloat16 or float16. The SAE runs in float32."""
+
+
+def parse_features(text: str) -> list[int]:
+    out = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        if not item.isdigit():
+            raise ThinksaeError(f"--features: {item!r} is not a feature index")
+        out.append(int(item))
+    return list(dict.fromkeys(out))
+
+
+def load_sae_for(sae_path: str, hookpoint: str | None):
+    """``(sae_dir, hookpoint, sae)``; the hookpoint from the SAE's card or directory name."""
+    from ..evaluate.checks import sae_hookpoint
+    from ..sae import load_sae, read_report_card, resolve_sae_dir
+
+    sae_dir = resolve_sae_dir(sae_path, hookpoint)
+    own = sae_hookpoint(sae_dir, read_report_card(sae_dir))
+    if hookpoint and own and hookpoint != own:
+        raise ThinksaeError(f"the SAE in {sae_dir} reads hookpoint {own}, not {hookpoint}")
+    hookpoint = hookpoint or own
+    if not hookpoint:
+        raise ThinksaeError(f"cannot tell which hookpoint the SAE in {sae_dir} reads; pass "
+                            "--hookpoint")
+    return sae_dir, hookpoint, load_sae(sae_dir, dtype=torch.float32)
+
+
+def _check(cfg: MonitorConfig) -> None:
+    if cfg.serve == bool(cfg.prompt):
+        raise ThinksaeError("give --prompt (terminal view) or --serve (web app), one of them")
+    if cfg.prompt is not None and not cfg.prompt.strip():
+        raise ThinksaeError("--prompt is empty")
+    if cfg.max_new_tokens < 1:
+        raise ThinksaeError(f"--max_new_tokens must be at least 1 (got {cfg.max_new_tokens})")
+    if not 0 < cfg.port < 65536:
+        raise ThinksaeError(f"--port must be in 1..65535 (got {cfg.port})")
+
+
+def build_monitor(cfg: MonitorConfig, model=None, tokenizer=None) -> Monitor:
+    """Everything checked (rules, features, SAE) before the model is loaded."""
+    _check(cfg)
+    features = parse_features(cfg.features)
+    sae_dir, hookpoint, sae = load_sae_for(cfg.sae, cfg.hookpoint)
+    bad = [f for f in features if f >= sae.num_latents]
+    if bad:
+        raise ThinksaeError(f"--features: feature {bad[0]} is not a latent of the SAE "
+                            f"(0..{sae.num_latents - 1})")
+    rules = load_rules(cfg.rules, sae.num_latents) if cfg.rules else []
+    if not features and not rules and not cfg.serve:
+        raise ThinksaeError("nothing to watch: give --features and/or --rules")
+    if model is None:
+        from ..models import load_model
+
+        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer)
+    elif tokenizer is None:
+        raise ThinksaeError("a model was passed without its tokenizer")
+    sae = sae.to(next(model.parameters()).device)
+    return Monitor(model, tokenizer, sae, hookpoint, features, rules,
+                   full_encode=cfg.full_encode, alert_log=cfg.alert_log or None,
+                   max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                   temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                   system_prompt=cfg.system_prompt, think_prefill=cfg.think_prefill)
+
+
+def monitor(cfg: MonitorConfig, model=None, tokenizer=None):
+    """Run `thinksae monitor` (terminal view or web app)."""
+    mon = build_monitor(cfg, model, tokenizer)
+    if cfg.serve:
+        from .server import serve
+
+        serve(mon, cfg.host, cfg.port)
+        return None
+    from .terminal import run_terminal
+
+    return run_terminal(mon, cfg.prompt, live=cfg.live)

@@ -1,0 +1,173 @@
+"""The monitor engine: watch-list values, generation, regions, actions, the alert log."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from test_monitor_helpers import HOOKPOINT, QUESTION, tiny_sae
+
+from thinksae.corpus import build_prompt
+from thinksae.errors import ThinksaeError
+from thinksae.models import capture, decoder_stack, resolve_hookpoint
+from thinksae.monitor import (
+    AlertEvent,
+    DoneEvent,
+    Monitor,
+    RegionTracker,
+    TokenEvent,
+    WatchList,
+    preactivations,
+    read_alerts,
+)
+
+WATCH = [0, 5, 17, 42, 99, 128, 200, 255]
+
+
+@pytest.fixture(scope="module")
+def sae():
+    return tiny_sae()
+
+
+def tokens(events):
+    return [e for e in events if isinstance(e, TokenEvent)]
+
+
+def test_watch_list_equals_the_full_computation_exactly(sae):
+    """Token by token (as the monitor encodes), the watch-list's rows give bit for bit the values
+    of the full encoder GEMM, and of ``Sae.encode`` wherever the feature is in the top k."""
+    torch.manual_seed(0)
+    watch = WatchList(sae, WATCH)
+    hits = 0
+    with torch.no_grad():
+        for _ in range(64):
+            x = torch.randn(1, 64) * 3
+            full_pre = preactivations(x, sae.encoder.weight, sae.encoder.bias, sae.b_dec,
+                                      sae.dtype)
+            assert torch.equal(watch.acts(x), full_pre[:, WATCH].relu())
+            dense = sae.dense_acts(x)[:, WATCH]
+            acts, topk, top = watch.full(x)
+            assert torch.equal(acts, watch.acts(x))
+            assert torch.equal(topk, dense)
+            assert torch.equal(top.sort().values, sae.encode(x).latent_indices.sort().values)
+            active = dense > 0
+            hits += int(active.sum())
+            assert torch.equal(watch.acts(x)[active], dense[active])
+    assert hits > 0
+
+
+def test_watch_list_refuses_unknown_features(sae):
+    with pytest.raises(ThinksaeError, match="feature 256 is not a latent"):
+        WatchList(sae, [1, 256])
+
+
+def test_greedy_tokens_and_activations_match_the_model(tiny_model, tokenizer, sae):
+    mon = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, WATCH, full_encode=True)
+    events = list(mon.watch(QUESTION, max_new_tokens=6))
+    toks = tokens(events)
+    assert isinstance(events[-1], DoneEvent) and events[-1].tokens == len(toks) == 6
+    prompt = tokenizer(build_prompt(tokenizer, QUESTION), add_special_tokens=False,
+                       return_tensors="pt").input_ids
+    ref = tiny_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
+                              do_sample=False, pad_token_id=0)[0, prompt.shape[1]:]
+    assert [e.token_id for e in toks] == ref.tolist()
+    assert [e.position for e in toks] == list(range(prompt.shape[1], prompt.shape[1] + 6))
+    full = torch.cat([prompt[0], ref])[None]
+    x = capture(tiny_model, HOOKPOINT, full)[HOOKPOINT][0, prompt.shape[1]:]
+    ref_acts = WatchList(sae, WATCH).acts(x)
+    got = torch.tensor([[e.acts[f] for f in WATCH] for e in toks])
+    torch.testing.assert_close(got, ref_acts, atol=1e-4, rtol=1e-4)
+    dense = sae.dense_acts(x)[:, WATCH]
+    for e, row in zip(toks, dense):
+        assert e.active == [f for f, v in zip(WATCH, row.tolist()) if v > 0]
+
+
+def test_sampled_text_and_regions(tiny_model, tokenizer, sae):
+    mon = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, [1], do_sample=True, temperature=1.0,
+                  top_p=1.0, seed=3, think_prefill=True)
+    events = list(mon.watch(QUESTION, max_new_tokens=12))
+    again = list(mon.watch(QUESTION, max_new_tokens=12))
+    assert [e.token_id for e in tokens(events)] == [e.token_id for e in tokens(again)]
+    done = events[-1]
+    assert "".join(e.text for e in tokens(events)) == done.text
+    assert all(e.region in ("think", "special") for e in tokens(events))
+
+
+def test_region_tracker(tokenizer):
+    open_id, close_id = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+    word = tokenizer("hello", add_special_tokens=False).input_ids[0]
+    r = RegionTracker(tokenizer, [1, 2, 3], {open_id, close_id})
+    seq = [word, open_id, word, word, close_id, word]
+    assert [r.push(t) for t in seq] == ["answer", "special", "think", "think", "special", "answer"]
+    assert RegionTracker(tokenizer, [1, open_id, 2]).push(word) == "think"
+
+
+def test_stop_action_stops_generation_and_logs(tiny_model, tokenizer, sae, tmp_path):
+    log = tmp_path / "alerts.jsonl"
+    rules = [{"name": "watch-5", "feature": 5, "threshold": 0.0, "severity": "info"},
+             {"name": "halt", "feature": 17, "threshold": 0.0, "consecutive": 3,
+              "action": "stop", "severity": "critical", "message": "stopping"}]
+    mon = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, rules=rules, alert_log=log)
+    events = list(mon.watch(QUESTION, max_new_tokens=20))
+    done = events[-1]
+    assert (done.reason, done.rule, done.tokens) == ("stopped", "halt", 3)
+    alerts = [e for e in events if isinstance(e, AlertEvent)]
+    assert [(a.rule, a.step) for a in alerts] == [("watch-5", 0), ("halt", 2)]
+    logged = read_alerts(log)
+    assert [(a["rule"], a["step"], a["severity"]) for a in logged] == [
+        ("watch-5", 0, "info"), ("halt", 2, "critical")]
+    assert logged[1]["message"] == "stopping" and logged[1]["run_id"] == done.run_id
+    assert logged[0]["prompt"] == QUESTION
+    # a second run appends
+    list(mon.watch(QUESTION, max_new_tokens=20))
+    assert len(read_alerts(log)) == 4
+    assert not resolve_hookpoint(tiny_model, HOOKPOINT)._forward_hooks
+
+
+def test_steer_action_switches_steering_on(tiny_model, tokenizer, sae):
+    base = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, [5])
+    ref = tokens(list(base.watch(QUESTION, max_new_tokens=6)))
+    rules = [{"name": "steer-it", "feature": 5, "threshold": 0.0, "once": True,
+              "action": {"steer": "5=+400"}}]
+    mon = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, rules=rules)
+    events = list(mon.watch(QUESTION, max_new_tokens=6))
+    got = tokens(events)
+    alerts = [e for e in events if isinstance(e, AlertEvent)]
+    assert [(a.rule, a.step, a.action) for a in alerts] == [("steer-it", 0, "steer")]
+    assert got[0].token_id == ref[0].token_id and got[0].acts == ref[0].acts
+    assert [e.token_id for e in got[1:]] != [e.token_id for e in ref[1:]]
+    # steering ends with the generation
+    assert not resolve_hookpoint(tiny_model, HOOKPOINT)._forward_hooks
+    assert not decoder_stack(tiny_model)._forward_pre_hooks
+    again = tokens(list(base.watch(QUESTION, max_new_tokens=6)))
+    assert [e.token_id for e in again] == [e.token_id for e in ref]
+
+
+def test_cancel_and_overrides(tiny_model, tokenizer, sae):
+    mon = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, [1, 2])
+    cancel = threading.Event()
+    it = mon.watch(QUESTION, max_new_tokens=50, cancel=cancel, features=[7])
+    first = next(it)
+    assert set(first.acts) == {7}
+    cancel.set()
+    rest = list(it)
+    assert rest[-1].reason == "cancelled" and rest[-1].tokens == 1
+    ev = next(mon.watch(QUESTION, rules=[{"name": "a", "feature": 9, "threshold": 99}]))
+    assert list(ev.acts) == [1, 2, 9]
+
+
+def test_bad_arguments_fail_before_generating(tiny_model, tokenizer, sae):
+    mon = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, [1])
+    with pytest.raises(ThinksaeError, match="topk, which needs the full encode"):
+        mon.watch(QUESTION, rules=[{"name": "t", "feature": 1, "threshold": 1, "value": "topk"}])
+    with pytest.raises(ThinksaeError, match="feature 300 is not a latent"):
+        mon.watch(QUESTION, features=[300])
+    with pytest.raises(ThinksaeError, match="rule 1 \\('x'\\): field 'threshold'"):
+        Monitor(tiny_model, tokenizer, sae, HOOKPOINT, rules=[{"name": "x", "feature": 1}])
+    with pytest.raises(ThinksaeError, match="unknown hookpoint"):
+        Monitor(tiny_model, tokenizer, sae, "layer.1", [1])
+    wide = tiny_sae()
+    wide.d_in = 65
+    with pytest.raises(ThinksaeError, match="d_in 65"):
+        list(Monitor(tiny_model, tokenizer, wide, HOOKPOINT, [1]).watch(QUESTION, max_new_tokens=2))
