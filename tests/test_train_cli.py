@@ -34,6 +34,7 @@ def test_train_from_store_on_the_command_line(store, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith(str(sae_dir))
     card = json.loads((sae_dir / "thinksae.json").read_text())
     assert card["hookpoint"] == "layers.2" and card["k"] == 4 and card["num_latents"] == 128
+    assert card["expansion_factor"] == 2.0
     assert card["data"]["tokenizer_hash"] and card["training"]["tokens_seen"] > 0
     rows = [json.loads(x) for x in (sae_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["fvu"] < rows[0]["fvu"]
@@ -41,11 +42,13 @@ def test_train_from_store_on_the_command_line(store, tmp_path, capsys):
 
 
 def test_train_on_the_fly_from_a_model_directory(tiny_model_dir, corpus_path, tmp_path):
-    args = _train_args(tmp_path / "fly", "--model", str(tiny_model_dir), "--corpus",
+    args = _train_args(tmp_path / "fly", "--num_latents", "96", "--model", str(tiny_model_dir), "--corpus",
                        str(corpus_path), "--hookpoint", "layers.1.mlp", "--model_dtype", "float32")
     assert main(args) == 0
     sae = Sae.load_from_disk(tmp_path / "fly" / "layers.1.mlp")
-    assert sae.d_in == 64 and sae.cfg.k == 4
+    assert sae.d_in == 64 and sae.cfg.k == 4 and sae.num_latents == 96
+    card = json.loads((tmp_path / "fly" / "layers.1.mlp" / "thinksae.json").read_text())
+    assert card["num_latents"] == 96 and card["expansion_factor"] == 1.5  # effective, not the flag
 
 
 @pytest.mark.parametrize("extra, message", [

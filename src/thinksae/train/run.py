@@ -107,7 +107,7 @@ def report_card(trainer: Trainer) -> dict:
         "hookpoint": trainer.sae_dir.name,
         "d_in": trainer.d_in,
         "num_latents": int(sae.num_latents),
-        "expansion_factor": cfg.sae.expansion_factor,
+        "expansion_factor": round(int(sae.num_latents) / trainer.d_in, 4),
         "k": cfg.sae.k,
         "training": {
             "lr": trainer.lr, "lr_warmup_steps": cfg.lr_warmup_steps, "lr_decay": cfg.lr_decay,
