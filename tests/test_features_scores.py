@@ -130,3 +130,14 @@ def test_logit_lens_matches_norm_then_unembedding(tiny_model):
     assert (lens["lens_pos_ids"][[0, 2, 3, 5]] == -1).all()  # not asked for
     with pytest.raises(ThinksaeError, match="SAE/model mismatch"):
         logit_lens(tiny_model, torch.randn(6, 32), torch.tensor([0]))
+
+
+def test_feature_pages_go_to_the_leaders_of_every_score():
+    from thinksae.features.dashboard import page_features
+
+    rows = [{"feature": i, "fires": 0 if i == 9 else 5, "reason_score": float(i),
+             "think_rate_ratio": float(-i), "think_mean_ratio": None, "trace_freq": 0.5,
+             "format_share": 0.0, "freq": 0.1} for i in range(10)]
+    assert page_features(rows, 100) == list(range(9))  # every alive feature, the dead one not
+    pages = page_features(rows, 2)
+    assert pages == [0, 8]  # the top by ReasonScore (8) and by think rate ratio (0)

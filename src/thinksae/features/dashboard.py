@@ -80,12 +80,31 @@ def _context_cells(ctx: dict) -> list[dict]:
              "trigger": j == ctx["trigger"]} for j, (tok, a) in enumerate(zip(ctx["tokens"], ctx["acts"]))]
 
 
+PAGE_SCORES = ("reason_score", "think_rate_ratio", "think_mean_ratio", "trace_freq", "format_share",
+               "freq")
+"""Rankings that share the feature pages: the top of each gets a page before the next ranks."""
+
+
 def page_features(feature_rows: list[dict], max_pages: int) -> list[int]:
-    """Features that get a page: alive ones, highest ReasonScore first, at most ``max_pages``."""
+    """Features that get a page (alive ones, at most ``max_pages``): taken in turn from the top of
+    each ranking in PAGE_SCORES, so the leaders by every score have pages."""
     alive = [r for r in feature_rows if r["fires"] > 0]
-    alive.sort(key=lambda r: -(r.get("reason_score") if r.get("reason_score") is not None
-                               else float("-inf")))
-    return sorted(r["feature"] for r in alive[:max_pages])
+    if len(alive) <= max_pages:
+        return sorted(r["feature"] for r in alive)
+
+    def ranking(key: str) -> list[int]:
+        scored = [r for r in alive if r.get(key) is not None]
+        return [r["feature"] for r in sorted(scored, key=lambda r: -r[key])]
+
+    rankings = [ranking(key) for key in PAGE_SCORES]
+    chosen: set[int] = set()
+    for rank in range(len(alive)):
+        for order in rankings:
+            if rank < len(order) and len(chosen) < max_pages:
+                chosen.add(order[rank])
+        if len(chosen) >= max_pages:
+            break
+    return sorted(chosen)
 
 
 def write_dashboard(out_dir: str | Path, feature_rows: list[dict], stats: FeatureStats,

@@ -63,7 +63,8 @@ class AnalyzeConfig:
     dashboard: bool = True
     """Write the static HTML dashboard (dashboard/index.html)."""
     max_pages: int = 3000
-    """Feature pages written (alive features with the highest ReasonScore first)."""
+    """Feature pages written (alive features, taken in turn from the top of each score's
+    ranking: ReasonScore, think/other rate and mean ratios, trace frequency, format share)."""
     chunk_tokens: int = 8192
     """Tokens encoded per step."""
     batch_size: int = 8
