@@ -3,6 +3,7 @@ runs share batches and seeds, and every bad input is one line, exit 2, nothing w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -141,3 +142,23 @@ def test_sae_width_mismatch(tmp_path, tiny_model_dir, capsys):
     assert main(_args(sae, tiny_model_dir, out, "--feature", "1=0", "--prompt", "hi")) == 2
     assert "has d_in 32, but the model's layers.1 output has width 64" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_think_window_without_think_tokens_is_refused(tmp_path, sae_dir, tiny_model_dir, capsys,
+                                                      monkeypatch):
+    """Tokenizers where <think> is plain text (Qwen2.5-Coder) cannot open a think window."""
+    import thinksae.steer.run as steer_run
+
+    real = steer_run.Markers.from_tokenizer
+
+    def plain(tokenizer, stop_ids=(), sentences=True):
+        return dataclasses.replace(real(tokenizer, stop_ids, sentences), single_token=False)
+
+    monkeypatch.setattr(steer_run.Markers, "from_tokenizer", staticmethod(plain))
+    out = tmp_path / "never"
+    assert main(_args(sae_dir, tiny_model_dir, out, "--feature", "1=0", "--prompt", "hi",
+                      "--start", "think")) == 2
+    assert "no single <think>/</think> tokens" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(_args(sae_dir, tiny_model_dir, out, "--feature", "1=0", "--prompt", "hi",
+                      "--start", "prompt", "--end", "none", "--kl", "false")) == 0

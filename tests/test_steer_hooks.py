@@ -274,3 +274,20 @@ def test_markers_from_the_r1_tokenizer(tokenizer):
     okay = tokenizer("Okay", add_special_tokens=False)["input_ids"][0]
     assert m.ends_sentence(DOT) and m.ends_sentence(198) and not m.ends_sentence(okay)
     assert not m.ends_sentence(10**6)
+
+
+class _NoThinkTokenizer:
+    """A tokenizer where <think> and </think> are not tokens (like Qwen2.5-Coder's)."""
+
+    unk_token_id = None
+    eos_token_id = 7
+
+    def convert_tokens_to_ids(self, tokens):
+        return [None for _ in tokens]
+
+
+def test_markers_know_whether_think_tags_are_single_tokens(tokenizer):
+    assert Markers.from_tokenizer(tokenizer, sentences=False).single_token
+    plain = Markers.from_tokenizer(_NoThinkTokenizer(), sentences=False)
+    assert not plain.single_token and plain.stop_ids == frozenset({7})
+

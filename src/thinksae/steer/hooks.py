@@ -46,6 +46,9 @@ class Markers:
     stop_ids: frozenset[int] = frozenset()
     sentence_end: Tensor | None = None
     """Bool ``[vocab]``: tokens that end a sentence (needed for ``start=sentence``)."""
+    single_token: bool = True
+    """Whether ``<think>`` and ``</think>`` are single tokens of the tokenizer (R1 tokenizers);
+    otherwise the ids above are R1's defaults and will not occur in the text."""
 
     @classmethod
     def from_tokenizer(cls, tokenizer, stop_ids: Iterable[int] = (), sentences: bool = True
@@ -53,15 +56,16 @@ class Markers:
         """The markers of ``tokenizer`` (its own ``<think>``/``</think>`` ids when it has them)."""
         ids = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
         unk = getattr(tokenizer, "unk_token_id", None)
-        open_id, close_id = (i if isinstance(i, int) and i != unk else d
-                             for i, d in zip(ids, (THINK_OPEN_ID, THINK_CLOSE_ID)))
+        found = [isinstance(i, int) and i != unk for i in ids]
+        open_id, close_id = (i if ok else d
+                             for i, ok, d in zip(ids, found, (THINK_OPEN_ID, THINK_CLOSE_ID)))
         stops = set(stop_ids) | ({tokenizer.eos_token_id} - {None})
         sentence_end = None
         if sentences:
             texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
             sentence_end = torch.tensor([t.rstrip(" ").endswith((".", "?", "!")) or "\n" in t
                                          for t in texts])
-        return cls(open_id, close_id, frozenset(int(i) for i in stops), sentence_end)
+        return cls(open_id, close_id, frozenset(int(i) for i in stops), sentence_end, all(found))
 
     def ends_sentence(self, token: int) -> bool:
         table = self.sentence_end

@@ -194,6 +194,11 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
 
     markers = Markers.from_tokenizer(tokenizer, _stop_ids(model, tokenizer),
                                      sentences=window.start == "sentence")
+    if not markers.single_token and (window.start != "prompt" or window.end != "none"):
+        raise ThinksaeError(
+            "this tokenizer has no single <think>/</think> tokens, so the window "
+            f"--start {window.start} --end {window.end} would never open or close; use "
+            "--start prompt --end none (with --think_prefill the prompt ends inside the thinking)")
     settings = Settings(cfg.max_new_tokens, cfg.batch_size, cfg.do_sample, cfg.temperature,
                         cfg.top_p, cfg.seed)
     prompts = [build_prompt(tokenizer, p.question, cfg.system_prompt, cfg.think_prefill)
