@@ -103,6 +103,30 @@ def test_region_tracker(tokenizer):
     assert RegionTracker(tokenizer, [1, open_id, 2]).push(word) == "think"
 
 
+class _PlainThink:
+    """The R1 tokenizer as a tokenizer without <think>/</think> tokens would look (text only)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def convert_tokens_to_ids(self, tokens):
+        return [None for _ in tokens]
+
+    def decode(self, ids):
+        return self.tok.decode(ids)
+
+
+def test_region_tracker_follows_plain_text_markers(tokenizer):
+    open_id, close_id = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+    word = tokenizer("hello", add_special_tokens=False).input_ids[0]
+    plain = _PlainThink(tokenizer)
+    r = RegionTracker(plain, tokenizer("Question?", add_special_tokens=False).input_ids)
+    seq = [word, open_id, word, word, close_id, word]
+    assert [r.push(t) for t in seq] == ["answer", "answer", "think", "think", "think", "answer"]
+    prefilled = tokenizer("Q?<think>\n", add_special_tokens=False).input_ids
+    assert RegionTracker(plain, prefilled).push(word) == "think"
+
+
 def test_stop_action_stops_generation_and_logs(tiny_model, tokenizer, sae, tmp_path):
     log = tmp_path / "alerts.jsonl"
     rules = [{"name": "watch-5", "feature": 5, "threshold": 0.0, "severity": "info"},
