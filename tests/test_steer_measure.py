@@ -90,3 +90,18 @@ def test_summaries_and_deltas():
     empty = summarize([])
     assert empty["traces"] == 0 and empty["accuracy"] is None and empty["think_tokens_mean"] is None
     assert compare(empty, steered)["think_tokens_change"] is None
+
+
+def test_plain_text_thinking_when_markers_are_not_tokens(tokenizer):
+    from thinksae.steer.measure import _plain_text_thinking
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    body = ids("Let me add 2 and 2.\n")
+    count, closed, text = _plain_text_thinking(tokenizer, ids("Q?<think>\n"),
+                                               body + ids("</think>\n\n4"))
+    assert (count, closed, text) == (len(body), True, "Let me add 2 and 2.\n")
+    count, closed, text = _plain_text_thinking(tokenizer, ids("Q?"), ids("Sure. <think>Hmm") )
+    assert closed is False and text == "Hmm" and count == len(ids("Hmm"))
+    assert _plain_text_thinking(tokenizer, ids("Q?"), ids("No thinking here.")) == (None, False, "")

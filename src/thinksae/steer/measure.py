@@ -7,6 +7,11 @@ counts in the thinking text (the phrases of ``BEHAVIOUR_VOCAB``: wait, hmm, alte
 case-insensitive, whole words), the numeric answer (extracted after ``</think>``; a trace whose
 thinking never closed has no answer) and whether it matches the reference, and for steered traces
 the number of steered positions and the mean KL there.
+
+Tokenizers without single ``<think>``/``</think>`` tokens (e.g. Qwen2.5-Coder) are measured on the
+decoded text: thinking opens after the token completing ``<think>`` (or in the prompt, when it
+ends with it) and its length counts the tokens until the one completing ``</think>``, so the
+pieces of the closing marker itself (up to 3 tokens) are counted as thinking.
 """
 
 from __future__ import annotations
@@ -33,6 +38,32 @@ def behaviour_counts(text: str) -> dict[str, int]:
     return counts
 
 
+def _plain_text_thinking(tokenizer, prompt_tail: list[int], new: list[int]
+                         ) -> tuple[int | None, bool, str]:
+    """(thinking tokens or None, closed, thinking text) found in the decoded text."""
+    def text_of(ids):
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    start = 0 if text_of(prompt_tail).rstrip().endswith("<think>") else None
+    count, closed, end, text = (0 if start == 0 else None), False, None, ""
+    for token in new:
+        text += text_of([token])
+        if start is None:
+            at = text.find("<think>")
+            if at >= 0:
+                start, count = at + len("<think>"), 0
+            continue
+        if closed:
+            continue
+        at = text.find("</think>", start)
+        if at >= 0:
+            closed, end = True, at
+        else:
+            count += 1
+    thinking = "" if start is None else text[start:end]
+    return count, closed, thinking
+
+
 def trace_record(tokenizer, tokens: list[int], width: int, markers: Markers, window: Window,
                  reference: float | None, steered: list[bool] | None = None,
                  kl: list[float] | None = None) -> dict:
@@ -49,12 +80,16 @@ def trace_record(tokenizer, tokens: list[int], width: int, markers: Markers, win
         end = row.close_pos if row.close_pos is not None else width + len(new)
         thinking = tokenizer.decode(tokens[row.open_pos + 1:end], skip_special_tokens=True,
                                     clean_up_tokenization_spaces=False)
-    closed = row.close_pos is not None
-    answer = extract_numeric_answer(completion) if closed or row.open_pos is None else None
+    closed, think_tokens, opened = row.close_pos is not None, row.think_tokens, row.open_pos
+    if not markers.single_token:
+        think_tokens, closed, thinking = _plain_text_thinking(tokenizer, tokens[max(0, width - 8):width],
+                                                              new)
+        opened = think_tokens
+    answer = extract_numeric_answer(completion) if closed or opened is None else None
     record = {
         "completion": completion,
         "new_tokens": len(new),
-        "think_tokens": row.think_tokens,
+        "think_tokens": think_tokens,
         "reached_think_end": closed,
         "finished": row.stop_pos is not None,
         "answer": answer,
