@@ -129,6 +129,7 @@ def test_region_tracker_follows_plain_text_markers(tokenizer):
 
 def test_stop_action_stops_generation_and_logs(tiny_model, tokenizer, sae, tmp_path):
     log = tmp_path / "alerts.jsonl"
+    hooks_before = _hooks(tiny_model)
     rules = [{"name": "watch-5", "feature": 5, "threshold": 0.0, "severity": "info"},
              {"name": "halt", "feature": 17, "threshold": 0.0, "consecutive": 3,
               "action": "stop", "severity": "critical", "message": "stopping"}]
@@ -146,10 +147,17 @@ def test_stop_action_stops_generation_and_logs(tiny_model, tokenizer, sae, tmp_p
     # a second run appends
     list(mon.watch(QUESTION, max_new_tokens=20))
     assert len(read_alerts(log)) == 4
-    assert not resolve_hookpoint(tiny_model, HOOKPOINT)._forward_hooks
+    assert _hooks(tiny_model) == hooks_before
+
+
+def _hooks(model) -> tuple[list, list]:
+    """Hooks on the hookpoint and the decoder stack (transformers may hold its own there)."""
+    return (list(resolve_hookpoint(model, HOOKPOINT)._forward_hooks.values()),
+            list(decoder_stack(model)._forward_pre_hooks.values()))
 
 
 def test_steer_action_switches_steering_on(tiny_model, tokenizer, sae):
+    hooks_before = _hooks(tiny_model)
     base = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, [5])
     ref = tokens(list(base.watch(QUESTION, max_new_tokens=6)))
     rules = [{"name": "steer-it", "feature": 5, "threshold": 0.0, "once": True,
@@ -162,8 +170,7 @@ def test_steer_action_switches_steering_on(tiny_model, tokenizer, sae):
     assert got[0].token_id == ref[0].token_id and got[0].acts == ref[0].acts
     assert [e.token_id for e in got[1:]] != [e.token_id for e in ref[1:]]
     # steering ends with the generation
-    assert not resolve_hookpoint(tiny_model, HOOKPOINT)._forward_hooks
-    assert not decoder_stack(tiny_model)._forward_pre_hooks
+    assert _hooks(tiny_model) == hooks_before
     again = tokens(list(base.watch(QUESTION, max_new_tokens=6)))
     assert [e.token_id for e in again] == [e.token_id for e in ref]
 
