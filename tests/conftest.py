@@ -92,3 +92,13 @@ def corpus_path(tmp_path_factory, tokenizer) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "traces.jsonl"
     path.write_text("".join(json.dumps(t) + "\n" for t in make_traces(tokenizer)))
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: tiny-model ops gain nothing from threads, and on a busy
+    shared CPU spinning OpenMP threads wait for scheduler slots (100x slower generation)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

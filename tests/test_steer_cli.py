@@ -17,14 +17,7 @@ QUESTIONS = ["What is 2+2?", "Tom has 7 apples and eats 2. How many are left?",
              "A pencil costs 3 dollars. How much do 4 pencils cost?"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny-model ops gain nothing from threads; on a busy shared CPU, spinning OpenMP threads
-    make each one wait for a scheduler slot (100x slower generation)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

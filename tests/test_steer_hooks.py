@@ -16,14 +16,7 @@ OPEN, CLOSE, EOS, PAD, DOT = 500, 501, 502, 503, 13
 """Marker ids of the small-vocabulary model below (R1's real ids are tested with its tokenizer)."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny-model ops gain nothing from threads; on a busy shared CPU, spinning OpenMP threads
-    make each one wait for a scheduler slot (100x slower generation)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

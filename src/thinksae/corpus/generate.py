@@ -87,7 +87,7 @@ def _done_ids(out_path: Path) -> dict[str, Trace]:
     return {t.id: t for t in iter_traces(out_path)}
 
 
-def _stop_ids(model, tokenizer) -> list[int]:
+def stop_ids(model, tokenizer) -> list[int]:
     """EOS ids of the tokenizer and the model's generation config, and the pad id."""
     ids = set()
     eos = (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None))
@@ -113,14 +113,14 @@ def _trim(new_ids: list[int], stop: set[int], pad_id: int | None) -> tuple[list[
     return new_ids, False
 
 
-def _batch_seed(seed: int, ids: Sequence[str]) -> int:
+def batch_seed(seed: int, ids: Sequence[str]) -> int:
     """A seed per batch that depends only on the run seed and the batch's questions, so a
     resumed run samples the remaining batches like an uninterrupted one would."""
     blob = f"{seed}\0" + "\0".join(ids)
     return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "little") % (2**63)
 
 
-def _left_pad(tokenizer, prompts: list[str], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(tokenizer, prompts: list[str], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids of the prompts (no added special tokens: the template has them), left-padded."""
     rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     width = max(len(r) for r in rows)
@@ -168,7 +168,7 @@ def generate_traces(
     done = _done_ids(out_path)
     todo = [p for p in problems if p.id not in done]
 
-    stop = _stop_ids(model, tokenizer)
+    stop = stop_ids(model, tokenizer)
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None),
                   stop[0])
     device = next(model.parameters()).device
@@ -189,8 +189,8 @@ def generate_traces(
             batch = todo[start:start + batch_size]
             prompts = [build_prompt(tokenizer, p.question, system_prompt, think_prefill)
                        for p in batch]
-            input_ids, attention_mask = _left_pad(tokenizer, prompts, pad_id)
-            torch.manual_seed(_batch_seed(seed, [p.id for p in batch]))
+            input_ids, attention_mask = left_pad(tokenizer, prompts, pad_id)
+            torch.manual_seed(batch_seed(seed, [p.id for p in batch]))
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),

@@ -135,10 +135,10 @@ class Monitor:
         self.max_new_tokens, self.do_sample = max_new_tokens, do_sample
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
         self.system_prompt, self.think_prefill = system_prompt, think_prefill
-        from ..corpus.generate import _stop_ids
+        from ..corpus.generate import stop_ids
         from ..corpus.segment import control_token_ids
 
-        self.stop_ids = set(_stop_ids(model, tokenizer))
+        self.stop_ids = set(stop_ids(model, tokenizer))
         self.special_ids = control_token_ids(tokenizer)
 
     def check_rules(self, rules: Sequence[Rule | dict], source: str = "rules") -> list[Rule]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..corpus.generate import _batch_seed, _left_pad, _stop_ids
+from ..corpus.generate import batch_seed, left_pad, stop_ids
 from ..evaluate.spliced import output_head
 from ..models import decoder_stack
 from .hooks import FeatureStats, Markers, steering
@@ -97,7 +97,7 @@ def generate_condition(model, tokenizer, prompts: list[str], ids: list[str],
     ``record`` features' activations are recorded at every position by an identity
     intervention, which leaves the model bit for bit unchanged); returns prompt index → (its
     batch's :class:`Generated`, its row in it)."""
-    stop = _stop_ids(model, tokenizer)
+    stop = stop_ids(model, tokenizer)
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None),
                   stop[0])
     device = next(model.parameters()).device
@@ -105,9 +105,9 @@ def generate_condition(model, tokenizer, prompts: list[str], ids: list[str],
         if settings.do_sample else {}
     result: dict[int, tuple[Generated, int]] = {}
     for batch in batches:
-        input_ids, mask = _left_pad(tokenizer, [prompts[i] for i in batch], pad_id)
+        input_ids, mask = left_pad(tokenizer, [prompts[i] for i in batch], pad_id)
         input_ids, mask = input_ids.to(device), mask.to(device)
-        torch.manual_seed(_batch_seed(settings.seed, [ids[i] for i in batch]))
+        torch.manual_seed(batch_seed(settings.seed, [ids[i] for i in batch]))
         if interventions:
             steer = steering(model, sae, hookpoint, interventions, window, markers)
         elif record:

@@ -190,9 +190,9 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
     _check_model(model, hookpoint, sae, sae_dir)
     sae = sae.to(next(model.parameters()).device)
 
-    from ..corpus.generate import _stop_ids
+    from ..corpus.generate import stop_ids
 
-    markers = Markers.from_tokenizer(tokenizer, _stop_ids(model, tokenizer),
+    markers = Markers.from_tokenizer(tokenizer, stop_ids(model, tokenizer),
                                      sentences=window.start == "sentence")
     if not markers.single_token and (window.start != "prompt" or window.end != "none"):
         raise ThinksaeError(
