@@ -74,6 +74,25 @@ def test_traces_written_as_they_come_and_resumed(tmp_path, model, r1_tokenizer):
     assert fresh == got  # an interrupted + resumed run equals an uninterrupted one
 
 
+def test_a_batch_cut_short_is_redone_with_the_same_rows(tmp_path, model, r1_tokenizer):  # noqa: F811
+    fresh = generate_traces(model, r1_tokenizer, QUESTIONS, tmp_path / "fresh.jsonl",
+                            batch_size=3, **GEN)
+    path = tmp_path / "cut.jsonl"  # a crash mid-write left one trace of the second batch
+    lines = (tmp_path / "fresh.jsonl").read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:1]))
+    seen = []
+
+    class Recording(CountingModel):
+        def generate(self, **kw):
+            seen.append(kw["input_ids"].shape)
+            return super().generate(**kw)
+
+    got = generate_traces(Recording(model), r1_tokenizer, QUESTIONS, path, batch_size=3, **GEN)
+    assert [s[0] for s in seen] == [3, 1]  # the whole first batch again, then the second
+    assert got == fresh
+    assert sorted(path.read_text().splitlines()) == sorted(line.rstrip("\n") for line in lines)
+
+
 def test_resume_after_a_torn_last_line(tmp_path, model, r1_tokenizer):  # noqa: F811
     path = tmp_path / "t.jsonl"
     (a,) = generate_traces(model, r1_tokenizer, QUESTIONS[:1], path, **GEN)

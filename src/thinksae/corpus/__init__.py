@@ -30,6 +30,7 @@ from .segment import (
 from .traces import (
     Trace,
     append_trace,
+    append_traces,
     iter_traces,
     load_traces,
     read_traces,
@@ -166,6 +167,7 @@ __all__ = [
     "Trace",
     "answers_match",
     "append_trace",
+    "append_traces",
     "behaviour_names",
     "build_corpus",
     "build_prompt",

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ThinksaeError
 from .problems import Problem, extract_numeric_answer
-from .traces import THINK_OPEN, Trace, append_trace, iter_traces, render_chat
+from .traces import THINK_OPEN, Trace, append_traces, iter_traces, render_chat
 
 THINK_SYSTEM_PROMPT = (
     "Think step by step inside <think> </think> tags, then give the final answer."
@@ -166,7 +166,10 @@ def generate_traces(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     problems = list({p.id: p for p in map(_as_problem, questions)}.values())
     done = _done_ids(out_path)
-    todo = [p for p in problems if p.id not in done]
+    # Batches are fixed slices of the whole question list, so a resumed run generates exactly the
+    # batches (same rows, same padding) an uninterrupted one would; a batch cut short is redone.
+    batches = [problems[i:i + batch_size] for i in range(0, len(problems), batch_size)]
+    todo = [b for b in batches if any(p.id not in done for p in b)]
 
     stop = stop_ids(model, tokenizer)
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None),
@@ -182,11 +185,10 @@ def generate_traces(
     if think_prefill:
         settings["think_prefill"] = True
 
-    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc="generate",
+    bar = tqdm(total=len(problems), initial=len(problems) - sum(map(len, todo)), desc="generate",
                unit="trace", disable=not progress)
     try:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+        for batch in todo:
             prompts = [build_prompt(tokenizer, p.question, system_prompt, think_prefill)
                        for p in batch]
             input_ids, attention_mask = left_pad(tokenizer, prompts, pad_id)
@@ -201,7 +203,10 @@ def generate_traces(
                 **sampling,
             )
             width = input_ids.shape[1]
+            made = []
             for row, (problem, prompt) in enumerate(zip(batch, prompts, strict=True)):
+                if problem.id in done:
+                    continue
                 new_ids, finished = _trim(out[row, width:].tolist(), set(stop), pad_id)
                 completion = tokenizer.decode(new_ids, skip_special_tokens=False,
                                               clean_up_tokenization_spaces=False)
@@ -212,9 +217,11 @@ def generate_traces(
                     reference_answer=None if answer is None else _format_number(answer),
                     meta={**settings, "finished": finished, "num_new_tokens": len(new_ids)},
                 )
-                append_trace(out_path, trace)
+                made.append(trace)
+            append_traces(out_path, made)  # one write per batch: a batch lands whole or not at all
+            for trace in made:
                 done[trace.id] = trace
-                bar.update(1)
+            bar.update(len(made))
     finally:
         bar.close()
     return [done[p.id] for p in problems]

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,8 +131,16 @@ def write_traces(traces: Iterable[Trace], path: str | os.PathLike) -> None:
 
 def append_trace(path: str | os.PathLike, trace: Trace) -> None:
     """Append one trace as one JSON line (a crash loses at most this trace)."""
+    append_traces(path, [trace])
+
+
+def append_traces(path: str | os.PathLike, traces: Sequence[Trace]) -> None:
+    """Append traces as JSON lines in one write (a crash may cut it short; readers drop a cut
+    last line)."""
+    if not traces:
+        return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic.append_line(path, _trace_line(trace))
+    atomic.append_line(path, "\n".join(_trace_line(t).rstrip("\n") for t in traces))
 
 
 def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
