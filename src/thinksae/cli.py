@@ -83,6 +83,12 @@ def _monitor(cfg) -> None:
     monitor(cfg)
 
 
+def _run(cfg) -> None:
+    from .pipeline import run
+
+    run(cfg)
+
+
 def _commands() -> dict[str, tuple[str, type, Callable]]:
     """name → (help, config dataclass, runner). Stage modules are imported lazily."""
     from .corpus import CorpusConfig
@@ -119,6 +125,10 @@ def _commands() -> dict[str, tuple[str, type, Callable]]:
 
     commands["monitor"] = ("watch SAE features live while the model generates: rules, alerts, "
                            "terminal view or web app", MonitorConfig, _monitor)
+    from .pipeline import RunConfig
+
+    commands["run"] = ("run the whole pipeline (corpus → … → report) from a config or preset; "
+                       "resumable", RunConfig, _run)
     return commands
 
 

@@ -1,0 +1,203 @@
+"""The run directory's report: ``index.html`` (links to the dashboard, eval tables per region,
+plots, the SAE report card, the exact config), ``report.json`` (every number it shows) and
+``summary.md`` (the same tables in Markdown). Built only from the stage outputs, leaving out
+clocks, so a resumed run gives the same report as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import atomic
+from ..features.scores import LABELS
+from .spec import STAGES
+from .stages import DIRS, MARKER, read_marker
+
+SCORES = {  # ranking key → (title, how it reads)
+    "reason_score": ("ReasonScore", "Galichin et al.: reasoning-vocabulary windows, entropy-weighted"),
+    "think_rate_ratio": ("think/other firing-rate ratio", "P(fires | think) / P(fires | prompt, answer)"),
+    "think_mean_ratio": ("think/other mean-activation ratio", "mean act. on think / on prompt+answer"),
+    "freq": ("firing frequency", "share of all tokens it fires on"),
+}
+TOP = 10
+CONTENT = ("monosemantic", "narrow", "polysemantic")
+_CLOCK = ("wall_time_s", "seconds", "tokens_per_s", "tok_per_s", "time")
+
+
+def _load(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _rel(path: str | Path | None, root: Path) -> str | None:
+    if not path or not Path(path).exists():
+        return None
+    return os.path.relpath(Path(path).resolve(), root.resolve())
+
+
+def _no_clock(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _no_clock(v) for k, v in d.items() if k not in _CLOCK}
+    if isinstance(d, list):
+        return [_no_clock(v) for v in d]
+    return d
+
+
+def _eval_section(path: Path, root: Path) -> dict | None:
+    result = _load(path)
+    if not result:
+        return None
+    m = result["metrics"]
+    groups = [("all", m["all"])] + [(f"region {k}", v) for k, v in m["regions"].items()] + \
+        [(f"behaviour {k}", v) for k, v in m["behaviours"].items()]
+    return {"tokens": result["data"]["tokens"], "mode": result["data"]["mode"],
+            "groups": [{"group": g, **v} for g, v in groups],
+            "png": _rel(path.with_name(Path(result["latent_frequency"]["png"]).name), root),
+            "json": _rel(path, root)}
+
+
+def _features_section(root: Path) -> dict | None:
+    from ..features.card import feature_info
+    from ..features.report import read_features
+
+    analysis = root / DIRS["analyze"]
+    if not (analysis / "features.jsonl").is_file():
+        return None
+    rows = read_features(analysis)
+    labels = Counter(r["label"] for r in rows)
+    dash = analysis / "dashboard"
+    tops: dict[str, list[dict]] = {}
+    for key in SCORES:
+        scored = [r for r in rows if r.get(key) is not None and r["fires"] > 0
+                  and r["label"] not in ("dead", "rare")]
+        if key == "reason_score":
+            scored = [r for r in scored if r[key] > 0]
+        ranked = sorted(scored, key=lambda r: (-r[key], r["feature"]))[:TOP]
+        tops[key] = []
+        for r in ranked:
+            _, det = feature_info(analysis, r["feature"])
+            page = dash / f"feature-{r['feature']}.html"
+            tops[key].append({
+                "feature": r["feature"], "score": r[key], "label": r["label"], "freq": r["freq"],
+                "format_share": r.get("format_share"), "think_specific": r.get("think_specific"),
+                "tokens_90": r.get("tokens_90"),
+                "tokens": [{"text": t["text"], "share": t["share"]} for t in det["tokens"][:5]],
+                "context": next(iter(det["contexts"]), None),
+                "lens": r.get("lens_pos"), "page": _rel(page, root)})
+    alive = [r for r in rows if r["fires"] > 0]
+    return {
+        "num_latents": len(rows), "labels": {k: labels.get(k, 0) for k in LABELS},
+        "formatting": labels.get("formatting", 0), "content": sum(labels.get(k, 0) for k in CONTENT),
+        "monosemantic": labels.get("monosemantic", 0),
+        "polysemantic": labels.get("polysemantic", 0), "narrow": labels.get("narrow", 0),
+        "alive": len(alive), "think_specific": sum(bool(r.get("think_specific")) for r in alive),
+        "think_specific_content": sum(bool(r.get("think_specific")) for r in alive
+                                      if r["label"] in CONTENT),
+        "reason_score_positive": sum((r.get("reason_score") or 0) > 0 for r in alive),
+        "top": tops, "dashboard": _rel(dash / "index.html", root),
+        "features_jsonl": _rel(analysis / "features.jsonl", root)}
+
+
+def _steer_section(root: Path) -> dict | None:
+    folder = root / DIRS["steer"]
+    result, choice = _load(folder / "steer.json"), _load(folder / "choice.json")
+    if not result or (read_marker(folder) or {}).get("status") != "done":
+        return None
+    runs = [{"label": "baseline", "summary": _no_clock(result["baseline"]["summary"])}]
+    runs += [{"label": r["label"], "specs": [i["spec"] for i in r["interventions"]],
+              "summary": _no_clock(r["summary"])} for r in result["runs"]]
+    return {"feature": choice, "window": result["window"], "settings": result["settings"],
+            "questions": len(result["questions"]), "runs": runs,
+            "png": _rel(folder / "steer.png", root), "json": _rel(folder / "steer.json", root)}
+
+
+def _monitor_section(root: Path) -> dict | None:
+    folder = root / DIRS["monitor"]
+    info = _load(folder / "monitor.json")
+    if not info or not (folder / "events.jsonl").is_file():
+        return None
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    key = str(info["feature"])
+    tokens = [{"text": e["text"], "act": e["acts"].get(key, 0.0), "region": e["region"]}
+              for e in events if e["type"] == "token"]
+    alerts = [e for e in events if e["type"] == "alert"]
+    done = next((e for e in events if e["type"] == "done"), {})
+    return {**info, "tokens": tokens, "alerts": alerts, "end": done.get("reason"),
+            "events": _rel(folder / "events.jsonl", root)}
+
+
+def collect(root: Path, sae_dir: Path | None = None) -> dict:
+    """Everything the report shows, from the stage outputs under ``root`` (``sae_dir``: where
+    the SAE is when it is not the run's own)."""
+    spec = _load(root / "run_config.json") or {}
+
+    def on(stage: str) -> bool:  # stages the config turned off are left out of the report
+        return stage in spec and spec[stage] is not None
+
+    stages = []
+    for stage in STAGES:
+        marker = read_marker(root / DIRS[stage])
+        if marker and on(stage):
+            stages.append({"stage": stage, "status": marker["status"], "hash": marker["hash"],
+                           "dir": _rel(root / DIRS[stage], root),
+                           "marker": _rel(root / DIRS[stage] / MARKER, root)})
+    if sae_dir is None:
+        sae_dir = root / DIRS["train"] / spec.get("hookpoint", "")
+    from ..sae import read_report_card
+
+    card = read_report_card(sae_dir) if sae_dir.is_dir() else {}
+    card = {k: v for k, v in card.items() if k not in ("eval", "eval_spliced")}
+    manifest = _load(root / DIRS["harvest"] / spec.get("hookpoint", "") / "manifest.json") or {}
+    return {
+        "name": spec.get("name"), "spec": spec, "stages": stages,
+        "store": {k: manifest.get(k) for k in ("model", "hookpoint", "d_in", "dtype", "num_tokens",
+                                               "num_docs")},
+        "card": _no_clock(card), "card_path": _rel(sae_dir / "thinksae.json", root),
+        "eval": _eval_section(root / DIRS["eval"] / "eval.json", root),
+        "splice": _eval_section(root / DIRS["splice"] / "eval.json", root) if on("splice") else None,
+        "features": _features_section(root),
+        "steer": _steer_section(root) if on("steer") else None,
+        "monitor": _monitor_section(root) if on("monitor") else None,
+        "spec_yaml": yaml.safe_dump(spec, sort_keys=False, allow_unicode=True),
+    }
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    """Numbers for the report: compact, ``–`` for anything missing."""
+    from ..features.dashboard import fmt
+
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return "–" if x is None or not isinstance(x, (str, bool)) else str(x)
+    return fmt(x, digits)
+
+
+def _token(text: str) -> str:
+    """A token for a table cell: whitespace made visible, Markdown table bars escaped."""
+    from ..features.dashboard import show_token
+
+    return show_token(text).replace("|", "\\|").replace("`", "ˋ")
+
+
+def write_report(root: str | Path, sae_dir: str | Path | None = None) -> Path:
+    """Write index.html, report.json and summary.md into the run directory ``root``."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    root = Path(root)
+    data = collect(root, Path(sae_dir) if sae_dir else None)
+    atomic.write_json(root / "report.json", data)
+    env = Environment(loader=PackageLoader("thinksae.pipeline", "templates"),
+                      autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = _num
+    env.filters["tok"] = _token
+    atomic.write_bytes(root / "summary.md",
+                       env.get_template("summary.md.j2").render(r=data, scores=SCORES).encode())
+    html = env.get_template("index.html.j2").render(r=data, scores=SCORES)
+    atomic.write_bytes(root / "index.html", html.encode())
+    return root / "index.html"

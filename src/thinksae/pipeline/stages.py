@@ -1,0 +1,153 @@
+"""Run the stages of a pipeline spec in order, skipping each one whose output is already complete
+for the same config hash.
+
+Every stage writes ``<out>/<stage dir>/stage.json``: ``running`` with its hash before it starts,
+``done`` (plus its full config and wall time) after. A stage is skipped when its marker says
+``done`` with the hash it would have now; a marker with another hash means the config (or an
+upstream stage) changed, so the stage directory is cleared and the stage runs again. A ``running``
+marker with the same hash is an interrupted run: the stage runs again and its own resume logic
+(traces appended per batch, shards, training checkpoints) carries on where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import atomic
+from ..config import to_dict
+from ..errors import ThinksaeError
+from .spec import MANAGED, SHARED, PipelineSpec, stage_class
+
+MARKER = "stage.json"
+DIRS = {"corpus": "corpus", "harvest": "store", "train": "sae", "eval": "eval",
+        "splice": "splice", "analyze": "features", "steer": "steer", "monitor": "monitor"}
+DEPENDS = {"corpus": (), "harvest": ("corpus",), "train": ("harvest",), "eval": ("train", "harvest"),
+           "splice": ("train", "harvest"), "analyze": ("train", "harvest"),
+           "steer": ("train", "analyze"), "monitor": ("train", "analyze")}
+UNHASHED = ("progress",)
+"""Config fields that do not change a stage's output."""
+
+
+@dataclass
+class Paths:
+    """Where each stage of a run directory writes."""
+
+    root: Path
+    hookpoint: str
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / DIRS[stage]
+
+    @property
+    def traces(self) -> Path:
+        return self.root / "corpus" / "traces.jsonl"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store" / self.hookpoint
+
+    @property
+    def trained_sae(self) -> Path:
+        return self.root / "sae" / self.hookpoint
+
+
+class Models:
+    """Loads each (model, device, dtype, tokenizer) once per `thinksae run`."""
+
+    def __init__(self, progress: bool):
+        self.progress, self.cache = progress, {}
+
+    def get(self, cfg) -> tuple[Any, Any]:
+        key = (cfg.model, cfg.device, cfg.dtype, getattr(cfg, "tokenizer", None))
+        if key not in self.cache:
+            from ..evaluate.run import _hf_progress
+            from ..models import load_model
+
+            print(f"[run] loading model {cfg.model}", flush=True)
+            with _hf_progress(self.progress):
+                self.cache[key] = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=key[3])
+        return self.cache[key]
+
+
+def build_config(stage: str, spec: PipelineSpec, progress: bool, extra: dict[str, Any] | None = None):
+    """The stage's config dataclass: shared keys, then the stage's section, then ``extra`` (the
+    paths between stages)."""
+    cls = stage_class(stage)
+    names = {f.name for f in dataclasses.fields(cls)}
+    options: dict[str, Any] = {k: getattr(spec, k) for k in SHARED if k in names
+                               and k not in MANAGED[stage] and getattr(spec, k) is not None}
+    options.update({k: v for k, v in (spec.stages[stage] or {}).items() if k in names})
+    options.update(extra or {})
+    if "progress" in names:
+        options["progress"] = progress
+    if stage == "train":
+        from ..sae import SaeConfig
+
+        options["sae"] = SaeConfig(**(options.get("sae") or {}))
+    try:
+        return cls(**options)
+    except TypeError as e:
+        raise ThinksaeError(f"{stage}: {e}") from None
+
+
+def stage_hash(stage: str, cfg, upstream: list[str], root: Path | None = None) -> str:
+    """Hash of a stage's config and its upstream stages' hashes. Paths inside the run directory
+    ``root`` count relative to it, so a moved or copied run directory still resumes."""
+    prefix = str(root) if root is not None else None
+
+    def rel(v):
+        if prefix and isinstance(v, str) and (v == prefix or v.startswith(prefix + "/")):
+            return "$RUN" + v[len(prefix):]
+        return v
+    d = {k: rel(v) for k, v in to_dict(cfg).items() if k not in UNHASHED}
+    blob = json.dumps({"stage": stage, "config": d, "upstream": upstream}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_marker(stage_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((stage_dir / MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_stage(stage: str, stage_dir: Path, cfg, digest: str, action: Callable[[], None],
+              log: Callable[[str], None]) -> bool:
+    """Run ``action`` unless the stage is done for ``digest``; returns True when it ran."""
+    marker = read_marker(stage_dir)
+    if marker and marker.get("hash") == digest and marker.get("status") == "done":
+        log(f"[run] {stage}: done before (config {digest}), skipped")
+        return False
+    if marker and marker.get("hash") != digest and stage_dir.exists():
+        log(f"[run] {stage}: config changed ({marker.get('hash')} -> {digest}), starting over")
+        shutil.rmtree(stage_dir)
+    elif marker:
+        log(f"[run] {stage}: resuming an interrupted run (config {digest})")
+    else:
+        log(f"[run] {stage}: running (config {digest})")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(stage_dir / MARKER, {"stage": stage, "status": "running", "hash": digest})
+    start = time.perf_counter()
+    action()
+    atomic.write_json(stage_dir / MARKER, {
+        "stage": stage, "status": "done", "hash": digest, "config": to_dict(cfg),
+        "wall_s": round(time.perf_counter() - start, 1)})
+    return True
+
+
+def sae_digest(sae_dir: Path) -> str:
+    """Hash of a pretrained SAE's files (it stands in for the train stage's config hash)."""
+    h = hashlib.sha256()
+    for name in sorted(p.name for p in sae_dir.iterdir() if p.is_file()):
+        if name.endswith((".json", ".safetensors")) and name != "thinksae.json":
+            h.update(name.encode())
+            h.update(atomic.sha256_file(sae_dir / name).encode())
+    return h.hexdigest()[:16]

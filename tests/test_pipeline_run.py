@@ -1,0 +1,272 @@
+"""`thinksae run` end to end on the tiny model: every stage, the report, skipping finished stages,
+re-running what a config change touches, and the same report after interruptions anywhere."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from thinksae.cli import main
+from thinksae.pipeline import Pipeline, resolve
+from thinksae.pipeline import runner as run_module
+
+REPORT_FILES = ("index.html", "report.json", "summary.md")
+
+
+def tiny_config(out: Path, model_dir: Path) -> dict:
+    return {
+        "name": "tiny", "out": str(out), "model": str(model_dir), "hookpoint": "layers.1",
+        "device": "cpu", "dtype": "float32",
+        "corpus": {"prompts": "builtin", "limit": 6, "max_new_tokens": 10, "batch_size": 3,
+                   "think_prefill": True},
+        "harvest": {"batch_size": 4, "docs_per_shard": 2},
+        "train": {"sae": {"num_latents": 128, "k": 8}, "batch_size": 32, "lr_warmup_steps": 2,
+                  "epochs": 3, "save_every": 4, "log_every": 2},
+        "eval": {},
+        "splice": {"max_tokens": 48, "batch_size": 2},
+        "analyze": {"min_fires": 2, "top_n": 5},
+        "steer": {"sweep": ["0", "x2"], "limit": 2, "max_new_tokens": 5, "start": "prompt",
+                  "end": "none"},
+        "monitor": {"max_new_tokens": 6, "rule": {"threshold": 0.0}},
+    }
+
+
+def run_config(path: Path, config: dict, capsys=None) -> str:
+    path.write_text(yaml.safe_dump(config))
+    if capsys is not None:
+        capsys.readouterr()
+    assert main(["run", str(path), "--progress", "false"]) == 0
+    return capsys.readouterr().out if capsys is not None else ""
+
+
+def report_bytes(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in REPORT_FILES}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_dir):
+    """One uninterrupted run: (config, run directory, report files)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    config = tiny_config(root / "run", tiny_model_dir)
+    run_config(root / "run.yaml", config)
+    return config, root / "run", report_bytes(root / "run")
+
+
+def test_every_stage_runs_and_the_report_links_resolve(reference):
+    config, out, _ = reference
+    for stage in ("corpus", "store", "sae", "eval", "splice", "features", "steer", "monitor"):
+        marker = json.loads((out / stage / "stage.json").read_text())
+        assert marker["status"] == "done" and len(marker["hash"]) == 16
+    html = (out / "index.html").read_text()
+    links = re.findall(r'(?:href|src)="([^"#]+)"', html)
+    assert "features/dashboard/index.html" in links and "sae/layers.1/thinksae.json" in links
+    assert any(link.endswith(".png") for link in links)
+    missing = [link for link in links if not (out / link).exists()]
+    assert not missing, missing
+    report = json.loads((out / "report.json").read_text())
+    regions = {g["group"] for g in report["eval"]["groups"]}
+    assert {"all", "region prompt", "region think"} <= regions
+    splice = report["splice"]["groups"][0]
+    assert splice["group"] == "all" and splice["tokens"] == 48 and splice["kl_spliced"] >= 0
+    feats = report["features"]
+    assert sum(feats["labels"].values()) == 128
+    assert feats["formatting"] + feats["content"] + feats["labels"]["dead"] \
+        + feats["labels"]["rare"] == 128
+    top = feats["top"]["freq"][0]
+    assert top["tokens"] and 0 < top["tokens"][0]["share"] <= 1 and top["page"]
+    assert [r["label"] for r in report["steer"]["runs"]] == ["baseline", "0", "x2"]
+    assert report["monitor"]["tokens"] and report["monitor"]["rule"]["threshold"] == 0.0
+    assert report["monitor"]["alerts"], "a threshold of 0 alerts on the first token"
+    card = json.loads((out / "sae/layers.1/thinksae.json").read_text())
+    assert card["eval"]["metrics"]["all"]["fvu"] == report["eval"]["groups"][0]["fvu"]
+    assert card["eval_spliced"]["metrics"]["all"]["kl_spliced"] == splice["kl_spliced"]
+    # the exact config is saved and runs again as it is
+    saved = json.loads((out / "run_config.json").read_text())
+    assert resolve(str(out / "run_config.json")).to_dict() == saved
+    assert saved["train"]["sae"] == {"num_latents": 128, "k": 8}
+
+
+def test_a_rerun_skips_every_stage_and_a_change_reruns_what_depends_on_it(
+        reference, tmp_path, capsys):
+    config, ref_out, ref_report = reference
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    config = {**config, "out": str(out)}
+    log = run_config(tmp_path / "run.yaml", config, capsys)
+    assert log.count("skipped") == 8 and "loading model" not in log
+    changed = {**config, "eval": {"chunk_tokens": 64}}
+    log = run_config(tmp_path / "run.yaml", changed, capsys)
+    assert "[run] eval: config changed" in log
+    assert "[run] analyze: done before" in log and "[run] train: done before" in log
+    changed["train"] = {**config["train"], "epochs": 2}
+    log = run_config(tmp_path / "run.yaml", changed, capsys)
+    for stage in ("train", "eval", "splice", "analyze", "steer", "monitor"):
+        assert f"[run] {stage}: config changed" in log
+    assert "[run] corpus: done before" in log and "[run] harvest: done before" in log
+    card = json.loads((out / "sae/layers.1/thinksae.json").read_text())
+    assert card["training"]["epochs"] == 2
+
+
+def test_interrupted_anywhere_the_next_run_gives_the_same_report(reference, monkeypatch, capsys):
+    """Ctrl-C inside corpus, harvest and train, and between every stage's output and its marker;
+    each time the same command again; the final report is byte-identical to an uninterrupted
+    run's (the same run directory, so paths match too)."""
+    config, out, ref_report = reference
+    saved = out.with_name("reference-copy")
+    shutil.copytree(out, saved)
+    shutil.rmtree(out)
+    path = out.with_name("interrupted.yaml")
+    import thinksae.corpus.generate as generate
+    from thinksae.store import harvest as _  # noqa: F401  (the function shadows its module)
+
+    harvest_mod = sys.modules["thinksae.store.harvest"]
+    from thinksae.train.trainer import Trainer
+
+    def once(target, name, wrapper):
+        original = getattr(target, name)
+        state = {"fired": False}
+
+        def patched(*args, **kwargs):
+            if state["fired"]:
+                return original(*args, **kwargs)
+            return wrapper(state, original, *args, **kwargs)
+        monkeypatch.setattr(target, name, patched)
+
+    def after_first_call(state, original, *args, **kwargs):
+        original(*args, **kwargs)
+        state["fired"] = True
+        raise KeyboardInterrupt
+
+    def stop_at_step_3(state, original, self, x):
+        original(self, x)
+        if self.step == 3:
+            state["fired"] = True
+            self.stop_requested = True  # what the SIGINT handler sets
+
+    real_run_stage = run_module.run_stage
+
+    def interrupt_after(stage):
+        def fake(name, stage_dir, cfg, digest, action, log):
+            if name != stage:
+                return real_run_stage(name, stage_dir, cfg, digest, action, log)
+
+            def action_then_ctrl_c():
+                action()
+                raise KeyboardInterrupt  # output written, marker not yet "done"
+            return real_run_stage(name, stage_dir, cfg, digest, action_then_ctrl_c, log)
+        monkeypatch.setattr(run_module, "run_stage", fake)
+
+    plans = [
+        lambda: once(generate, "append_traces", after_first_call),
+        lambda: interrupt_after("corpus"),
+        lambda: once(harvest_mod, "write_shard", after_first_call),
+        lambda: once(Trainer, "train_step", stop_at_step_3),
+        lambda: interrupt_after("train"),
+        lambda: interrupt_after("eval"),
+        lambda: interrupt_after("splice"),
+        lambda: interrupt_after("analyze"),
+        lambda: interrupt_after("steer"),
+        lambda: interrupt_after("monitor"),
+    ]
+    path.write_text(yaml.safe_dump(config))
+    for plan in plans:
+        monkeypatch.undo()
+        plan()
+        capsys.readouterr()
+        assert main(["run", str(path), "--progress", "false"]) == 130
+    monkeypatch.undo()
+    assert main(["run", str(path), "--progress", "false"]) == 0
+    assert report_bytes(out) == ref_report
+    assert (out / "features/features.jsonl").read_bytes() == \
+        (saved / "features/features.jsonl").read_bytes()
+    assert (out / "corpus/traces.jsonl").read_bytes() == (saved / "corpus/traces.jsonl").read_bytes()
+    shutil.rmtree(out)
+    shutil.move(saved, out)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"colour": 1}, "unknown key 'colour'"),
+    ({"train": {"epoch": 2}}, "unknown option train.epoch"),
+    ({"train": {"sae": {"latents": 8}}}, "unknown option train.sae.latents"),
+    ({"harvest": {"out": "x"}}, "harvest.out is set by `thinksae run` itself"),
+    ({"analyze": None}, "stage 'analyze' cannot be turned off"),
+    ({"eval": [1]}, "'eval' must be a mapping"),
+    ({"steer": {"limit": 2}}, "steer needs `sweep`"),
+    ({"model": None}, "`model` is required"),
+])
+def test_bad_configs_fail_in_one_line_before_anything_is_written(
+        tmp_path, tiny_model_dir, capsys, edit, message):
+    config = {**tiny_config(tmp_path / "run", tiny_model_dir), **edit}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_configs_and_presets(tmp_path, capsys):
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    (tmp_path / "broken.yaml").write_text("name: [\n")
+    cases = [([str(tmp_path / "missing.yaml")], "cannot read config"),
+             ([str(tmp_path / "list.yaml")], "expected a mapping"),
+             ([str(tmp_path / "broken.yaml")], "is not valid YAML"),
+             (["--preset", "nope"], "unknown preset 'nope' (presets: offline-demo, r1-distill-1.5b)"),
+             ([], "give a config file or --preset")]
+    for argv, message in cases:
+        assert main(["run", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("preset", ["offline-demo", "r1-distill-1.5b"])
+def test_presets_resolve_and_show_config_round_trips(preset, tmp_path, capsys):
+    assert main(["run", "--preset", preset, "--show_config", "--out", str(tmp_path / "o")]) == 0
+    shown = capsys.readouterr().out
+    path = tmp_path / "shown.yaml"
+    path.write_text(shown)
+    spec = resolve(str(path))
+    assert spec.to_dict() == yaml.safe_load(shown) and spec.out == str(tmp_path / "o")
+    assert spec.hookpoint == "layers.10" and not (tmp_path / "o").exists()
+    if preset == "r1-distill-1.5b":
+        assert spec.model == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    else:
+        assert spec.model == "offline"
+    # a config file that builds on the preset changes only what it names
+    path.write_text(yaml.safe_dump({"preset": preset, "train": {"epochs": 3}}))
+    over = resolve(str(path))
+    assert over.stages["train"]["epochs"] == 3
+    assert over.stages["train"]["sae"] == spec.stages["train"]["sae"]
+
+
+def test_pick_feature_prefers_think_specific_content():
+    from thinksae.pipeline import pick_feature
+
+    def row(i, label, **kw):
+        return {"feature": i, "label": label, "freq": 0.1, "think_specific": False,
+                "think_rate_ratio": 1.0, "think_rate_ratio_lo": 0.5, "reason_score": 0.0, **kw}
+    rows = [row(0, "formatting", think_specific=True, think_rate_ratio=9, think_rate_ratio_lo=8),
+            row(1, "narrow", think_specific=True, think_rate_ratio=3, think_rate_ratio_lo=2),
+            row(2, "polysemantic", think_specific=True, think_rate_ratio=5, think_rate_ratio_lo=1.5),
+            row(3, "monosemantic", reason_score=0.4)]
+    assert pick_feature(rows)[0] == 1
+    assert pick_feature(rows[3:])[0] == 3
+    assert pick_feature([row(4, "narrow", freq=0.2), row(5, "narrow", freq=0.3)])[0] == 5
+    with pytest.raises(Exception, match="no live content feature"):
+        pick_feature([row(6, "dead"), row(7, "formatting")])
+
+
+def test_pipeline_api_matches_the_cli(reference, tmp_path):
+    config, out, ref_report = reference
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**config, "out": str(copy)}))
+    index = Pipeline(resolve(str(path)), progress=False).run()
+    assert index == copy / "index.html" and index.read_text().count("<h2") >= 5
