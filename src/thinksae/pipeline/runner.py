@@ -4,6 +4,8 @@ report, in one run directory, resumable stage by stage."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,16 @@ from simple_parsing import field
 from .. import atomic
 from ..errors import ThinksaeError
 from .spec import PipelineSpec, resolve
-from .stages import DEPENDS, Models, Paths, build_config, run_stage, sae_digest, stage_hash
+from .stages import (
+    DEPENDS,
+    Models,
+    Paths,
+    build_config,
+    read_marker,
+    run_stage,
+    sae_digest,
+    stage_hash,
+)
 
 
 @dataclass
@@ -74,6 +85,7 @@ class Pipeline:
         self.models = Models(progress)
         self.hashes: dict[str, str] = {}
         self.sae_dir: Path | None = None
+        self.rank = int(os.environ.get("RANK", "0"))
 
     def log(self, msg: str) -> None:
         print(msg, flush=True)
@@ -84,10 +96,33 @@ class Pipeline:
     def _run(self, stage: str, cfg, action) -> None:
         digest = stage_hash(stage, cfg, [self.hashes[d] for d in DEPENDS[stage]], self.paths.root)
         self.hashes[stage] = digest
-        run_stage(stage, self.paths.stage_dir(stage), cfg, digest, action, self.log)
+        if self.rank == 0:
+            run_stage(stage, self.paths.stage_dir(stage), cfg, digest, action, self.log)
+        elif stage == "train":  # under torchrun the other ranks only join the training
+            self._wait_for("harvest")
+            marker = read_marker(self.paths.stage_dir("train")) or {}
+            if not (marker.get("status") == "done" and marker.get("hash") == digest):
+                action()
 
-    def run(self) -> Path:
+    def _wait_for(self, stage: str) -> None:
+        """Rank > 0: wait until rank 0 has finished ``stage`` with the expected config."""
+        want, said = self.hashes[stage], False
+        while True:
+            marker = read_marker(self.paths.stage_dir(stage)) or {}
+            if marker.get("status") == "done" and marker.get("hash") == want:
+                return
+            if not said:
+                self.log(f"[run] rank {self.rank}: waiting for rank 0 to finish {stage}")
+                said = True
+            time.sleep(5)
+
+    def run(self) -> Path | None:
         spec, paths = self.spec, self.paths
+        if self.rank != 0:  # torchrun: rank 0 runs every stage, the others join train (DDP)
+            self.corpus()
+            self.harvest()
+            self.train()
+            return None
         paths.root.mkdir(parents=True, exist_ok=True)
         atomic.write_json(paths.root / "run_config.json", spec.to_dict())
         self.corpus()
@@ -227,7 +262,7 @@ class Pipeline:
         self._run("monitor", cfg, action)
 
 
-def run(cfg: RunConfig) -> Path:
+def run(cfg: RunConfig) -> Path | None:
     """Resolve the pipeline spec and run it; returns the report's index.html."""
     spec = resolve(cfg.config, cfg.preset, {"out": cfg.out, "model": cfg.model,
                                             "device": cfg.device})
