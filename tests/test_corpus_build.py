@@ -7,7 +7,16 @@ import json
 import pytest
 from helpers_corpus import r1_tokenizer, tiny_qwen2  # noqa: F401  (fixtures)
 
-from thinksae.corpus import CorpusConfig, Trace, build_corpus, read_traces, write_traces
+from thinksae.corpus import (
+    CorpusConfig,
+    Problem,
+    Trace,
+    build_corpus,
+    question_of,
+    read_traces,
+    repeat_problems,
+    write_traces,
+)
 from thinksae.errors import ThinksaeError
 
 
@@ -40,6 +49,31 @@ def test_generate_resume_and_settings_check(tmp_path, model, r1_tokenizer, monke
     cfg.seed = 1
     with pytest.raises(ThinksaeError, match="other seed"):
         build_corpus(cfg, model, r1_tokenizer)
+
+
+def test_several_samples_per_question(tmp_path, model, r1_tokenizer):  # noqa: F811
+    out = tmp_path / "s.jsonl"
+    cfg = CorpusConfig(out=str(out), limit=2, samples=3, do_sample=True, temperature=1.0,
+                       max_new_tokens=6, batch_size=4, progress=False)
+    build_corpus(cfg, model, r1_tokenizer)
+    traces = read_traces(out)
+    assert [t.id for t in traces] == [f"math-{q:03d}#{n}" for q in (1, 2) for n in range(3)]
+    assert len({t.question for t in traces[:3]}) == 1 and traces[0].question != traces[3].question
+    assert len({t.completion for t in traces[:3]}) > 1  # sampled, not three copies
+    assert {question_of(t.id) for t in traces} == {"math-001", "math-002"}
+    cfg.samples = 2
+    with pytest.raises(ThinksaeError, match="other samples"):
+        build_corpus(cfg, model, r1_tokenizer)
+
+
+def test_samples_need_sampling_and_at_least_one():
+    problems = [Problem("a", "Q?")]
+    assert repeat_problems(problems, 1, False) == problems
+    with pytest.raises(ThinksaeError, match="needs --do_sample"):
+        repeat_problems(problems, 2, False)
+    with pytest.raises(ThinksaeError, match="at least 1"):
+        repeat_problems(problems, 0, True)
+    assert question_of("gsm8k-00012#3") == "gsm8k-00012" and question_of("a#b") == "a#b"
 
 
 def test_model_loaded_lazily(tmp_path, model, r1_tokenizer, monkeypatch):  # noqa: F811

@@ -203,3 +203,49 @@ def test_bad_arguments(tmp_path, model, r1_tokenizer):  # noqa: F811
         generate_traces(model, r1_tokenizer, QUESTIONS, tmp_path / "t.jsonl", batch_size=0)
     with pytest.raises(ThinksaeError):
         generate_traces(model, r1_tokenizer, [3.5], tmp_path / "t.jsonl", **GEN)
+
+
+def test_budget_forcing_closes_unfinished_thinking_and_generates_an_answer(
+        tmp_path, model, r1_tokenizer):  # noqa: F811
+    from thinksae.corpus import tokenize_trace
+    from thinksae.corpus.segment import Region
+
+    plain = generate_traces(model, r1_tokenizer, QUESTIONS, tmp_path / "plain.jsonl",
+                            batch_size=3, think_prefill=True, **GEN)
+    assert all("</think>" not in t.completion for t in plain)  # random weights never close it
+    path = tmp_path / "forced.jsonl"
+    counting = CountingModel(model)
+    got = generate_traces(counting, r1_tokenizer, QUESTIONS, path, batch_size=3,
+                          think_prefill=True, answer_tokens=5, **GEN)
+    assert counting.calls == 4  # per batch: the thinking, then the answers of its open rows
+    for before, after in zip(plain, got):
+        head, _, answer = after.completion.partition("</think>\n\n")
+        assert head.rstrip("\n") == before.completion.rstrip("\n")  # the thinking is kept
+        assert after.meta["forced_answer"] and 0 < after.meta["answer_new_tokens"] <= 5
+        assert after.meta["thinking_finished"] == before.meta["finished"]
+        regions = tokenize_trace(r1_tokenizer, after).regions
+        assert Region.THINK in regions and Region.ANSWER in regions
+    cut = tmp_path / "cut.jsonl"
+    with pytest.raises(KeyboardInterrupt):  # interrupted in the second batch's answers
+        generate_traces(CountingModel(model, fail_on=4), r1_tokenizer, QUESTIONS, cut,
+                        batch_size=3, think_prefill=True, answer_tokens=5, **GEN)
+    resumed = generate_traces(model, r1_tokenizer, QUESTIONS, cut, batch_size=3,
+                              think_prefill=True, answer_tokens=5, **GEN)
+    assert resumed == got and cut.read_bytes() == path.read_bytes()
+
+
+def test_a_closed_thinking_is_not_forced(tmp_path, model, r1_tokenizer):  # noqa: F811
+    from thinksae.corpus.generate import close_thinking, still_thinking
+
+    assert still_thinking("<｜Assistant｜><think>\n", "so 4")
+    assert not still_thinking("<｜Assistant｜><think>\n", "so 4\n</think>\n\n4")
+    assert still_thinking("<｜Assistant｜>", "<think>\nhm")
+    assert not still_thinking("<｜Assistant｜>", "The answer is 4.")  # never opened
+    assert close_thinking("so 4") == "so 4\n</think>\n\n" == close_thinking("so 4\n")
+    counting = CountingModel(model)
+    (t,) = generate_traces(counting, r1_tokenizer, QUESTIONS[:1], tmp_path / "t.jsonl",
+                           answer_tokens=5, **GEN)  # no prefill: the thinking never opened
+    assert counting.calls == 1 and "forced_answer" not in t.meta
+    with pytest.raises(ThinksaeError, match="answer_tokens must be >= 0"):
+        generate_traces(model, r1_tokenizer, QUESTIONS[:1], tmp_path / "x.jsonl",
+                        answer_tokens=-1, **GEN)

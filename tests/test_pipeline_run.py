@@ -15,6 +15,7 @@ import yaml
 from thinksae.cli import main
 from thinksae.pipeline import Pipeline, resolve
 from thinksae.pipeline import runner as run_module
+from thinksae.store import ActivationStore
 
 REPORT_FILES = ("index.html", "report.json", "summary.md")
 
@@ -24,12 +25,12 @@ def tiny_config(out: Path, model_dir: Path) -> dict:
         "name": "tiny", "out": str(out), "model": str(model_dir), "hookpoint": "layers.1",
         "device": "cpu", "dtype": "float32",
         "corpus": {"prompts": "builtin", "limit": 6, "max_new_tokens": 10, "batch_size": 3,
-                   "think_prefill": True},
+                   "think_prefill": True, "answer_tokens": 4},
         "harvest": {"batch_size": 4, "docs_per_shard": 2},
         "train": {"sae": {"num_latents": 128, "k": 8}, "batch_size": 32, "lr_warmup_steps": 2,
-                  "epochs": 3, "save_every": 4, "log_every": 2},
-        "eval": {},
-        "splice": {"max_tokens": 48, "batch_size": 2},
+                  "epochs": 3, "save_every": 4, "log_every": 2, "holdout": 0.34},
+        "eval": {"split": "heldout"},
+        "splice": {"split": "heldout", "max_tokens": 48, "batch_size": 2},
         "analyze": {"min_fires": 2, "top_n": 5},
         "steer": {"sweep": ["0", "x2"], "limit": 2, "max_new_tokens": 5, "start": "prompt",
                   "end": "none"},
@@ -70,10 +71,18 @@ def test_every_stage_runs_and_the_report_links_resolve(reference):
     missing = [link for link in links if not (out / link).exists()]
     assert not missing, missing
     report = json.loads((out / "report.json").read_text())
-    regions = {g["group"] for g in report["eval"]["groups"]}
-    assert {"all", "region prompt", "region think"} <= regions
+    regions = {g["group"]: g for g in report["eval"]["groups"]}
+    assert {"all", "region prompt", "region think"} <= set(regions)
+    assert regions["region answer"]["tokens"] > 0  # the forced answers after </think>
+    # evaluated on the two held-out traces (of 6 questions), which training never read
+    store = ActivationStore(out / "store/layers.1")
+    held = store.split_docs(0.34, "heldout")
+    assert len(held) == 2 and report["eval"]["split"] == "heldout" and report["eval"]["traces"] == 2
+    assert regions["all"]["tokens"] == len(store.token_indices(docs=held))
+    assert "2 held-out traces" in (out / "summary.md").read_text()
     splice = report["splice"]["groups"][0]
     assert splice["group"] == "all" and splice["tokens"] == 48 and splice["kl_spliced"] >= 0
+    assert report["splice"]["split"] == "heldout"
     feats = report["features"]
     assert sum(feats["labels"].values()) == 128
     assert feats["formatting"] + feats["content"] + feats["labels"]["dead"] \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,14 @@ from pathlib import Path
 from ..config import save_config, to_dict
 from ..errors import ThinksaeError
 from ..models.loading import DEFAULT_MODEL
-from .generate import THINK_SYSTEM_PROMPT, build_prompt, generate_traces, question_id
+from .generate import (
+    SAMPLE_SEP,
+    THINK_SYSTEM_PROMPT,
+    build_prompt,
+    generate_traces,
+    question_id,
+    question_of,
+)
 from .problems import (
     Problem,
     answers_match,
@@ -55,6 +63,9 @@ class CorpusConfig:
     """Where to write the traces (JSONL); the config goes to `<out>.config.json`."""
     limit: int | None = None
     """Use only the first N questions (or imported traces)."""
+    samples: int = 1
+    """Traces per question (sampled: needs --do_sample when above 1); trace ids become
+    `<question id>#<n>`, so held-out splits keep all samples of a question together."""
     batch_size: int = 8
     """Questions generated together (left-padded)."""
     max_new_tokens: int = 512
@@ -72,6 +83,10 @@ class CorpusConfig:
     think_prefill: bool = False
     """End each prompt with `<think>` + newline (as the current R1 hub template does) so the model
     starts inside its thinking; useful for models not trained to open it themselves."""
+    answer_tokens: int = 0
+    """When a trace stops (end of text or --max_new_tokens) still inside its thinking, close it
+    with `</think>` and generate up to N more tokens of answer (budget forcing, as in s1);
+    0 leaves such traces as they are."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     dtype: str = "auto"
@@ -81,7 +96,7 @@ class CorpusConfig:
 
 
 _RECIPE = ("model", "prompts", "traces", "split", "max_new_tokens", "do_sample", "temperature",
-           "top_p", "seed", "system_prompt", "think_prefill")
+           "top_p", "seed", "system_prompt", "think_prefill", "samples", "answer_tokens")
 """Fields that change what the traces in `out` are; a resumed run must keep them."""
 
 
@@ -122,6 +137,20 @@ def _load_tokenizer(spec: str):
         raise ThinksaeError(f"cannot load the tokenizer of {spec}: {reason}") from None
 
 
+def repeat_problems(problems: list[Problem], samples: int, do_sample: bool) -> list[Problem]:
+    """Each problem ``samples`` times, as ``<id>#0``, ``<id>#1``, ... (question-major order);
+    the problems as they are for one sample."""
+    if samples < 1:
+        raise ThinksaeError(f"samples must be at least 1, got {samples}")
+    if samples == 1:
+        return problems
+    if not do_sample:
+        raise ThinksaeError(f"samples {samples} needs --do_sample: greedy decoding would write "
+                            "the same trace each time")
+    return [dataclasses.replace(p, id=f"{p.id}{SAMPLE_SEP}{n}") for p in problems
+            for n in range(samples)]
+
+
 def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
     """Generate traces for ``cfg.prompts`` with ``cfg.model`` (resuming into ``cfg.out``) or
     import ``cfg.traces``; writes ``cfg.out`` and ``<out>.config.json``, returns ``cfg.out``."""
@@ -141,7 +170,7 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
         return out
 
     _check_resumable(cfg)
-    problems = load_prompts(cfg.prompts, cfg.limit)
+    problems = repeat_problems(load_prompts(cfg.prompts, cfg.limit), cfg.samples, cfg.do_sample)
     if model is None or tokenizer is None:
         from ..models import load_model
 
@@ -152,13 +181,14 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
         batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
         temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
         system_prompt=cfg.system_prompt, progress=cfg.progress,
-        think_prefill=cfg.think_prefill,
+        think_prefill=cfg.think_prefill, answer_tokens=cfg.answer_tokens,
     )
     return out
 
 
 __all__ = [
     "BEHAVIOUR_VOCAB",
+    "SAMPLE_SEP",
     "THINK_SYSTEM_PROMPT",
     "CorpusConfig",
     "Problem",
@@ -181,7 +211,9 @@ __all__ = [
     "load_prompts",
     "load_traces",
     "question_id",
+    "question_of",
     "read_traces",
+    "repeat_problems",
     "safe_arithmetic",
     "tokenize_trace",
     "traces_from_records",

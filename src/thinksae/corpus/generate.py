@@ -13,12 +13,22 @@ from tqdm.auto import tqdm
 
 from ..errors import ThinksaeError
 from .problems import Problem, extract_numeric_answer
-from .traces import THINK_OPEN, Trace, append_traces, iter_traces, render_chat
+from .traces import THINK_CLOSE, THINK_OPEN, Trace, append_traces, iter_traces, render_chat
 
 THINK_SYSTEM_PROMPT = (
     "Think step by step inside <think> </think> tags, then give the final answer."
 )
 """A system prompt that makes a non-reasoning chat model write a thinking section."""
+
+SAMPLE_SEP = "#"
+"""Separates a question's id from the sample number in trace ids (``<question id>#<n>``)."""
+
+
+def question_of(trace_id: str) -> str:
+    """The question id of a trace id (``gsm8k-00012#3`` → ``gsm8k-00012``; an id without a
+    sample number is its own question)."""
+    head, sep, tail = trace_id.rpartition(SAMPLE_SEP)
+    return head if sep and tail.isdigit() else trace_id
 
 
 def question_id(question: str) -> str:
@@ -113,6 +123,17 @@ def _trim(new_ids: list[int], stop: set[int], pad_id: int | None) -> tuple[list[
     return new_ids, False
 
 
+def still_thinking(prompt: str, completion: str) -> bool:
+    """Whether a trace's thinking was opened (in the prompt or the completion) and never closed."""
+    opened = prompt.rstrip().endswith(THINK_OPEN) or THINK_OPEN in completion
+    return opened and THINK_CLOSE not in completion
+
+
+def close_thinking(completion: str) -> str:
+    """``completion`` with its thinking closed, ready for the answer to follow."""
+    return completion + ("" if completion.endswith("\n") else "\n") + f"{THINK_CLOSE}\n\n"
+
+
 def batch_seed(seed: int, ids: Sequence[str]) -> int:
     """A seed per batch that depends only on the run seed and the batch's questions, so a
     resumed run samples the remaining batches like an uninterrupted one would."""
@@ -148,6 +169,7 @@ def generate_traces(
     system_prompt: str | None = None,
     progress: bool = True,
     think_prefill: bool = False,
+    answer_tokens: int = 0,
 ) -> list[Trace]:
     """Generate one trace per question and append each to ``out_path`` as soon as it is made.
 
@@ -158,10 +180,15 @@ def generate_traces(
     tokens kept and the trailing EOS/padding removed. Knobs not given here (top_k, repetition
     penalty, ...) are the model's generation-config defaults. Sampling is seeded per batch from
     ``seed`` and the batch's question ids, so a resumed run samples like an uninterrupted one.
-    Returns the traces of all ``questions``, in order.
+    With ``answer_tokens``, a trace that stops still inside its thinking (end of text, or the
+    token budget) gets ``</think>`` appended and up to ``answer_tokens`` more tokens generated
+    after it (budget forcing, as in s1): every trace then has an answer; ``meta`` says
+    ``forced_answer``. Returns the traces of all ``questions``, in order.
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise ThinksaeError("batch_size and max_new_tokens must be at least 1")
+    if answer_tokens < 0:
+        raise ThinksaeError(f"answer_tokens must be >= 0, got {answer_tokens}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     problems = list({p.id: p for p in map(_as_problem, questions)}.values())
@@ -184,6 +211,28 @@ def generate_traces(
         settings["system_prompt"] = system_prompt
     if think_prefill:
         settings["think_prefill"] = True
+    if answer_tokens:
+        settings["answer_tokens"] = answer_tokens
+
+    def run(prompts: list[str], ids: list[str], budget: int) -> list[tuple[list[int], bool]]:
+        """Generate from left-padded prompts; per row the new ids up to the stop, and whether
+        it stopped."""
+        input_ids, attention_mask = left_pad(tokenizer, prompts, pad_id)
+        torch.manual_seed(batch_seed(seed, ids))
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            max_new_tokens=budget,
+            do_sample=do_sample,
+            eos_token_id=stop,
+            pad_token_id=pad_id,
+            **sampling,
+        )
+        width = input_ids.shape[1]
+        return [_trim(row[width:].tolist(), set(stop), pad_id) for row in out]
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     bar = tqdm(total=len(problems), initial=len(problems) - sum(map(len, todo)), desc="generate",
                unit="trace", disable=not progress)
@@ -191,31 +240,34 @@ def generate_traces(
         for batch in todo:
             prompts = [build_prompt(tokenizer, p.question, system_prompt, think_prefill)
                        for p in batch]
-            input_ids, attention_mask = left_pad(tokenizer, prompts, pad_id)
-            torch.manual_seed(batch_seed(seed, [p.id for p in batch]))
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                eos_token_id=stop,
-                pad_token_id=pad_id,
-                **sampling,
-            )
-            width = input_ids.shape[1]
+            rows = run(prompts, [p.id for p in batch], max_new_tokens)
+            completions = [decode(ids) for ids, _ in rows]
+            forced = [answer_tokens > 0 and still_thinking(p, c)
+                      for p, c in zip(prompts, completions)]
+            answers: dict[int, tuple[list[int], bool]] = {}
+            if any(forced):
+                which = [i for i, f in enumerate(forced) if f]
+                closed = [close_thinking(completions[i]) for i in which]
+                more = run([prompts[i] + closed[j] for j, i in enumerate(which)],
+                           [batch[i].id for i in which] + ["answer"], answer_tokens)
+                for j, i in enumerate(which):
+                    answers[i] = more[j]
+                    completions[i] = closed[j] + decode(more[j][0])
             made = []
             for row, (problem, prompt) in enumerate(zip(batch, prompts, strict=True)):
                 if problem.id in done:
                     continue
-                new_ids, finished = _trim(out[row, width:].tolist(), set(stop), pad_id)
-                completion = tokenizer.decode(new_ids, skip_special_tokens=False,
-                                              clean_up_tokenization_spaces=False)
+                new_ids, finished = rows[row]
+                meta = {**settings, "finished": finished, "num_new_tokens": len(new_ids)}
+                if row in answers:
+                    meta.update(forced_answer=True, thinking_finished=finished,
+                                finished=answers[row][1], answer_new_tokens=len(answers[row][0]))
                 answer = problem.answer
                 trace = Trace(
-                    id=problem.id, prompt=prompt, completion=completion,
+                    id=problem.id, prompt=prompt, completion=completions[row],
                     question=problem.question,
                     reference_answer=None if answer is None else _format_number(answer),
-                    meta={**settings, "finished": finished, "num_new_tokens": len(new_ids)},
+                    meta=meta,
                 )
                 made.append(trace)
             append_traces(out_path, made)  # one write per batch: a batch lands whole or not at all

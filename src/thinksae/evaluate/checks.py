@@ -80,3 +80,36 @@ def check_tokenizers(sae_dir: Path, card: dict, store, tokenizer) -> str | None:
         raise ThinksaeError(f"the SAE in {sae_dir} was trained on tokens of another tokenizer "
                             f"(hash {trained}) than the eval data's (hash {data_hash})")
     return data_hash
+
+
+def split_docs(cfg, sae_dir: Path, card: dict, store):
+    """Document indices of ``cfg.split`` (None for all): the traces the SAE's training held out
+    (``heldout``) or trained on (``train``), by its report card's holdout share. Only on the very
+    data it was trained on: the same store, or the corpus that store was harvested from."""
+    from ..atomic import sha256_file
+    from ..store import SPLITS
+    from ..store import split_docs as docs_of
+
+    if cfg.split not in SPLITS:
+        raise ThinksaeError(f"unknown split {cfg.split!r} (use {', '.join(SPLITS)})")
+    if cfg.split == "all":
+        return None
+    holdout = (card.get("training") or {}).get("holdout") or 0.0
+    if not holdout:
+        raise ThinksaeError(f"--split {cfg.split}: the SAE in {sae_dir} was trained without a "
+                            "holdout (its report card has none); train it with --holdout")
+    data = card.get("data") or {}
+    if store is not None:
+        if data.get("hash") != store.hash:
+            raise ThinksaeError(f"--split {cfg.split}: store {store.path} is not the data the SAE "
+                                f"in {sae_dir} was trained on (store hash {store.hash}, trained "
+                                f"on {data.get('hash')})")
+        return store.split_docs(holdout, cfg.split)
+    corpus_hash = sha256_file(cfg.corpus)[:16]
+    if data.get("corpus_hash") != corpus_hash:
+        raise ThinksaeError(f"--split {cfg.split}: corpus {cfg.corpus} is not the one the SAE in "
+                            f"{sae_dir} was trained on (hash {corpus_hash}, trained on "
+                            f"{data.get('corpus_hash')})")
+    from ..corpus import iter_traces
+
+    return docs_of([t.id for t in iter_traces(cfg.corpus)], holdout, cfg.split)

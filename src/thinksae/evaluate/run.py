@@ -22,7 +22,7 @@ from ..config import to_dict
 from ..errors import ThinksaeError
 from ..sae import load_sae, read_report_card, resolve_sae_dir, update_report_card
 from ..sae.formats import detect_format
-from .checks import check_options, check_tokenizers, resolve_eval_hookpoint
+from .checks import check_options, check_tokenizers, resolve_eval_hookpoint, split_docs
 from .metrics import ALL, Grouped, Moments, ReconstructionStats, TokenGroups
 from .metrics import latent_frequency_histogram as frequency_histogram
 from .report import print_table, write_histogram_png
@@ -52,6 +52,9 @@ class EvalConfig:
     out: str | None = None
     """Result JSON (default: eval.json in the SAE directory). The latent-frequency histogram is
     written beside it as <name>.latent_frequency.png."""
+    split: str = "all"
+    """Traces to evaluate on: all, heldout (those the SAE's training left out with --holdout) or
+    train (the others). heldout/train need the data the SAE was trained on."""
     max_tokens: int | None = None
     """Evaluate on at most this many tokens (default: all)."""
     max_length: int = 2048
@@ -80,10 +83,10 @@ def _label_names(store) -> tuple[list[str], list[str]]:
             list(manifest.get("behaviours") or behaviour_names()))
 
 
-def _eval_store(cfg, store, sae, groups, device, bar) -> Grouped:
+def _eval_store(cfg, store, docs, sae, groups, device, bar) -> Grouped:
     recon = Grouped(groups, lambda: ReconstructionStats(sae.d_in, sae.num_latents))
     with torch.inference_mode():
-        for chunk in take_chunks(store.iter_chunks(cfg.chunk_tokens), cfg.max_tokens):
+        for chunk in take_chunks(store.iter_chunks(cfg.chunk_tokens, docs), cfg.max_tokens):
             x = chunk["activations"].to(device)
             acts, indices = sae.encode(x)
             recon.update(chunk["regions"], chunk["behaviours"], x=x, x_hat=sae.decode(acts, indices),
@@ -92,15 +95,15 @@ def _eval_store(cfg, store, sae, groups, device, bar) -> Grouped:
     return recon
 
 
-def _eval_model(cfg, model, tokenizer, store, hookpoint, sae, groups, bar):
+def _eval_model(cfg, model, tokenizer, store, doc_subset, hookpoint, sae, groups, bar):
     from ..models import capture
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def docs():
-        source = (store_docs(store, cfg.chunk_tokens) if store is not None
-                  else corpus_docs(cfg.corpus, tokenizer, cfg.max_length))
+        source = (store_docs(store, cfg.chunk_tokens, doc_subset) if store is not None
+                  else corpus_docs(cfg.corpus, tokenizer, cfg.max_length, doc_subset))
         return take_tokens(source, cfg.max_tokens)
 
     mean = None
@@ -183,17 +186,21 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
     else:
         device = resolve_device(cfg.device)
     data_hash = check_tokenizers(sae_dir, card, store, tokenizer)
+    docs = split_docs(cfg, sae_dir, card, store)
     sae = sae.to(device)
     groups = TokenGroups(*_label_names(store))
 
-    total = store.num_tokens if store is not None else None
+    total = None
+    if store is not None:
+        total = store.num_tokens if docs is None else len(store.token_indices(docs=docs))
     if cfg.max_tokens:
         total = min(cfg.max_tokens, total or cfg.max_tokens)
     with tqdm(total=total, desc="eval", unit="tok", disable=not cfg.progress) as bar:
         if model is not None:
-            recon, spliced = _eval_model(cfg, model, tokenizer, store, hookpoint, sae, groups, bar)
+            recon, spliced = _eval_model(cfg, model, tokenizer, store, docs, hookpoint, sae,
+                                         groups, bar)
         else:
-            recon, spliced = _eval_store(cfg, store, sae, groups, device, bar), None
+            recon, spliced = _eval_store(cfg, store, docs, sae, groups, device, bar), None
     all_stats: ReconstructionStats = recon.stats[ALL]
     if all_stats.tokens == 0:
         source = cfg.corpus or cfg.store
@@ -218,6 +225,8 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
             "corpus": cfg.corpus,
             "model": cfg.model or getattr(getattr(model, "config", None), "_name_or_path", None),
             "tokens": all_stats.tokens,
+            "split": cfg.split,
+            "traces": None if docs is None else len(docs),
             "tokenizer_hash": data_hash,
             "store_hash": store.hash if store is not None else None,
             "corpus_hash": atomic.sha256_file(cfg.corpus)[:16] if cfg.corpus else None,

@@ -22,11 +22,15 @@ class Doc(NamedTuple):
     behaviours: Tensor
 
 
-def corpus_docs(path: str | Path, tokenizer, max_length: int) -> Iterator[Doc]:
-    """The traces of a JSONL corpus, tokenised and labelled as the harvest does."""
+def corpus_docs(path: str | Path, tokenizer, max_length: int, docs=None) -> Iterator[Doc]:
+    """The traces of a JSONL corpus, tokenised and labelled as the harvest does (only those at
+    the indices ``docs`` when given)."""
     from ..corpus import iter_traces, tokenize_trace
 
-    for trace in iter_traces(path):
+    keep = None if docs is None else {int(i) for i in docs}
+    for i, trace in enumerate(iter_traces(path)):
+        if keep is not None and i not in keep:
+            continue
         tok = tokenize_trace(tokenizer, trace, max_length=max_length)
         if tok.input_ids:
             yield Doc(torch.tensor(tok.input_ids, dtype=torch.long),
@@ -34,14 +38,15 @@ def corpus_docs(path: str | Path, tokenizer, max_length: int) -> Iterator[Doc]:
                       torch.tensor(tok.behaviours, dtype=torch.uint8))
 
 
-def store_docs(store, chunk_tokens: int = 8192) -> Iterator[Doc]:
-    """The documents of an activation store, rebuilt from its token ids and labels.
+def store_docs(store, chunk_tokens: int = 8192, docs=None) -> Iterator[Doc]:
+    """The documents of an activation store (only those at the indices ``docs`` when given),
+    rebuilt from its token ids and labels.
 
     Reads the store in order, chunk by chunk; a document cut by a chunk boundary is carried over.
     """
     pending: list[dict[str, Tensor]] = []
     current = None
-    for chunk in store.iter_chunks(chunk_tokens):
+    for chunk in store.iter_chunks(chunk_tokens, docs):
         doc_index = chunk["doc_index"]
         cuts = (torch.nonzero(doc_index[1:] != doc_index[:-1])[:, 0] + 1).tolist()
         for a, b in zip([0, *cuts], [*cuts, len(doc_index)]):

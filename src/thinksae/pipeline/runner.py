@@ -236,9 +236,12 @@ class Pipeline:
         feature, why = _chosen(self.paths, rule.pop("feature", "auto"))
         from ..features.report import read_feature_row
 
-        max_act = read_feature_row(self.paths.stage_dir("analyze"), feature).get("max_act") or 0.0
+        row = read_feature_row(self.paths.stage_dir("analyze"), feature)
+        max_act = row.get("max_act") or 0.0
         threshold = rule.pop("threshold", "auto")
-        threshold = round(0.5 * max_act, 4) if threshold == "auto" else float(threshold)
+        if threshold == "auto":  # firing above the feature's usual strength
+            threshold = round(row.get("mean_act") or 0.5 * max_act, 4)
+        threshold = float(threshold)
         rule = {"name": f"feature-{feature}", "feature": feature, "threshold": threshold,
                 "severity": "warning", **rule}
         question = options.get("question") or "What is 15% of 240?"

@@ -2,5 +2,7 @@
 
 from .harvest import HarvestConfig, harvest, tokenizer_hash
 from .reader import LABELS, ActivationStore
+from .split import SPLITS, heldout_docs, split_docs
 
-__all__ = ["LABELS", "ActivationStore", "HarvestConfig", "harvest", "tokenizer_hash"]
+__all__ = ["LABELS", "SPLITS", "ActivationStore", "HarvestConfig", "harvest", "heldout_docs",
+           "split_docs", "tokenizer_hash"]

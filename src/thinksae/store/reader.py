@@ -63,6 +63,23 @@ class ActivationStore:
         return self.manifest["dtype"]
 
     @cached_property
+    def trace_ids(self) -> list[str]:
+        """The id of every document (trace) in store order; a store written before ids were
+        recorded numbers its documents instead."""
+        ids: list[str] = []
+        for shard in self.manifest["shards"]:
+            names = shard.get("trace_ids")
+            ids += names if names else [str(shard["first_doc"] + j) for j in range(shard["num_docs"])]
+        return ids
+
+    def split_docs(self, holdout: float, split: str) -> np.ndarray | None:
+        """Document indices of ``split`` (all, train or heldout) for a held-out share
+        ``holdout`` of the traces (see :mod:`thinksae.store.split`); None for all."""
+        from .split import split_docs
+
+        return split_docs(self.trace_ids, holdout, split)
+
+    @cached_property
     def hash(self) -> str:
         """Hash of the manifest: names the exact data an SAE was trained on."""
         blob = json.dumps(self.manifest, sort_keys=True).encode()
@@ -98,20 +115,24 @@ class ActivationStore:
         out[torch.from_numpy(order)] = rows
         return out
 
-    def token_indices(self, regions: Iterable[str] | None = None) -> np.ndarray:
-        """Global indices of the tokens in the given regions (all tokens when None)."""
-        if regions is None:
-            return np.arange(self.num_tokens, dtype=np.int64)
-        names = self.manifest["regions"]
-        unknown = [r for r in regions if r not in names]
-        if unknown:
-            raise ThinksaeError(f"unknown regions {unknown} (store has {names})")
-        codes = [names.index(r) for r in regions]
-        return np.flatnonzero(np.isin(self.labels("regions"), codes)).astype(np.int64)
+    def token_indices(self, regions: Iterable[str] | None = None,
+                      docs: np.ndarray | None = None) -> np.ndarray:
+        """Global indices of the tokens in the given regions and documents (all when None)."""
+        keep = np.ones(self.num_tokens, dtype=bool)
+        if regions is not None:
+            names = self.manifest["regions"]
+            unknown = [r for r in regions if r not in names]
+            if unknown:
+                raise ThinksaeError(f"unknown regions {unknown} (store has {names})")
+            keep &= np.isin(self.labels("regions"), [names.index(r) for r in regions])
+        if docs is not None:
+            keep &= np.isin(self.labels("doc_index"), docs)
+        return np.flatnonzero(keep).astype(np.int64)
 
-    def num_batches(self, batch_size: int, regions: Iterable[str] | None = None) -> int:
+    def num_batches(self, batch_size: int, regions: Iterable[str] | None = None,
+                    docs: np.ndarray | None = None) -> int:
         """Full batches in one pass."""
-        return len(self.token_indices(regions)) // batch_size
+        return len(self.token_indices(regions, docs)) // batch_size
 
     def iter_batches(
         self,
@@ -121,30 +142,38 @@ class ActivationStore:
         rank: int = 0,
         world_size: int = 1,
         regions: Iterable[str] | None = None,
+        docs: np.ndarray | None = None,
     ) -> Iterator[torch.Tensor]:
         """One shuffled pass of float32 batches ``[batch_size // world_size, d_in]``.
 
         The permutation depends only on ``seed``; rank ``r`` gets the r-th slice of each global
         batch; ``start_batch`` skips that many batches (to resume). The last partial batch is
-        dropped.
+        dropped. ``regions``/``docs`` keep only those tokens.
         """
         if batch_size % world_size:
             raise ThinksaeError(f"batch size {batch_size} is not divisible by {world_size} ranks")
-        pool = self.token_indices(regions)
+        pool = self.token_indices(regions, docs)
         perm = np.random.default_rng(seed).permutation(len(pool))
         per_rank = batch_size // world_size
         for b in range(start_batch, len(pool) // batch_size):
             chunk = pool[perm[b * batch_size : (b + 1) * batch_size]]
             yield self.gather(chunk[rank * per_rank : (rank + 1) * per_rank])
 
-    def iter_chunks(self, chunk_tokens: int = 8192) -> Iterator[dict[str, torch.Tensor]]:
-        """Sequential chunks (store order) of activations (float32) and every label column."""
+    def iter_chunks(self, chunk_tokens: int = 8192, docs: np.ndarray | None = None
+                    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Sequential chunks (store order) of activations (float32) and every label column;
+        ``docs`` keeps only the tokens of those documents (chunks then hold up to
+        ``chunk_tokens`` of them)."""
         for i in range(len(self.manifest["shards"])):
             shard = self._shard(i)
-            n = len(shard["token_ids"])
-            for a in range(0, n, chunk_tokens):
-                out = {"activations": to_torch(shard["activations"][a : a + chunk_tokens],
-                                               self.dtype).float()}
+            rows = np.arange(len(shard["token_ids"]))
+            if docs is not None:
+                rows = rows[np.isin(np.asarray(shard["doc_index"]), docs)]
+            for a in range(0, len(rows), chunk_tokens):
+                part = rows[a : a + chunk_tokens]
+                if docs is None:  # contiguous: read a slice of the memory map
+                    part = slice(int(part[0]), int(part[-1]) + 1)
+                out = {"activations": to_torch(shard["activations"][part], self.dtype).float()}
                 for name in LABELS:
-                    out[name] = torch.from_numpy(np.array(shard[name][a : a + chunk_tokens]))
+                    out[name] = torch.from_numpy(np.array(shard[name][part]))
                 yield out

@@ -84,6 +84,9 @@ class TrainConfig:
     """Show a progress bar."""
     regions: str | None = None
     """Store only: train on tokens of these regions (comma-separated, e.g. think,answer)."""
+    holdout: float = 0.0
+    """Store only: share of the traces left out of training (whole questions, chosen by a hash
+    of their ids), for `thinksae eval --split heldout`."""
     model_dtype: str = "auto"
     """On the fly: dtype of the model forward (auto, float32, bfloat16)."""
     max_length: int = 2048
@@ -141,6 +144,10 @@ def check_config(cfg: TrainConfig, world_size: int = 1, need_data: bool = True) 
         raise ThinksaeError(
             f"batch size {cfg.batch_size} is not divisible by the world size {world_size}"
         )
+    if not 0.0 <= cfg.holdout < 1.0:
+        raise ThinksaeError(f"holdout must be a share of the traces in [0, 1) (got {cfg.holdout})")
+    if cfg.holdout and cfg.store is None and need_data:
+        raise ThinksaeError("--holdout needs --store (traces are held out of a store)")
     if cfg.sae.k <= 0:
         raise ThinksaeError(f"k must be >= 1 (got {cfg.sae.k})")
     if cfg.sae.num_latents < 0 or cfg.sae.expansion_factor < 1:

@@ -120,7 +120,7 @@ def report_card(trainer: Trainer) -> dict:
             "seed": cfg.seed, "dtype": str(trainer.dtype).removeprefix("torch."),
             "world_size": trainer.ranks.world_size, "tokens_seen": trainer.tokens_seen,
             "steps": trainer.step, "wall_time_s": round(trainer.wall_time, 3),
-            "regions": cfg.regions,
+            "regions": cfg.regions, "holdout": cfg.holdout,
         },
         "data": {
             "source": _source_name(cfg, source),

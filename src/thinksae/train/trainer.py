@@ -92,6 +92,7 @@ class Trainer:
             self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999), eps=1e-8,
             fused=device.type in ("cuda", "cpu"),
         )
+        self.data_filter = self._data_filter()
         self.steps_per_epoch = self._steps_per_epoch()
         if self.steps_per_epoch == 0:
             raise ThinksaeError(
@@ -110,9 +111,21 @@ class Trainer:
         self.checkpoint_step: int | None = None
         self.metrics = MetricsLog(sae_dir / METRICS, write=ranks.is_main)
 
+    def _data_filter(self) -> dict:
+        """Keyword arguments that keep the training tokens of the source: ``regions`` and, with
+        a holdout, ``docs`` (the traces not held out)."""
+        out = {}
+        if self._regions():
+            out["regions"] = self._regions()
+        if self.cfg.holdout:
+            if not hasattr(self.source, "split_docs"):
+                raise ThinksaeError("--holdout needs an activation store (--store)")
+            out["docs"] = self.source.split_docs(self.cfg.holdout, "train")
+        return out
+
     def _steps_per_epoch(self) -> int:
-        if self.cfg.regions and hasattr(self.source, "num_batches"):
-            return int(self.source.num_batches(self.cfg.batch_size, self._regions()))
+        if self.data_filter and hasattr(self.source, "num_batches"):
+            return int(self.source.num_batches(self.cfg.batch_size, **self.data_filter))
         return int(self.source.num_tokens) // self.cfg.batch_size
 
     def _regions(self) -> list[str] | None:
@@ -273,7 +286,7 @@ class Trainer:
                 cfg.wandb, cfg.tensorboard, self.sae_dir, self.sae_dir.name, identity(cfg))
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.sae_dir.name}",
                    unit="step", disable=not (cfg.progress and self.ranks.is_main))
-        kwargs = {"regions": self._regions()} if self._regions() else {}
+        kwargs = self.data_filter
         started = time.perf_counter()
         try:
             with self._stop.installed():
