@@ -132,6 +132,7 @@ def test_training_never_reads_held_out_traces(tmp_path):
     sae_dir = train(_train_cfg(tmp_path, store, holdout=0.25))
     card = json.loads((sae_dir / "thinksae.json").read_text())
     assert card["training"]["holdout"] == 0.25
+    assert card["data"]["heldout_traces"] == [ids[i] for i in held]
     train_tokens = len(store.token_indices(docs=store.split_docs(0.25, "train")))
     assert card["training"]["steps"] == 3 * (train_tokens // 32)
 
@@ -191,6 +192,17 @@ def test_split_refused_on_other_data_or_without_a_holdout(trained, tmp_path):
     with pytest.raises(ThinksaeError, match="trained without a holdout"):
         evaluate(EvalConfig(sae=str(plain), store=str(store.path), split="heldout",
                             out=str(tmp_path / "e.json"), device="cpu", progress=False))
+    card_path = sae_dir / "thinksae.json"
+    card = json.loads(card_path.read_text())
+    saved = card_path.read_text()
+    del card["data"]["heldout_traces"]
+    card_path.write_text(json.dumps(card))
+    try:
+        with pytest.raises(ThinksaeError, match="lists no held-out traces"):
+            evaluate(EvalConfig(sae=str(sae_dir), store=str(store.path), split="train",
+                                out=str(tmp_path / "e.json"), device="cpu", progress=False))
+    finally:
+        card_path.write_text(saved)
     with pytest.raises(ThinksaeError, match="unknown split 'dev'"):
         evaluate(EvalConfig(sae=str(sae_dir), store=str(store.path), split="dev",
                             out=str(tmp_path / "e.json"), device="cpu", progress=False))

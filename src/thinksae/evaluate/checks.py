@@ -84,11 +84,12 @@ def check_tokenizers(sae_dir: Path, card: dict, store, tokenizer) -> str | None:
 
 def split_docs(cfg, sae_dir: Path, card: dict, store):
     """Document indices of ``cfg.split`` (None for all): the traces the SAE's training held out
-    (``heldout``) or trained on (``train``), by its report card's holdout share. Only on the very
-    data it was trained on: the same store, or the corpus that store was harvested from."""
+    (``heldout``, as its report card lists them) or trained on (``train``). Only on the very data
+    it was trained on: the same store, or the corpus that store was harvested from."""
+    import numpy as np
+
     from ..atomic import sha256_file
     from ..store import SPLITS
-    from ..store import split_docs as docs_of
 
     if cfg.split not in SPLITS:
         raise ThinksaeError(f"unknown split {cfg.split!r} (use {', '.join(SPLITS)})")
@@ -104,12 +105,19 @@ def split_docs(cfg, sae_dir: Path, card: dict, store):
             raise ThinksaeError(f"--split {cfg.split}: store {store.path} is not the data the SAE "
                                 f"in {sae_dir} was trained on (store hash {store.hash}, trained "
                                 f"on {data.get('hash')})")
-        return store.split_docs(holdout, cfg.split)
-    corpus_hash = sha256_file(cfg.corpus)[:16]
-    if data.get("corpus_hash") != corpus_hash:
-        raise ThinksaeError(f"--split {cfg.split}: corpus {cfg.corpus} is not the one the SAE in "
-                            f"{sae_dir} was trained on (hash {corpus_hash}, trained on "
-                            f"{data.get('corpus_hash')})")
-    from ..corpus import iter_traces
+        ids = store.trace_ids
+    else:
+        corpus_hash = sha256_file(cfg.corpus)[:16]
+        if data.get("corpus_hash") != corpus_hash:
+            raise ThinksaeError(f"--split {cfg.split}: corpus {cfg.corpus} is not the one the SAE "
+                                f"in {sae_dir} was trained on (hash {corpus_hash}, trained on "
+                                f"{data.get('corpus_hash')})")
+        from ..corpus import iter_traces
 
-    return docs_of([t.id for t in iter_traces(cfg.corpus)], holdout, cfg.split)
+        ids = [t.id for t in iter_traces(cfg.corpus)]
+    held = set(data.get("heldout_traces") or [])
+    if not held:
+        raise ThinksaeError(f"--split {cfg.split}: the report card of {sae_dir} lists no "
+                            "held-out traces")
+    in_split = [(i in held) == (cfg.split == "heldout") for i in ids]
+    return np.flatnonzero(in_split).astype(np.int64)

@@ -126,6 +126,7 @@ def report_card(trainer: Trainer) -> dict:
             "source": _source_name(cfg, source),
             "hash": source.hash,
             **{k: manifest[k] for k in keep if k in manifest},
+            **({"heldout_traces": trainer.heldout_ids} if trainer.heldout_ids else {}),
         },
         "metrics": {"window": "last log window of training", **trainer.metrics.last},
     }

@@ -115,12 +115,15 @@ class Trainer:
         """Keyword arguments that keep the training tokens of the source: ``regions`` and, with
         a holdout, ``docs`` (the traces not held out)."""
         out = {}
+        self.heldout_ids: list[str] = []
         if self._regions():
             out["regions"] = self._regions()
         if self.cfg.holdout:
             if not hasattr(self.source, "split_docs"):
                 raise ThinksaeError("--holdout needs an activation store (--store)")
             out["docs"] = self.source.split_docs(self.cfg.holdout, "train")
+            ids = self.source.trace_ids
+            self.heldout_ids = [ids[i] for i in self.source.split_docs(self.cfg.holdout, "heldout")]
         return out
 
     def _steps_per_epoch(self) -> int:
