@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from thinksae.cli import main
+from thinksae.errors import ThinksaeError
 from thinksae.evaluate import EvalConfig, evaluate
 from thinksae.sae import Sae, SaeConfig, save_saelens, write_report_card
 from thinksae.store import ActivationStore, HarvestConfig, harvest, tokenizer_hash
@@ -218,3 +219,33 @@ def test_bad_inputs_one_line_exit_2_nothing_written(tmp_path, store_dir, tiny_mo
         assert err.startswith("thinksae: error: ") and "\n" not in err, (name, err)
         assert message in err, (name, err)
     assert _tree(tmp_path) == before and _tree(store_dir) == store_before
+
+
+def test_split_on_the_corpus_equals_split_on_the_store(tmp_path, store_dir, corpus_path, tiny_model,
+                                                       tokenizer):
+    """`--split heldout` with the model over the corpus reads the same traces (and gets the
+    same numbers) as over the store harvested from it."""
+    from thinksae.train import TrainConfig, train
+
+    sae_dir = train(TrainConfig(store=str(store_dir), out=str(tmp_path / "sae"), batch_size=32,
+                                sae=SaeConfig(num_latents=128, k=4), lr_warmup_steps=1,
+                                holdout=0.34, dtype="float32", device="cpu", progress=False))
+    held = json.loads((sae_dir / "thinksae.json").read_text())["data"]["heldout_traces"]
+    assert len(held) == 2
+    common = dict(sae=str(sae_dir), split="heldout", update_card=False, device="cpu",
+                  dtype="float32", progress=False, mean_ablation=False)
+    on_store = evaluate(EvalConfig(store=str(store_dir), out=str(tmp_path / "s.json"), **common),
+                        tiny_model, tokenizer)
+    on_corpus = evaluate(EvalConfig(corpus=str(corpus_path), out=str(tmp_path / "c.json"),
+                                    **common), tiny_model, tokenizer)
+    store = ActivationStore(store_dir)
+    docs = [i for i, t in enumerate(store.trace_ids) if t in held]
+    a, b = on_store["metrics"]["all"], on_corpus["metrics"]["all"]
+    assert a["tokens"] == b["tokens"] == len(store.token_indices(docs=docs))
+    assert a["fvu"] == pytest.approx(b["fvu"], rel=1e-5)
+    assert a["ce_spliced"] == pytest.approx(b["ce_spliced"], rel=1e-5)
+    other = tmp_path / "other.jsonl"
+    other.write_text(corpus_path.read_text().replace("apples", "pears"))
+    with pytest.raises(ThinksaeError, match="is not the one the SAE"):
+        evaluate(EvalConfig(corpus=str(other), out=str(tmp_path / "o.json"), **common),
+                 tiny_model, tokenizer)
