@@ -152,8 +152,8 @@ def test_streaming_holds_no_earlier_chunks_or_documents(tmp_path, store_dir, tin
     sae_dir = _sae(tmp_path / "layers.1")
     seen: list = []
     original = ActivationStore.iter_chunks
-    monkeypatch.setattr(ActivationStore, "iter_chunks", lambda self, n: _watched(
-        original(self, n), "activations", 2, seen))
+    monkeypatch.setattr(ActivationStore, "iter_chunks", lambda self, *a: _watched(
+        original(self, *a), "activations", 2, seen))
     evaluate(EvalConfig(sae=str(sae_dir), store=str(store_dir), chunk_tokens=40, progress=False))
     assert len(seen) > 10
 
