@@ -128,6 +128,33 @@ def test_bad_inputs(tmp_path, corpus_path, tiny_model, tokenizer):
         ActivationStore(tmp_path)
 
 
+def test_a_resumed_harvest_removes_what_a_killed_write_left(tmp_path, corpus_path, tiny_model,
+                                                           tokenizer, monkeypatch):
+    """A SIGKILL during a shard write leaves its temp file; the next run clears it and ends with
+    the bytes of an uninterrupted harvest."""
+    from thinksae.store import harvest as _  # noqa: F401  (the function shadows its module)
+
+    module = sys.modules["thinksae.store.harvest"]
+    (whole,) = harvest(_cfg(corpus_path, tmp_path / "whole"), tiny_model, tokenizer)
+    real, calls = module.write_shard, []
+
+    def dies_on_the_second_shard(path, tensors):
+        calls.append(path)
+        if len(calls) == 2:  # a half-written temp file, as a kill mid-write leaves it
+            (path.parent / f".{path.name}.x1y2z3.tmp").write_bytes(b"half a shard")
+            raise KeyboardInterrupt
+        real(path, tensors)
+
+    monkeypatch.setattr(module, "write_shard", dies_on_the_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(_cfg(corpus_path, tmp_path / "killed"), tiny_model, tokenizer)
+    monkeypatch.undo()
+    killed = tmp_path / "killed" / "layers.1"
+    assert any(p.name.endswith(".tmp") for p in killed.iterdir())
+    harvest(_cfg(corpus_path, tmp_path / "killed"), tiny_model, tokenizer)
+    assert _tree_bytes(killed) == _tree_bytes(whole)
+
+
 _SLOW_HARVEST = """
 import importlib, sys, time
 h = importlib.import_module("thinksae.store.harvest")

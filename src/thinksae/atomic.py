@@ -33,6 +33,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that writes killed midway (SIGKILL, power loss) left in
+    ``directory``; returns them. Only for a directory no other process is writing to."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir()
+             if p.is_file() and p.name.startswith(".") and p.name.endswith(".tmp")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Atomically replace ``path`` with ``data``."""
     with atomic_path(path) as tmp:

@@ -189,6 +189,7 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> list[Path]:
         if old is not None:
             _check_compatible(old, new, d)
             new = old
+        atomic.remove_stale_temps(d)  # what a killed run was writing when it died
         manifests[h] = new
 
     n_shards = -(-len(traces) // cfg.docs_per_shard)
