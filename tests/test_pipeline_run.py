@@ -74,6 +74,10 @@ def test_every_stage_runs_and_the_report_links_resolve(reference):
     regions = {g["group"]: g for g in report["eval"]["groups"]}
     assert {"all", "region prompt", "region think"} <= set(regions)
     assert regions["region answer"]["tokens"] > 0  # the forced answers after </think>
+    corpus = report["corpus"]  # random weights never close the thinking: every answer forced
+    assert (corpus["traces"], corpus["forced_answer"], corpus["closed_thinking"]) == (6, 6, 0)
+    assert corpus["graded"] == 6 and 0 <= corpus["correct"] <= 6
+    assert sum(report["store"]["regions"].values()) == report["store"]["num_tokens"]
     # evaluated on the two held-out traces (of 6 questions), which training never read
     store = ActivationStore(out / "store/layers.1")
     held = store.split_docs(0.34, "heldout")

@@ -50,6 +50,39 @@ def _no_clock(d: Any) -> Any:
     return d
 
 
+def _corpus_section(root: Path) -> dict | None:
+    """What the traces are: how many, how their thinking ended, how many answered right."""
+    from ..corpus import answers_match, iter_traces
+
+    path = root / DIRS["corpus"] / "traces.jsonl"
+    if not path.is_file():
+        return None
+    traces = list(iter_traces(path))
+    meta = [t.meta for t in traces]
+    forced = sum(bool(m.get("forced_answer")) for m in meta)
+    graded = [t for t in traces if t.reference_answer is not None]
+    return {
+        "traces": len(traces), "questions": len({t.question for t in traces}),
+        "closed_thinking": sum("</think>" in t.completion for t in traces) - forced,
+        "forced_answer": forced, "finished": sum(bool(m.get("finished")) for m in meta),
+        "new_tokens_mean": round(sum(m.get("num_new_tokens", 0) + m.get("answer_new_tokens", 0)
+                                     for m in meta) / max(len(meta), 1), 1),
+        "graded": len(graded),
+        "correct": sum(answers_match(t.completion, t.reference_answer) for t in graded),
+    }
+
+
+def _store_regions(store_dir: Path) -> dict[str, int]:
+    """Tokens per region in the activation store."""
+    from ..store import ActivationStore
+
+    if not (store_dir / "manifest.json").is_file():
+        return {}
+    store = ActivationStore(store_dir, allow_incomplete=True)
+    counts = Counter(store.labels("regions").tolist())
+    return {name: counts.get(i, 0) for i, name in enumerate(store.manifest["regions"])}
+
+
 def _eval_section(path: Path, root: Path) -> dict | None:
     result = _load(path)
     if not result:
@@ -155,11 +188,14 @@ def collect(root: Path, sae_dir: Path | None = None) -> dict:
 
     card = read_report_card(sae_dir) if sae_dir.is_dir() else {}
     card = {k: v for k, v in card.items() if k not in ("eval", "eval_spliced")}
-    manifest = _load(root / DIRS["harvest"] / spec.get("hookpoint", "") / "manifest.json") or {}
+    store_dir = root / DIRS["harvest"] / spec.get("hookpoint", "")
+    manifest = _load(store_dir / "manifest.json") or {}
     return {
         "name": spec.get("name"), "spec": spec, "stages": stages,
-        "store": {k: manifest.get(k) for k in ("model", "hookpoint", "d_in", "dtype", "num_tokens",
-                                               "num_docs")},
+        "corpus": _corpus_section(root),
+        "store": {**{k: manifest.get(k) for k in ("model", "hookpoint", "d_in", "dtype",
+                                                  "num_tokens", "num_docs")},
+                  "regions": _store_regions(store_dir)},
         "card": _no_clock(card), "card_path": _rel(sae_dir / "thinksae.json", root),
         "eval": _eval_section(root / DIRS["eval"] / "eval.json", root),
         "splice": _eval_section(root / DIRS["splice"] / "eval.json", root) if on("splice") else None,

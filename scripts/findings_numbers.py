@@ -1,0 +1,95 @@
+"""Numbers for docs/findings.md that the run report does not print itself: the corpus (how many
+traces closed their thinking, were forced to answer, answered right), token counts per region and
+split, and in-sample vs held-out reconstruction. Reads a finished `thinksae run` directory.
+
+    python scripts/findings_numbers.py runs/findings
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+
+def corpus_numbers(run: Path) -> dict:
+    from thinksae.corpus import answers_match, read_traces
+
+    traces = read_traces(run / "corpus" / "traces.jsonl")
+    meta = [t.meta for t in traces]
+    forced = [m for m in meta if m.get("forced_answer")]
+    return {
+        "traces": len(traces),
+        "questions": len({t.question for t in traces}),
+        "closed_thinking_itself": sum("</think>" in t.completion for t in traces) - len(forced),
+        "forced_answer": len(forced),
+        "forced_after_end_of_text": sum(bool(m.get("thinking_finished")) for m in forced),
+        "forced_after_token_budget": sum(not m.get("thinking_finished") for m in forced),
+        "finished": sum(bool(m.get("finished")) for m in meta),
+        "new_tokens_mean": float(np.mean([m.get("num_new_tokens", 0) + m.get("answer_new_tokens", 0)
+                                          for m in meta])),
+        "correct": sum(answers_match(t.completion, t.reference_answer) for t in traces
+                       if t.reference_answer is not None),
+    }
+
+
+def store_numbers(run: Path, hookpoint: str, heldout: list[str]) -> dict:
+    from thinksae.store import ActivationStore
+
+    store = ActivationStore(run / "store" / hookpoint)
+    names = store.manifest["regions"]
+    regions = store.labels("regions")
+    docs = store.labels("doc_index")
+    held_docs = [i for i, t in enumerate(store.trace_ids) if t in set(heldout)]
+    held = np.isin(docs, held_docs)
+    behaviours = Counter(store.labels("behaviours").tolist())
+    return {
+        "tokens": store.num_tokens,
+        "docs": len(store.trace_ids),
+        "regions": {n: int((regions == i).sum()) for i, n in enumerate(names)},
+        "heldout_docs": len(held_docs),
+        "heldout_tokens": int(held.sum()),
+        "heldout_regions": {n: int(((regions == i) & held).sum()) for i, n in enumerate(names)},
+        "behaviours": {store.manifest["behaviours"][k]: v for k, v in sorted(behaviours.items())
+                       if k},
+        "store_mb": round(sum((store.path / s["file"]).stat().st_size
+                              for s in store.manifest["shards"]) / 2**20, 1),
+    }
+
+
+def in_sample(run: Path, hookpoint: str) -> dict:
+    """Reconstruction on the training traces (in-sample), beside the run's held-out numbers."""
+    from thinksae.evaluate import EvalConfig, evaluate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = evaluate(EvalConfig(sae=str(run / "sae" / hookpoint),
+                                     store=str(run / "store" / hookpoint), split="train",
+                                     out=str(Path(tmp) / "train.json"), update_card=False,
+                                     progress=False))
+    m = result["metrics"]
+    keep = ("tokens", "fvu", "cosine", "l0", "dead_fraction")
+    return {"all": {k: m["all"][k] for k in keep},
+            **{f"region {r}": {k: v[k] for k in keep} for r, v in m["regions"].items()
+               if v.get("tokens")}}
+
+
+def main(run: str) -> None:
+    root = Path(run)
+    spec = json.loads((root / "run_config.json").read_text())
+    card = json.loads((root / "sae" / spec["hookpoint"] / "thinksae.json").read_text())
+    out = {
+        "corpus": corpus_numbers(root),
+        "store": store_numbers(root, spec["hookpoint"], card["data"].get("heldout_traces", [])),
+        "in_sample": in_sample(root, spec["hookpoint"]),
+        "stage_wall_s": {p.parent.name: json.loads(p.read_text()).get("wall_s")
+                         for p in sorted(root.glob("*/stage.json"))},
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/findings")
