@@ -1,6 +1,6 @@
-"""Numbers for docs/findings.md that the run report does not print itself: the corpus (how many
-traces closed their thinking, were forced to answer, answered right), token counts per region and
-split, and in-sample vs held-out reconstruction. Reads a finished `thinksae run` directory.
+"""Numbers for docs/findings.md that the run report does not print itself: tokens per region of
+the held-out traces, behaviour tags, the store's size, in-sample reconstruction (beside the
+report's held-out numbers) and each stage's wall time. Reads a finished `thinksae run` directory.
 
     python scripts/findings_numbers.py runs/findings
 """
@@ -16,41 +16,16 @@ from pathlib import Path
 import numpy as np
 
 
-def corpus_numbers(run: Path) -> dict:
-    from thinksae.corpus import answers_match, read_traces
-
-    traces = read_traces(run / "corpus" / "traces.jsonl")
-    meta = [t.meta for t in traces]
-    forced = [m for m in meta if m.get("forced_answer")]
-    return {
-        "traces": len(traces),
-        "questions": len({t.question for t in traces}),
-        "closed_thinking_itself": sum("</think>" in t.completion for t in traces) - len(forced),
-        "forced_answer": len(forced),
-        "forced_after_end_of_text": sum(bool(m.get("thinking_finished")) for m in forced),
-        "forced_after_token_budget": sum(not m.get("thinking_finished") for m in forced),
-        "finished": sum(bool(m.get("finished")) for m in meta),
-        "new_tokens_mean": float(np.mean([m.get("num_new_tokens", 0) + m.get("answer_new_tokens", 0)
-                                          for m in meta])),
-        "correct": sum(answers_match(t.completion, t.reference_answer) for t in traces
-                       if t.reference_answer is not None),
-    }
-
-
 def store_numbers(run: Path, hookpoint: str, heldout: list[str]) -> dict:
     from thinksae.store import ActivationStore
 
     store = ActivationStore(run / "store" / hookpoint)
     names = store.manifest["regions"]
     regions = store.labels("regions")
-    docs = store.labels("doc_index")
     held_docs = [i for i, t in enumerate(store.trace_ids) if t in set(heldout)]
-    held = np.isin(docs, held_docs)
+    held = np.isin(store.labels("doc_index"), held_docs)
     behaviours = Counter(store.labels("behaviours").tolist())
     return {
-        "tokens": store.num_tokens,
-        "docs": len(store.trace_ids),
-        "regions": {n: int((regions == i).sum()) for i, n in enumerate(names)},
         "heldout_docs": len(held_docs),
         "heldout_tokens": int(held.sum()),
         "heldout_regions": {n: int(((regions == i) & held).sum()) for i, n in enumerate(names)},
@@ -82,7 +57,6 @@ def main(run: str) -> None:
     spec = json.loads((root / "run_config.json").read_text())
     card = json.loads((root / "sae" / spec["hookpoint"] / "thinksae.json").read_text())
     out = {
-        "corpus": corpus_numbers(root),
         "store": store_numbers(root, spec["hookpoint"], card["data"].get("heldout_traces", [])),
         "in_sample": in_sample(root, spec["hookpoint"]),
         "stage_wall_s": {p.parent.name: json.loads(p.read_text()).get("wall_s")

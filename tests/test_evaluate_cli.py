@@ -244,6 +244,12 @@ def test_split_on_the_corpus_equals_split_on_the_store(tmp_path, store_dir, corp
     assert a["tokens"] == b["tokens"] == len(store.token_indices(docs=docs))
     assert a["fvu"] == pytest.approx(b["fvu"], rel=1e-5)
     assert a["ce_spliced"] == pytest.approx(b["ce_spliced"], rel=1e-5)
+    card = json.loads((sae_dir / "thinksae.json").read_text())
+    del card["data"]["heldout_traces"]
+    (sae_dir / "thinksae.json").write_text(json.dumps(card))
+    with pytest.raises(ThinksaeError, match="lists no held-out traces; evaluate on its store"):
+        evaluate(EvalConfig(corpus=str(corpus_path), out=str(tmp_path / "o.json"), **common),
+                 tiny_model, tokenizer)
     other = tmp_path / "other.jsonl"
     other.write_text(corpus_path.read_text().replace("apples", "pears"))
     with pytest.raises(ThinksaeError, match="is not the one the SAE"):

@@ -115,9 +115,14 @@ def split_docs(cfg, sae_dir: Path, card: dict, store):
         from ..corpus import iter_traces
 
         ids = [t.id for t in iter_traces(cfg.corpus)]
-    held = set(data.get("heldout_traces") or [])
-    if not held:
-        raise ThinksaeError(f"--split {cfg.split}: the report card of {sae_dir} lists no "
-                            "held-out traces")
+    listed = data.get("heldout_traces")
+    if not listed:
+        if store is None:
+            raise ThinksaeError(f"--split {cfg.split}: the report card of {sae_dir} lists no "
+                                "held-out traces; evaluate on its store (--store) instead")
+        # A card written before the ids were listed: the trainer chose them from this very store
+        # by this rule, so choosing again gives the same traces.
+        return store.split_docs(holdout, cfg.split)
+    held = set(listed)
     in_split = [(i in held) == (cfg.split == "heldout") for i in ids]
     return np.flatnonzero(in_split).astype(np.int64)
