@@ -16,13 +16,16 @@ from pathlib import Path
 import numpy as np
 
 
-def store_numbers(run: Path, hookpoint: str, heldout: list[str]) -> dict:
+def store_numbers(run: Path, hookpoint: str, card: dict) -> dict:
+    from thinksae.evaluate import EvalConfig
+    from thinksae.evaluate.checks import split_docs
     from thinksae.store import ActivationStore
 
     store = ActivationStore(run / "store" / hookpoint)
     names = store.manifest["regions"]
     regions = store.labels("regions")
-    held_docs = [i for i, t in enumerate(store.trace_ids) if t in set(heldout)]
+    sae_dir = run / "sae" / hookpoint
+    held_docs = split_docs(EvalConfig(sae=str(sae_dir), split="heldout"), sae_dir, card, store)
     held = np.isin(store.labels("doc_index"), held_docs)
     behaviours = Counter(store.labels("behaviours").tolist())
     return {
@@ -57,7 +60,7 @@ def main(run: str) -> None:
     spec = json.loads((root / "run_config.json").read_text())
     card = json.loads((root / "sae" / spec["hookpoint"] / "thinksae.json").read_text())
     out = {
-        "store": store_numbers(root, spec["hookpoint"], card["data"].get("heldout_traces", [])),
+        "store": store_numbers(root, spec["hookpoint"], card),
         "in_sample": in_sample(root, spec["hookpoint"]),
         "stage_wall_s": {p.parent.name: json.loads(p.read_text()).get("wall_s")
                          for p in sorted(root.glob("*/stage.json"))},
