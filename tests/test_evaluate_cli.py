@@ -203,6 +203,16 @@ def _bad_cases(tmp_path: Path, store_dir: Path, model_dir: Path, corpus: Path) -
                               "cannot tell which hookpoint"),
         "no data": ([str(good)], "give --store"),
         "corpus without model": ([str(good), "--corpus", str(corpus)], "--corpus needs --model"),
+        "splice regions without model": ([str(good), "--store", str(store_dir),
+                                          "--splice_regions", "think"],
+                                         "--splice_regions needs --model"),
+        "unknown splice region": ([str(good), *model, "--corpus", str(corpus),
+                                   "--splice_regions", "think,thoughts"],
+                                  "unknown splice_regions 'think,thoughts'"),
+        "unknown split": ([str(good), "--store", str(store_dir), "--split", "dev"],
+                          "unknown split 'dev'"),
+        "split without holdout": ([str(good), "--store", str(store_dir), "--split", "heldout"],
+                                  "trained without a holdout"),
     }
 
 

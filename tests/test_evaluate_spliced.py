@@ -177,3 +177,35 @@ def test_spliced_stats_definitions():
     assert r["loss_recovered"] == pytest.approx((6 - 3) / (6 - 2))
     assert r["loss_recovered_mean"] == pytest.approx((4 - 3) / (4 - 2))
     assert r["kl_spliced"] == pytest.approx(0.2)
+
+
+def test_positions_kept_clean_are_not_replaced(model, batch):
+    """``keep_clean`` everywhere is the clean model in every setting; at the first position
+    only, the next block reads the clean output there and the replacement everywhere else."""
+    ids, mask = batch
+    mean = spliced_batch(model, "layers.1", _identity_sae(), ids, mask).x.mean(0)
+    everywhere = _stats(spliced_batch(model, "layers.1", _sae(), ids, mask, mean,
+                                      keep_clean=torch.ones_like(mask, dtype=torch.bool)))
+    for name in ("ce_spliced", "ce_zero_ablated", "ce_mean_ablated"):
+        assert everywhere[name] == pytest.approx(everywhere["ce_clean"], abs=1e-6)
+    assert everywhere["kl_spliced"] == pytest.approx(0, abs=1e-7)
+
+    first = torch.zeros_like(mask, dtype=torch.bool)
+    first[:, 0] = True
+    inputs = []  # what block 2 reads, one entry per forward: clean, spliced, zero, mean
+
+    def record(_module, args, kwargs):
+        inputs.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+    handle = model.model.layers[2].register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        spliced_batch(model, "layers.1", _constant_sae(torch.zeros(D)), ids, mask, mean,
+                      keep_clean=first)
+    finally:
+        handle.remove()
+    clean, spliced, zero, as_mean = inputs
+    real = mask.bool() & ~first
+    for replaced in (spliced, zero, as_mean):
+        assert torch.equal(replaced[:, 0], clean[:, 0])
+    assert bool((spliced[real] == 0).all()) and bool((zero[real] == 0).all())
+    torch.testing.assert_close(as_mean[real], mean.expand_as(as_mean[real]).to(as_mean.dtype))

@@ -30,7 +30,8 @@ def tiny_config(out: Path, model_dir: Path) -> dict:
         "train": {"sae": {"num_latents": 128, "k": 8}, "batch_size": 32, "lr_warmup_steps": 2,
                   "epochs": 3, "save_every": 4, "log_every": 2, "holdout": 0.34},
         "eval": {"split": "heldout"},
-        "splice": {"split": "heldout", "max_tokens": 48, "batch_size": 2},
+        "splice": {"split": "heldout", "max_tokens": 48, "batch_size": 2,
+                   "splice_regions": "prompt,think,answer"},
         "analyze": {"min_fires": 2, "top_n": 5},
         "steer": {"sweep": ["0", "x2"], "limit": 2, "max_new_tokens": 5, "start": "prompt",
                   "end": "none"},
@@ -87,6 +88,7 @@ def test_every_stage_runs_and_the_report_links_resolve(reference):
     splice = report["splice"]["groups"][0]
     assert splice["group"] == "all" and splice["tokens"] == 48 and splice["kl_spliced"] >= 0
     assert report["splice"]["split"] == "heldout"
+    assert "replaced at prompt,think,answer tokens only" in (out / "summary.md").read_text()
     feats = report["features"]
     assert sum(feats["labels"].values()) == 128
     assert feats["formatting"] + feats["content"] + feats["labels"]["dead"] \

@@ -29,6 +29,16 @@ def check_options(cfg, have_model: bool) -> None:
     for name in ("max_length", "batch_size", "chunk_tokens"):
         if getattr(cfg, name) < 1:
             raise ThinksaeError(f"{name} must be >= 1 (got {getattr(cfg, name)})")
+    if cfg.splice_regions is not None:
+        from ..corpus import Region
+
+        if not have_model:
+            raise ThinksaeError("--splice_regions needs --model (it is about the spliced losses)")
+        names = [r.name.lower() for r in Region]
+        wanted = [n.strip() for n in cfg.splice_regions.split(",") if n.strip()]
+        if not wanted or any(n not in names for n in wanted):
+            raise ThinksaeError(f"unknown splice_regions {cfg.splice_regions!r} (regions: "
+                                f"{', '.join(names)})")
 
 
 def sae_hookpoint(sae_dir: Path, card: dict) -> str | None:

@@ -55,6 +55,10 @@ class EvalConfig:
     split: str = "all"
     """Traces to evaluate on: all, heldout (those the SAE's training left out with --holdout) or
     train (the others). heldout/train need the data the SAE was trained on."""
+    splice_regions: str | None = None
+    """With --model: splice (and ablate) only at tokens of these regions, comma-separated, e.g.
+    prompt,think,answer to leave the special tokens (which an SAE trained with --regions never
+    saw) as they are; default every token."""
     max_tokens: int | None = None
     """Evaluate on at most this many tokens (default: all)."""
     max_length: int = 2048
@@ -116,9 +120,12 @@ def _eval_model(cfg, model, tokenizer, store, doc_subset, hookpoint, sae, groups
         mean = moments.mean.float() if moments.count else None
     recon = Grouped(groups, lambda: ReconstructionStats(sae.d_in, sae.num_latents))
     spliced = Grouped(groups, SplicedStats)
+    spliced_codes = _region_codes(cfg.splice_regions, groups)
     for batch in batches(docs(), cfg.batch_size):
         ids, mask, regions, behaviours = pad_right(batch, pad_id)
-        out = spliced_batch(model, hookpoint, sae, ids.to(device), mask.to(device), mean)
+        keep_clean = None if spliced_codes is None else ~torch.isin(regions, spliced_codes)
+        out = spliced_batch(model, hookpoint, sae, ids.to(device), mask.to(device), mean,
+                            keep_clean=keep_clean)
         token_mask, loss_mask = out.token_mask.cpu(), out.loss_mask.cpu()
         recon.update(regions[token_mask], behaviours[token_mask], x=out.x, x_hat=out.x_hat,
                      latent_acts=out.latent_acts, latent_indices=out.latent_indices)
@@ -126,6 +133,14 @@ def _eval_model(cfg, model, tokenizer, store, doc_subset, hookpoint, sae, groups
             spliced.update(regions[loss_mask], behaviours[loss_mask], **out.losses)
         bar.update(len(out.x))
     return recon, spliced
+
+
+def _region_codes(names: str | None, groups: TokenGroups) -> torch.Tensor | None:
+    """The region codes of a comma-separated list of region names (checked by check_options)."""
+    if names is None:
+        return None
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    return torch.tensor([groups.regions.index(n) for n in wanted], dtype=torch.uint8)
 
 
 @contextlib.contextmanager

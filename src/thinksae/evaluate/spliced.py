@@ -130,9 +130,12 @@ class SplicedBatch(NamedTuple):
 @torch.inference_mode()
 def spliced_batch(model: nn.Module, hookpoint: str, sae, input_ids: Tensor,
                   attention_mask: Tensor, mean: Tensor | None = None,
-                  chunk_rows: int = 256) -> SplicedBatch:
+                  chunk_rows: int = 256, keep_clean: Tensor | None = None) -> SplicedBatch:
     """Run a right-padded batch clean, with the SAE spliced in, zero- and (with ``mean``)
-    mean-ablated at ``hookpoint``, and score next-token losses (module docstring)."""
+    mean-ablated at ``hookpoint``, and score next-token losses (module docstring).
+
+    ``keep_clean`` ``[batch, seq]`` (bool) leaves the hookpoint output as it is at those positions
+    in every replacement, e.g. at special tokens the SAE was not trained on."""
     module = resolve_hookpoint(model, hookpoint)
     captured: list[Tensor] = []
 
@@ -152,6 +155,10 @@ def spliced_batch(model: nn.Module, hookpoint: str, sae, input_ids: Tensor,
     replacements = {"spliced": full_hat, "zero": torch.zeros((), dtype=clean.dtype)}
     if mean is not None:
         replacements["mean"] = mean
+    if keep_clean is not None:
+        keep = keep_clean.to(clean.device)[..., None]
+        replacements = {name: torch.where(keep, clean, value.to(clean.device, clean.dtype))
+                        for name, value in replacements.items()}
     for name, value in replacements.items():
         with splice(module, replace_with(value)):
             hidden[name] = final_hidden(model, input_ids, attention_mask)

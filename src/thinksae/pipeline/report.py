@@ -92,6 +92,7 @@ def _eval_section(path: Path, root: Path) -> dict | None:
         [(f"behaviour {k}", v) for k, v in m["behaviours"].items()]
     return {"tokens": result["data"]["tokens"], "mode": result["data"]["mode"],
             "split": result["data"].get("split", "all"), "traces": result["data"].get("traces"),
+            "splice_regions": result["config"].get("splice_regions"),
             "groups": [{"group": g, **v} for g, v in groups],
             "png": _rel(path.with_name(Path(result["latent_frequency"]["png"]).name), root),
             "json": _rel(path, root)}
