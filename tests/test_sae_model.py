@@ -44,7 +44,12 @@ def _grads(sae: Sae):
 
 
 @pytest.mark.parametrize("dead", [False, True])
-def test_forward_and_sparse_backward_match_dense_reference(dead):
+@pytest.mark.parametrize("dense_share", [None, 0.0, 2.0])  # as set, always dense, never dense
+def test_forward_and_sparse_backward_match_dense_reference(dead, dense_share, monkeypatch):
+    from thinksae.sae import kernels
+
+    if dense_share is not None:
+        monkeypatch.setattr(kernels, "DENSE_SHARE", dense_share)
     sae = _sae()
     x = torch.randn(64, 24) * 2 + 1
     dead_mask = (torch.arange(96) % 3 == 0) if dead else None
