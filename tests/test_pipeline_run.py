@@ -35,7 +35,7 @@ def tiny_config(out: Path, model_dir: Path) -> dict:
         "analyze": {"min_fires": 2, "top_n": 5},
         "steer": {"sweep": ["0", "x2"], "limit": 2, "max_new_tokens": 5, "start": "prompt",
                   "end": "none"},
-        "monitor": {"max_new_tokens": 6, "rule": {"threshold": 0.0}},
+        "monitor": {"max_new_tokens": 6, "rule": {"threshold": 0.0, "feature": "top:freq"}},
     }
 
 
@@ -97,6 +97,10 @@ def test_every_stage_runs_and_the_report_links_resolve(reference):
     assert top["tokens"] and 0 < top["tokens"][0]["share"] <= 1 and top["page"]
     assert [r["label"] for r in report["steer"]["runs"]] == ["baseline", "0", "x2"]
     assert report["monitor"]["tokens"] and report["monitor"]["rule"]["threshold"] == 0.0
+    rows = [json.loads(line) for line in (out / "features/features.jsonl").read_text().splitlines()]
+    content = [r for r in rows if r["label"] in ("monosemantic", "narrow", "polysemantic")]
+    most = max(content, key=lambda r: (r["freq"], -r["feature"]))["feature"]
+    assert report["monitor"]["feature"] == most and "highest freq" in report["monitor"]["why"]
     assert report["monitor"]["alerts"], "a threshold of 0 alerts on the first token"
     card = json.loads((out / "sae/layers.1/thinksae.json").read_text())
     assert card["eval"]["metrics"]["all"]["fvu"] == report["eval"]["groups"][0]["fvu"]
@@ -213,6 +217,8 @@ def test_interrupted_anywhere_the_next_run_gives_the_same_report(reference, monk
     ({"analyze": None}, "stage 'analyze' cannot be turned off"),
     ({"eval": [1]}, "'eval' must be a mapping"),
     ({"steer": {"limit": 2}}, "steer needs `sweep`"),
+    ({"steer": {"sweep": ["0"], "feature": "top:lens"}}, "steer.feature 'top:lens': use top:<score>"),
+    ({"monitor": {"rule": {"feature": "top:x"}}}, "monitor.rule.feature 'top:x'"),
     ({"model": None}, "`model` is required"),
 ])
 def test_bad_configs_fail_in_one_line_before_anything_is_written(
@@ -275,6 +281,10 @@ def test_pick_feature_prefers_think_specific_content():
     assert pick_feature([row(4, "narrow", freq=0.2), row(5, "narrow", freq=0.3)])[0] == 5
     with pytest.raises(Exception, match="no live content feature"):
         pick_feature([row(6, "dead"), row(7, "formatting")])
+    assert pick_feature(rows, "top:reason_score")[0] == 3
+    assert pick_feature(rows, "top:think_rate_ratio")[0] == 2  # formatting feature 0 left out
+    with pytest.raises(Exception, match="no live content feature has a lens"):
+        pick_feature(rows, "top:lens")
 
 
 def test_pipeline_api_matches_the_cli(reference, tmp_path):

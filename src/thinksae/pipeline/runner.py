@@ -50,11 +50,20 @@ class RunConfig:
     """Show progress bars."""
 
 
-def pick_feature(rows: list[dict]) -> tuple[int, str]:
-    """The feature the steer/monitor stages use when the spec says `auto`: the most
-    think-specific content feature (not dead, rare or formatting), else the highest ReasonScore,
-    else the most frequent content feature."""
+def pick_feature(rows: list[dict], rule: str = "auto") -> tuple[int, str]:
+    """The feature the steer/monitor stages use when the spec says `auto` or `top:<score>`.
+
+    ``auto``: the most think-specific content feature (not dead, rare or formatting), else the
+    highest ReasonScore, else the most frequent content feature. ``top:<score>``: the content
+    feature with the highest value of that score (one of ``FEATURE_SCORES``)."""
     content = [r for r in rows if r.get("label") not in ("dead", "rare", "formatting")]
+    if rule.startswith("top:"):
+        key = rule.removeprefix("top:")
+        scored = [r for r in content if r.get(key) is not None]
+        if not scored:
+            raise ThinksaeError(f"feature {rule}: no live content feature has a {key}")
+        best = max(scored, key=lambda r: (r[key], -r["feature"]))
+        return best["feature"], f"highest {key} among content features"
     specific = [r for r in content if r.get("think_specific") and r.get("think_rate_ratio")]
     if specific:
         best = max(specific, key=lambda r: (r["think_rate_ratio_lo"] or 0, r["feature"] * -1))
@@ -70,12 +79,13 @@ def pick_feature(rows: list[dict]) -> tuple[int, str]:
 
 
 def _chosen(paths: Paths, spec_feature: Any) -> tuple[int, str]:
-    if spec_feature not in (None, "auto", []):
+    rule = "auto" if spec_feature in (None, "auto", []) else str(spec_feature)
+    if rule != "auto" and not rule.startswith("top:"):
         return int(str(spec_feature[0] if isinstance(spec_feature, list) else spec_feature)
                    .split("=")[0]), "given in the config"
     from ..features.report import read_features
 
-    return pick_feature(read_features(paths.stage_dir("analyze")))
+    return pick_feature(read_features(paths.stage_dir("analyze")), rule)
 
 
 class Pipeline:
@@ -217,8 +227,10 @@ class Pipeline:
     def steer(self) -> None:
         options = self.spec.stages["steer"]
         feature, why = _chosen(self.paths, options.get("feature", "auto"))
+        given = options.get("feature")
+        chosen = given in (None, "auto") or str(given).startswith("top:")
         specs = [str(feature)] if options.get("sweep") else (
-            options["feature"] if options.get("feature") not in (None, "auto") else [f"{feature}=0"])
+            [f"{feature}=0"] if chosen else given)
         cfg = self._cfg("steer", sae=str(self.sae_dir), feature=specs,
                         out=str(self.paths.stage_dir("steer")))
 

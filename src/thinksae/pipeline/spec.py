@@ -38,6 +38,10 @@ MANAGED = {
 }
 """Options `thinksae run` sets itself (paths between stages): a spec may not set them."""
 
+FEATURE_SCORES = ("reason_score", "think_rate_ratio", "think_rate_ratio_lo", "think_mean_ratio",
+                  "freq")
+"""Scores that `feature: top:<score>` (steer, monitor) may rank content features by."""
+
 EXTRA = {
     "steer": ("enabled",),
     "monitor": ("question", "rule", "enabled"),
@@ -188,4 +192,10 @@ def resolve(config: str | None = None, preset: str | None = None,
     if stages["steer"] is not None and not stages["steer"].get("sweep") \
             and not stages["steer"].get("feature"):
         raise ThinksaeError(f"{where}: steer needs `sweep` (values) or `feature` (interventions)")
+    for stage, options in (("steer", stages["steer"]),
+                           ("monitor.rule", (stages["monitor"] or {}).get("rule"))):
+        value = str((options or {}).get("feature", "auto"))
+        if value.startswith("top:") and value.removeprefix("top:") not in FEATURE_SCORES:
+            raise ThinksaeError(f"{where}: {stage}.feature {value!r}: use top:<score> with one of "
+                                f"{', '.join(FEATURE_SCORES)}")
     return PipelineSpec(stages=stages, **{k: data[k] for k in top if k in data})
