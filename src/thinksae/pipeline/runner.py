@@ -78,9 +78,16 @@ def pick_feature(rows: list[dict], rule: str = "auto") -> tuple[int, str]:
     raise ThinksaeError("no live content feature to steer or monitor: the analysis found none")
 
 
+def _feature_rule(spec_feature: Any) -> str | None:
+    """``auto`` or ``top:<score>`` when the config leaves the feature to the run, else None."""
+    if spec_feature in (None, "auto", []):
+        return "auto"
+    return str(spec_feature) if str(spec_feature).startswith("top:") else None
+
+
 def _chosen(paths: Paths, spec_feature: Any) -> tuple[int, str]:
-    rule = "auto" if spec_feature in (None, "auto", []) else str(spec_feature)
-    if rule != "auto" and not rule.startswith("top:"):
+    rule = _feature_rule(spec_feature)
+    if rule is None:
         return int(str(spec_feature[0] if isinstance(spec_feature, list) else spec_feature)
                    .split("=")[0]), "given in the config"
     from ..features.report import read_features
@@ -226,11 +233,10 @@ class Pipeline:
 
     def steer(self) -> None:
         options = self.spec.stages["steer"]
-        feature, why = _chosen(self.paths, options.get("feature", "auto"))
-        given = options.get("feature")
-        chosen = given in (None, "auto") or str(given).startswith("top:")
+        given = options.get("feature", "auto")
+        feature, why = _chosen(self.paths, given)
         specs = [str(feature)] if options.get("sweep") else (
-            [f"{feature}=0"] if chosen else given)
+            [f"{feature}=0"] if _feature_rule(given) else given)
         cfg = self._cfg("steer", sae=str(self.sae_dir), feature=specs,
                         out=str(self.paths.stage_dir("steer")))
 
