@@ -257,8 +257,8 @@ class Pipeline:
         row = read_feature_row(self.paths.stage_dir("analyze"), feature)
         max_act = row.get("max_act") or 0.0
         threshold = rule.pop("threshold", "auto")
-        if threshold == "auto":  # firing above the feature's usual strength
-            threshold = round(row.get("mean_act") or 0.5 * max_act, 4)
+        if threshold == "auto":  # clearly firing: half its mean activation when it fires
+            threshold = round(0.5 * (row.get("mean_act") or max_act), 4)
         threshold = float(threshold)
         rule = {"name": f"feature-{feature}", "feature": feature, "threshold": threshold,
                 "severity": "warning", **rule}
