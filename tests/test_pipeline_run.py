@@ -119,6 +119,10 @@ def test_a_rerun_skips_every_stage_and_a_change_reruns_what_depends_on_it(
     config = {**config, "out": str(out)}
     log = run_config(tmp_path / "run.yaml", config, capsys)
     assert log.count("skipped") == 8 and "loading model" not in log
+    changed = {**config, "monitor": {**config["monitor"], "rule": {"threshold": 0.5}}}
+    log = run_config(tmp_path / "run.yaml", changed, capsys)  # the rule is not a config field
+    assert "[run] monitor: config changed" in log and "[run] steer: done before" in log
+    assert json.loads((out / "monitor/monitor.json").read_text())["rule"]["threshold"] == 0.5
     changed = {**config, "eval": {"chunk_tokens": 64}}
     log = run_config(tmp_path / "run.yaml", changed, capsys)
     assert "[run] eval: config changed" in log

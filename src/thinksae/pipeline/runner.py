@@ -110,8 +110,9 @@ class Pipeline:
     def _cfg(self, stage: str, **extra):
         return build_config(stage, self.spec, self.progress, extra)
 
-    def _run(self, stage: str, cfg, action) -> None:
-        digest = stage_hash(stage, cfg, [self.hashes[d] for d in DEPENDS[stage]], self.paths.root)
+    def _run(self, stage: str, cfg, action, extra: dict | None = None) -> None:
+        digest = stage_hash(stage, cfg, [self.hashes[d] for d in DEPENDS[stage]], self.paths.root,
+                            extra)
         self.hashes[stage] = digest
         if self.rank == 0:
             run_stage(stage, self.paths.stage_dir(stage), cfg, digest, action, self.log)
@@ -280,7 +281,7 @@ class Pipeline:
             atomic.write_json(out / "monitor.json", {
                 "question": question, "rule": rule, "feature": feature, "why": why,
                 "max_act": max_act})
-        self._run("monitor", cfg, action)
+        self._run("monitor", cfg, action, extra={"rule": rule, "question": question})
 
 
 def run(cfg: RunConfig) -> Path | None:

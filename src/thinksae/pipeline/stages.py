@@ -98,9 +98,11 @@ def build_config(stage: str, spec: PipelineSpec, progress: bool, extra: dict[str
         raise ThinksaeError(f"{stage}: {e}") from None
 
 
-def stage_hash(stage: str, cfg, upstream: list[str], root: Path | None = None) -> str:
-    """Hash of a stage's config and its upstream stages' hashes. Paths inside the run directory
-    ``root`` count relative to it, so a moved or copied run directory still resumes."""
+def stage_hash(stage: str, cfg, upstream: list[str], root: Path | None = None,
+               extra: dict[str, Any] | None = None) -> str:
+    """Hash of a stage's config, its upstream stages' hashes and ``extra`` (what the stage uses
+    beside its config, e.g. the monitor's rule). Paths inside the run directory ``root`` count
+    relative to it, so a moved or copied run directory still resumes."""
     prefix = str(root) if root is not None else None
 
     def rel(v):
@@ -108,7 +110,10 @@ def stage_hash(stage: str, cfg, upstream: list[str], root: Path | None = None) -
             return "$RUN" + v[len(prefix):]
         return v
     d = {k: rel(v) for k, v in to_dict(cfg).items() if k not in UNHASHED}
-    blob = json.dumps({"stage": stage, "config": d, "upstream": upstream}, sort_keys=True)
+    parts = {"stage": stage, "config": d, "upstream": upstream}
+    if extra is not None:
+        parts["extra"] = extra
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
