@@ -66,6 +66,19 @@ def test_several_samples_per_question(tmp_path, model, r1_tokenizer):  # noqa: F
         build_corpus(cfg, model, r1_tokenizer)
 
 
+def test_bad_generation_options_fail_before_the_model_loads(tmp_path, monkeypatch):
+    import thinksae.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    for bad, message in ((dict(answer_tokens=-1), "answer_tokens must be >= 0"),
+                         (dict(samples=0), "samples must be at least 1"),
+                         (dict(samples=2), "needs --do_sample")):
+        cfg = CorpusConfig(out=str(tmp_path / "t.jsonl"), limit=1, progress=False, **bad)
+        with pytest.raises(ThinksaeError, match=message):
+            build_corpus(cfg)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_samples_need_sampling_and_at_least_one():
     problems = [Problem("a", "Q?")]
     assert repeat_problems(problems, 1, False) == problems

@@ -169,6 +169,8 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
         save_config(cfg, config_path(out))
         return out
 
+    if cfg.answer_tokens < 0:
+        raise ThinksaeError(f"answer_tokens must be >= 0, got {cfg.answer_tokens}")
     _check_resumable(cfg)
     problems = repeat_problems(load_prompts(cfg.prompts, cfg.limit), cfg.samples, cfg.do_sample)
     if model is None or tokenizer is None:

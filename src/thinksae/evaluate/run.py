@@ -180,6 +180,7 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
     card = read_report_card(sae_dir)
     store = ActivationStore(cfg.store) if cfg.store is not None else None
     hookpoint = resolve_eval_hookpoint(cfg, sae_dir, card, store)
+    docs = split_docs(cfg, sae_dir, card, store)  # before any model is loaded: cheap to refuse
     sae = load_sae(sae_dir, dtype=torch.float32)
     if store is not None and store.d_in != sae.d_in:
         raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but store {store.path} "
@@ -201,7 +202,6 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
     else:
         device = resolve_device(cfg.device)
     data_hash = check_tokenizers(sae_dir, card, store, tokenizer)
-    docs = split_docs(cfg, sae_dir, card, store)
     sae = sae.to(device)
     groups = TokenGroups(*_label_names(store))
 
