@@ -94,7 +94,7 @@ def test_model_loaded_lazily(tmp_path, model, r1_tokenizer, monkeypatch):  # noq
 
     calls = []
 
-    def fake_load_model(spec, device="auto", dtype="auto"):
+    def fake_load_model(spec, device="auto", dtype="auto", progress=True):
         calls.append((spec, device, dtype))
         return model, r1_tokenizer
 

@@ -7,7 +7,7 @@ import torch
 
 from thinksae import ThinksaeError
 from thinksae.models import capture, load_model, resolve_dtype, resolve_hookpoint
-from thinksae.models.loading import _pretrained_kwargs
+from thinksae.models.loading import _pretrained_kwargs, loading_bars
 
 
 def _ids(tokenizer, texts):
@@ -84,6 +84,25 @@ def test_load_model_from_directory(tiny_model_dir, tiny_model, tokenizer):
     ids, mask = _ids(tokenizer, ["Hmm, 2 + 2."])
     assert torch.equal(capture(model, "layers.1", ids, mask)["layers.1"],
                        capture(tiny_model, "layers.1", ids, mask)["layers.1"])
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_load_model_progress_controls_the_loading_bars(tiny_model_dir, capfd, progress):
+    load_model(str(tiny_model_dir), device="cpu", dtype="float32", progress=progress)
+    assert ("Loading weights" in capfd.readouterr().err) is progress
+
+
+def test_loading_bars_off_silences_the_gguf_bar_and_restores_it():
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    before = gguf_utils.tqdm
+    with loading_bars(False):
+        assert not hf_logging.is_progress_bar_enabled()
+        assert gguf_utils.tqdm(range(3)).disable  # the bar GGUF de-quantisation draws
+    assert gguf_utils.tqdm is before and hf_logging.is_progress_bar_enabled()
+    with loading_bars(True):
+        assert gguf_utils.tqdm is before
 
 
 def test_load_model_bad_specs(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from thinksae.cli import main
+from thinksae.features.report import read_feature_row
 from thinksae.pipeline import Pipeline, resolve
 from thinksae.pipeline import runner as run_module
 from thinksae.store import ActivationStore
@@ -33,8 +34,8 @@ def tiny_config(out: Path, model_dir: Path) -> dict:
         "splice": {"split": "heldout", "max_tokens": 48, "batch_size": 2,
                    "splice_regions": "prompt,think,answer"},
         "analyze": {"min_fires": 2, "top_n": 5},
-        "steer": {"sweep": ["0", "x2"], "limit": 2, "max_new_tokens": 5, "start": "prompt",
-                  "end": "none"},
+        "steer": {"sweep": ["0", "x2", "2max"], "limit": 2, "max_new_tokens": 5,
+                  "start": "prompt", "end": "none", "max_from": "analysis"},
         "monitor": {"max_new_tokens": 6, "rule": {"threshold": 0.0, "feature": "top:freq"}},
     }
 
@@ -95,7 +96,12 @@ def test_every_stage_runs_and_the_report_links_resolve(reference):
         + feats["labels"]["rare"] == 128
     top = feats["top"]["freq"][0]
     assert top["tokens"] and 0 < top["tokens"][0]["share"] <= 1 and top["page"]
-    assert [r["label"] for r in report["steer"]["runs"]] == ["baseline", "0", "x2"]
+    assert [r["label"] for r in report["steer"]["runs"]] == ["baseline", "0", "x2", "2max"]
+    steered = json.loads((out / "steer/steer.json").read_text())  # 2max from the analysis' max
+    (feature, top), = steered["max_activation"].items()
+    assert steered["max_activation_from"] == str(out / "features")
+    assert top == read_feature_row(out / "features", int(feature))["max_act"] > 0
+    assert "max activation over the analysed tokens" in (out / "summary.md").read_text()
     assert report["monitor"]["tokens"] and report["monitor"]["rule"]["threshold"] == 0.0
     rows = [json.loads(line) for line in (out / "features/features.jsonl").read_text().splitlines()]
     content = [r for r in rows if r["label"] in ("monosemantic", "narrow", "polysemantic")]

@@ -54,6 +54,10 @@ def test_sweep_writes_json_and_png(tmp_path, sae_dir, tiny_model_dir, capsys):
     # same batches and seeds: the identity setting samples exactly the baseline, at KL 0
     assert [t["completion"] for t in ident] == [t["completion"] for t in base]
     assert result["runs"][0]["summary"]["kl_mean"] == 0.0
+    assert result["runs"][0]["summary"]["changed"] == 0.0
+    assert result["runs"][0]["summary"]["first_change_mean"] is None
+    changed = sum(t["new_ids"] != b["new_ids"] for t, b in zip(strong, base))
+    assert result["runs"][1]["summary"]["changed"] == changed / 3 > 0
     assert [t["completion"] for t in strong] != [t["completion"] for t in base]
     assert result["runs"][1]["summary"]["kl_mean"] > 0
     for t in strong:  # steered from the prefilled <think> to the end (never closed here)
@@ -155,3 +159,39 @@ def test_think_window_without_think_tokens_is_refused(tmp_path, sae_dir, tiny_mo
     assert not out.exists()
     assert main(_args(sae_dir, tiny_model_dir, out, "--feature", "1=0", "--prompt", "hi",
                       "--start", "prompt", "--end", "none", "--kl", "false")) == 0
+
+
+def _analysis(path: Path, max_act: list[float], num_latents: int = 128) -> Path:
+    path.mkdir(parents=True)
+    (path / "analysis.json").write_text(json.dumps(
+        {"sae": {"num_latents": num_latents, "d_in": 64, "hookpoint": "layers.1"}}))
+    (path / "features.jsonl").write_text(
+        "".join(json.dumps({"feature": i, "max_act": m}) + "\n" for i, m in enumerate(max_act)))
+    return path
+
+
+def test_max_from_an_analysis(tmp_path, sae_dir, tiny_model_dir):
+    analysis = _analysis(tmp_path / "features", [0.5 + i for i in range(128)])
+    out = tmp_path / "steer"
+    assert main(_args(sae_dir, tiny_model_dir, out, "--feature", "9", "--sweep", "2max",
+                      "--max_from", str(analysis), "--prompt", QUESTIONS[0], "--kl", "false",
+                      "--show", "0")) == 0
+    result = json.loads((out / "steer.json").read_text())
+    assert result["max_activation"] == {"9": 9.5} and result["max_activation_from"] == str(analysis)
+    (iv,) = result["runs"][0]["interventions"]
+    assert (iv["kind"], iv["value"], iv["requested"]) == ("clamp", 19.0, "9=2max")
+
+
+@pytest.mark.parametrize("num_latents, message", [
+    (256, "analysed another SAE"), (None, "no feature analysis at")])
+def test_max_from_a_wrong_or_missing_analysis(tmp_path, sae_dir, tiny_model_dir, capsys,
+                                             num_latents, message):
+    analysis = tmp_path / "features"
+    if num_latents:
+        _analysis(analysis, [1.0] * num_latents, num_latents)
+    out = tmp_path / "never"
+    assert main(_args(sae_dir, tiny_model_dir, out, "--feature", "9=2max", "--max_from",
+                      str(analysis), "--prompt", "hi")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not out.exists()

@@ -105,3 +105,15 @@ def test_plain_text_thinking_when_markers_are_not_tokens(tokenizer):
     count, closed, text = _plain_text_thinking(tokenizer, ids("Q?"), ids("Sure. <think>Hmm") )
     assert closed is False and text == "Hmm" and count == len(ids("Hmm"))
     assert _plain_text_thinking(tokenizer, ids("Q?"), ids("No thinking here.")) == (None, False, "")
+
+
+def test_divergence_counts_changed_generations_and_where_they_first_differ():
+    from thinksae.steer.measure import divergence
+
+    base = [{"new_ids": [1, 2, 3]}, {"new_ids": [4, 5]}, {"new_ids": [6, 7]}, {"new_ids": [8]}]
+    steered = [{"new_ids": [1, 9, 3]}, {"new_ids": [4, 5]}, {"new_ids": [6, 7, 0]},
+               {"new_ids": [5]}]
+    assert divergence(base, steered) == {"changed": 0.75, "first_change_mean": 1.0}  # 1, 2, 0
+    assert divergence(base, base) == {"changed": 0.0, "first_change_mean": None}
+    with pytest.raises(ValueError):
+        divergence(base, steered[:2])

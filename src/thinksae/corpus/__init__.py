@@ -176,7 +176,8 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
     if model is None or tokenizer is None:
         from ..models import load_model
 
-        model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
+                                      progress=cfg.progress)
     save_config(cfg, config_path(out))
     generate_traces(
         model, tokenizer, problems, out,

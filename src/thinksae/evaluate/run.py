@@ -8,8 +8,6 @@ each region and each behaviour tag. Inputs are checked before anything runs or i
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,21 +141,6 @@ def _region_codes(names: str | None, groups: TokenGroups) -> torch.Tensor | None
     return torch.tensor([groups.regions.index(n) for n in wanted], dtype=torch.uint8)
 
 
-@contextlib.contextmanager
-def _hf_progress(enabled: bool) -> Iterator[None]:
-    """Hugging Face's own progress bars (weight loading) follow --progress."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    if not enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was and not enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _merge(a: dict, b: dict) -> dict:
     """Per-group union of two nested result dicts."""
     return {ALL: {**a[ALL], **b[ALL]},
@@ -186,9 +169,8 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
         raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but store {store.path} "
                             f"holds activations of width {store.d_in}")
     if have_model and model is None:
-        with _hf_progress(cfg.progress):
-            model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype,
-                                          tokenizer=cfg.tokenizer)
+        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
+                                      progress=cfg.progress)
     if model is not None:
         if tokenizer is None:
             raise ThinksaeError("a model was passed without its tokenizer")

@@ -144,7 +144,8 @@ class _Source:
             if self.model is None and cfg.logit_lens:
                 from ..models import load_model
 
-                self.model, tok = load_model(spec, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer)
+                self.model, tok = load_model(spec, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
+                                             progress=cfg.progress)
                 self.tokenizer = self.tokenizer or tok
             if self.tokenizer is None:
                 self.tokenizer = _load_tokenizer(cfg.tokenizer or spec)
@@ -164,7 +165,8 @@ class _Source:
         if self.model is None:
             if not cfg.model:
                 raise ThinksaeError("--corpus needs --model (the model to run over the traces)")
-            self.model, tok = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer)
+            self.model, tok = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
+                                         progress=cfg.progress)
             self.tokenizer = self.tokenizer or tok
         self.hookpoint = cfg.hookpoint or sae_hook
         if not self.hookpoint:

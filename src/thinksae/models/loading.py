@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -117,17 +119,44 @@ def _pretrained_kwargs(spec: str) -> tuple[str, dict]:
     return spec, {}
 
 
+@contextlib.contextmanager
+def loading_bars(enabled: bool) -> Iterator[None]:
+    """transformers' loading bars follow ``enabled``.
+
+    Its weight-loading bar obeys its logging switch; the GGUF de-quantisation bar is a plain tqdm
+    in its GGUF module, so it is swapped for a disabled one while loading.
+    """
+    if enabled:
+        yield
+        return
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    was_enabled, gguf_tqdm = hf_logging.is_progress_bar_enabled(), gguf_utils.tqdm
+    hf_logging.disable_progress_bar()
+    gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = gguf_tqdm
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     device: str = "auto",
     dtype: str = "auto",
     tokenizer: str | None = None,
+    progress: bool = True,
 ):
     """Load ``(model, tokenizer)`` from a hub id, a local directory, a ``.gguf`` file or ``offline``.
 
     ``tokenizer`` optionally loads the tokenizer from another spec (e.g. a directory holding the
     R1-Distill tokenizer). The model is put in eval mode; the tokenizer pads on the left (for
-    batched generation) and has a pad token. ``trust_remote_code`` stays off.
+    batched generation) and has a pad token. ``trust_remote_code`` stays off. ``progress=False``
+    hides transformers' loading bars (weights, GGUF de-quantisation).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -136,8 +165,9 @@ def load_model(
     source, kwargs = _pretrained_kwargs(spec)
     tok_source, tok_kwargs = _pretrained_kwargs(tokenizer) if tokenizer else (source, kwargs)
     try:
-        tok = AutoTokenizer.from_pretrained(tok_source, **tok_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+        with loading_bars(progress):
+            tok = AutoTokenizer.from_pretrained(tok_source, **tok_kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise ThinksaeError(f"cannot load model {spec}: {str(e).splitlines()[0]}") from None
     if tok.pad_token_id is None:

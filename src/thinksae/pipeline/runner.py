@@ -238,8 +238,10 @@ class Pipeline:
         feature, why = _chosen(self.paths, given)
         specs = [str(feature)] if options.get("sweep") else (
             [f"{feature}=0"] if _feature_rule(given) else given)
+        extra = {"max_from": str(self.paths.stage_dir("analyze"))} \
+            if options.get("max_from") == "analysis" else {}
         cfg = self._cfg("steer", sae=str(self.sae_dir), feature=specs,
-                        out=str(self.paths.stage_dir("steer")))
+                        out=str(self.paths.stage_dir("steer")), **extra)
 
         def action():
             from ..steer import steer

@@ -68,12 +68,11 @@ class Models:
     def get(self, cfg) -> tuple[Any, Any]:
         key = (cfg.model, cfg.device, cfg.dtype, getattr(cfg, "tokenizer", None))
         if key not in self.cache:
-            from ..evaluate.run import _hf_progress
             from ..models import load_model
 
             print(f"[run] loading model {cfg.model}", flush=True)
-            with _hf_progress(self.progress):
-                self.cache[key] = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=key[3])
+            self.cache[key] = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=key[3],
+                                         progress=self.progress)
         return self.cache[key]
 
 

@@ -88,6 +88,7 @@ def trace_record(tokenizer, tokens: list[int], width: int, markers: Markers, win
     answer = extract_numeric_answer(completion) if closed or opened is None else None
     record = {
         "completion": completion,
+        "new_ids": list(new),
         "new_tokens": len(new),
         "think_tokens": think_tokens,
         "reached_think_end": closed,
@@ -135,6 +136,21 @@ def summarize(records: list[dict]) -> dict:
         if "kl_sum" in records[0]:
             out["kl_mean"] = sum(r["kl_sum"] for r in records) / positions if positions else None
     return out
+
+
+def divergence(baseline: list[dict], steered: list[dict]) -> dict:
+    """How far steering moved the generations: the share of traces whose generated tokens differ
+    from the baseline's (``changed``) and, over those, the mean index of the first differing
+    token (``first_change_mean``). Where every metric saturates (short generations) this still
+    shows an effect."""
+    firsts = []
+    for b, s in zip(baseline, steered, strict=True):
+        a, c = b["new_ids"], s["new_ids"]
+        if a != c:
+            firsts.append(next((i for i, (x, y) in enumerate(zip(a, c)) if x != y),
+                               min(len(a), len(c))))
+    return {"changed": len(firsts) / len(baseline) if baseline else None,
+            "first_change_mean": _mean(firsts)}
 
 
 _COMPARED = ("think_tokens_mean", "reached_think_end", "finished", "accuracy",

@@ -13,6 +13,7 @@ _COLUMNS = [  # (summary key, header, format)
     ("accuracy", "accuracy", "{:.0%}"),
     ("behaviour_words_per_trace", "beh. words", "{:.2f}"),
     ("kl_mean", "KL", "{:.4f}"),
+    ("changed", "changed", "{:.0%}"),
     ("steered_positions", "steered pos", "{:d}"),
 ]
 _PANELS = [  # (summary key, y label)

@@ -22,7 +22,7 @@ from ..errors import ThinksaeError
 from ..models.loading import DEFAULT_MODEL
 from .generation import Settings, generate_condition, plan_batches
 from .hooks import FeatureStats, Markers
-from .measure import compare, summarize, trace_record
+from .measure import compare, divergence, summarize, trace_record
 from .report import print_side_by_side, print_summary, write_sweep_png
 from .spec import Intervention, check_features, parse_interventions, parse_sweep, parse_window
 
@@ -47,11 +47,15 @@ class SteerConfig:
     feature: list[str] = field(default_factory=list, action=_Extend)
     """Interventions FEATURE=VALUE, repeated or comma-separated: 123=2.5 clamps to 2.5, 123=x4
     scales by 4, 123=+2 adds 2 x the decoder row (-2 subtracts), 123=off zero-ablates, 123=2max
-    clamps to 2 x the feature's max activation over the baseline generations (AIRI's recipe).
+    clamps to 2 x the feature's max activation (AIRI's recipe; where from: --max_from).
     With --sweep: bare feature indices."""
     sweep: list[str] = field(default_factory=list, action=_Extend)
     """Sweep mode: VALUEs (same grammar, comma-separated) applied in turn to every --feature;
     writes a table and steer.png."""
+    max_from: str = "baseline"
+    """Where Smax values take the feature's max activation: `baseline` (over the unsteered
+    generations of this prompt set, all positions) or a `thinksae analyze` output directory of
+    this SAE (over the analysed tokens; for features that seldom fire in short generations)."""
     hookpoint: str | None = None
     """Hookpoint to steer (default: the SAE's own, from thinksae.json or its directory name)."""
     model: str = DEFAULT_MODEL
@@ -160,6 +164,20 @@ def _check_model(model, hookpoint: str, sae, sae_dir) -> None:
                             f"{hookpoint} output has width {width}")
 
 
+def _analysis_max(cfg: SteerConfig, sae, hookpoint: str, features: list[int]) -> dict[int, float]:
+    """Max activation of ``features`` from the analysis in ``cfg.max_from`` (checked first)."""
+    from ..features.report import load_analysis, read_feature_row
+
+    analysed = load_analysis(cfg.max_from).get("sae") or {}
+    ours = {"num_latents": sae.num_latents, "d_in": sae.d_in, "hookpoint": hookpoint}
+    theirs = {k: analysed.get(k) for k in ours}
+    if theirs != ours:
+        raise ThinksaeError(f"--max_from {cfg.max_from} analysed another SAE ({theirs}), not this "
+                            f"one ({ours})")
+    return {f: float(read_feature_row(Path(cfg.max_from), f).get("max_act") or 0.0)
+            for f in features}
+
+
 def _feature_stats(generated: dict) -> FeatureStats:
     """The SAE's view of the intervened features over all batches of a condition."""
     total = FeatureStats()
@@ -181,10 +199,14 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
     sae_dir, hookpoint, sae = _load_sae(cfg)
     for _, ivs in conditions:
         check_features(ivs, sae.num_latents)
+    need_max = sorted({i.feature for _, ivs in conditions for i in ivs if i.kind == "clamp_max"})
+    analysis_max = None if cfg.max_from == "baseline" else \
+        _analysis_max(cfg, sae, hookpoint, need_max)
     if model is None:
         from ..models import load_model
 
-        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer)
+        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
+                                      progress=cfg.progress)
     elif tokenizer is None:
         raise ThinksaeError("a model was passed without its tokenizer")
     _check_model(model, hookpoint, sae, sae_dir)
@@ -218,16 +240,16 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
                 gen.kl[row].tolist() if steered and gen.kl is not None else None))
         return out
 
-    need_max = sorted({i.feature for _, ivs in conditions for i in ivs if i.kind == "clamp_max"})
     bar = tqdm(total=len(problems) * (1 + len(conditions)), desc="steer", unit="trace",
                disable=not cfg.progress)
     try:
         t0 = time.perf_counter()
-        generated = generate_condition(**common, sae=sae, hookpoint=hookpoint, record=need_max,
+        generated = generate_condition(**common, sae=sae, hookpoint=hookpoint,
+                                       record=need_max if analysis_max is None else [],
                                        progress=bar)
         baseline = records(generated, steered=False)
         base_summary = {**summarize(baseline), "seconds": time.perf_counter() - t0}
-        max_acts = _feature_stats(generated).act_max
+        max_acts = _feature_stats(generated).act_max if analysis_max is None else analysis_max
         runs = []
         for label, requested in conditions:
             ivs = [i.resolved(max_acts) for i in requested]
@@ -236,7 +258,8 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
                                            interventions=ivs, window=window, markers=markers,
                                            kl=cfg.kl, progress=bar)
             recs = records(generated, steered=True)
-            summary = {**summarize(recs), "seconds": time.perf_counter() - t0}
+            summary = {**summarize(recs), **divergence(baseline, recs),
+                       "seconds": time.perf_counter() - t0}
             runs.append({"label": label,
                          "interventions": [{**i.to_dict(), "requested": r.spec}
                                            for i, r in zip(ivs, requested)],
@@ -266,6 +289,7 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
         "model": getattr(config, "_name_or_path", None) or cfg.model,
         "window": window.to_dict(),
         "max_activation": {str(f): max_acts[f] for f in need_max} or None,
+        "max_activation_from": cfg.max_from if need_max else None,
         "settings": dataclasses.asdict(settings),
         "questions": [{"id": p.id, "question": p.question, "answer": p.answer,
                        "prompt": prompts[i]} for i, p in enumerate(problems)],

@@ -156,7 +156,8 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> list[Path]:
     if not traces:
         raise ThinksaeError(f"corpus {corpus} holds no traces")
     if model is None:
-        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer)
+        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
+                                      progress=cfg.progress)
     for h in hookpoints:
         resolve_hookpoint(model, h)
     compute = next(model.parameters()).dtype

@@ -77,7 +77,7 @@ class OnTheFlyActivations:
         traces = read_traces(corpus)
         if not traces:
             raise ThinksaeError(f"corpus {corpus} holds no traces")
-        model, tokenizer = load_model(cfg.model, str(device), cfg.model_dtype)
+        model, tokenizer = load_model(cfg.model, str(device), cfg.model_dtype, progress=cfg.progress)
         docs = [tokenize_trace(tokenizer, t, max_length=cfg.max_length).input_ids for t in traces]
         extra = {"model": cfg.model, "corpus": str(corpus),
                  "corpus_hash": sha256_file(corpus)[:16],
