@@ -101,7 +101,9 @@ def test_every_stage_runs_and_the_report_links_resolve(reference):
     (feature, top), = steered["max_activation"].items()
     assert steered["max_activation_from"] == str(out / "features")
     assert top == read_feature_row(out / "features", int(feature))["max_act"] > 0
-    assert "max activation over the analysed tokens" in (out / "summary.md").read_text()
+    summary_md = (out / "summary.md").read_text()
+    assert "max activation over the analysed tokens" in summary_md
+    assert ").\n\n| run | new tokens |" in summary_md  # a Markdown table needs the blank line
     assert report["monitor"]["tokens"] and report["monitor"]["rule"]["threshold"] == 0.0
     rows = [json.loads(line) for line in (out / "features/features.jsonl").read_text().splitlines()]
     content = [r for r in rows if r["label"] in ("monosemantic", "narrow", "polysemantic")]

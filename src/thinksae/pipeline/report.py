@@ -148,10 +148,10 @@ def _steer_section(root: Path) -> dict | None:
     runs = [{"label": "baseline", "summary": _no_clock(result["baseline"]["summary"])}]
     runs += [{"label": r["label"], "specs": [i["spec"] for i in r["interventions"]],
               "summary": _no_clock(r["summary"])} for r in result["runs"]]
-    source = result.get("max_activation_from")
+    from_baseline = result.get("max_activation_from", "baseline") == "baseline"  # older files
     max_act = None if not result.get("max_activation") else {
         "values": result["max_activation"],
-        "over": "the baseline generations" if source == "baseline" else "the analysed tokens"}
+        "over": "the baseline generations" if from_baseline else "the analysed tokens"}
     return {"feature": choice, "window": result["window"], "settings": result["settings"],
             "questions": len(result["questions"]), "runs": runs, "max_activation": max_act,
             "png": _rel(folder / "steer.png", root), "json": _rel(folder / "steer.json", root)}
