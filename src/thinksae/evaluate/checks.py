@@ -30,15 +30,20 @@ def check_options(cfg, have_model: bool) -> None:
         if getattr(cfg, name) < 1:
             raise ThinksaeError(f"{name} must be >= 1 (got {getattr(cfg, name)})")
     if cfg.splice_regions is not None:
-        from ..corpus import Region
-
         if not have_model:
             raise ThinksaeError("--splice_regions needs --model (it is about the spliced losses)")
-        names = [r.name.lower() for r in Region]
-        wanted = [n.strip() for n in cfg.splice_regions.split(",") if n.strip()]
-        if not wanted or any(n not in names for n in wanted):
-            raise ThinksaeError(f"unknown splice_regions {cfg.splice_regions!r} (regions: "
-                                f"{', '.join(names)})")
+        splice_region_names(cfg.splice_regions)
+
+
+def splice_region_names(text: str) -> list[str]:
+    """The region names of ``--splice_regions`` (comma-separated), each a known region."""
+    from ..corpus import Region
+
+    names = [r.name.lower() for r in Region]
+    wanted = [n.strip() for n in text.split(",") if n.strip()]
+    if not wanted or any(n not in names for n in wanted):
+        raise ThinksaeError(f"unknown splice_regions {text!r} (regions: {', '.join(names)})")
+    return wanted
 
 
 def sae_hookpoint(sae_dir: Path, card: dict) -> str | None:

@@ -20,7 +20,7 @@ from ..config import to_dict
 from ..errors import ThinksaeError
 from ..sae import load_sae, read_report_card, resolve_sae_dir, update_report_card
 from ..sae.formats import detect_format
-from .checks import check_options, check_tokenizers, resolve_eval_hookpoint, split_docs
+from .checks import check_options, check_tokenizers, resolve_eval_hookpoint, splice_region_names, split_docs
 from .metrics import ALL, Grouped, Moments, ReconstructionStats, TokenGroups
 from .metrics import latent_frequency_histogram as frequency_histogram
 from .report import print_table, write_histogram_png
@@ -134,11 +134,11 @@ def _eval_model(cfg, model, tokenizer, store, doc_subset, hookpoint, sae, groups
 
 
 def _region_codes(names: str | None, groups: TokenGroups) -> torch.Tensor | None:
-    """The region codes of a comma-separated list of region names (checked by check_options)."""
+    """The region codes of a comma-separated list of region names."""
     if names is None:
         return None
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
-    return torch.tensor([groups.regions.index(n) for n in wanted], dtype=torch.uint8)
+    return torch.tensor([groups.regions.index(n) for n in splice_region_names(names)],
+                        dtype=torch.uint8)
 
 
 def _merge(a: dict, b: dict) -> dict:
