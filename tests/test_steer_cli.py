@@ -89,21 +89,56 @@ def test_single_run_with_prompts_file(tmp_path, sae_dir, tiny_model_dir):
     assert all(t["steered_positions"] == 7 for t in run["traces"])  # last prompt token + 6
     assert result["max_activation"] is None
 
-    # AIRI's recipe: clamp to 2 x the max activation seen over the baseline generations, which
-    # are recorded through an identity intervention and so stay exactly the same
-    out2 = tmp_path / "airi"
-    assert main(_args(sae_dir, tiny_model_dir, out2, "--feature", "9=2max", "--prompts-file",
-                      str(prompts), "--start", "prompt", "--kl", "false", "--show", "0")) == 0
-    airi = json.loads((out2 / "steer.json").read_text())
-    assert [t["completion"] for t in airi["baseline"]["traces"]] == \
-        [t["completion"] for t in result["baseline"]["traces"]]
-    top = airi["max_activation"]["9"]
-    assert top > 0
+
+@torch.no_grad()
+def _window_max(result: dict, sae_dir: Path, feature: int, tokenizer) -> tuple[float, float]:
+    """By hand: the feature's max over each baseline trace's positions from its last prompt
+    token on (window prompt..think_end, never closed here) and over all of its positions."""
+    from thinksae.models import capture
+    from thinksae.models.loading import load_model
+    from thinksae.sae import load_sae
+
+    model, _ = load_model(result["model"], "cpu", "float32")
+    sae = load_sae(sae_dir)
+    in_window, everywhere = 0.0, 0.0
+    for q, t in zip(result["questions"], result["baseline"]["traces"]):
+        prompt = tokenizer(q["prompt"], add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + t["new_ids"][:-1]])  # the last token was never fed
+        acts = sae.dense_acts(capture(model, "layers.1", ids)["layers.1"][0])[:, feature]
+        in_window = max(in_window, float(acts[len(prompt) - 1:].max()))
+        everywhere = max(everywhere, float(acts.max()))
+    return in_window, everywhere
+
+
+def test_smax_from_the_baseline_window_in_the_trained_regions(tmp_path, sae_dir, tiny_model_dir,
+                                                                tokenizer):
+    """The tiny model generates special tokens only: without a report card (all non-special
+    tokens) the window holds nothing to take a max over; an SAE trained on special tokens takes
+    it over the window, not over the whole prompt."""
+    args = ["--feature", "88=2max", "--prompt", "What is 2+2?", "--prompt", "What is 3+3?",
+            "--start", "prompt", "--kl", "false", "--show", "0"]
+    out = tmp_path / "plain"
+    assert main(_args(sae_dir, tiny_model_dir, out, *args)) == 0
+    plain = json.loads((out / "steer.json").read_text())
+    assert plain["max_activation"] == {"88": 0.0}
+    in_window, everywhere = _window_max(plain, sae_dir, 88, tokenizer)
+    assert everywhere > in_window > 0  # the feature fires in the prompt and in the window
+
+    special = tmp_path / "special" / "layers.1"
+    special.mkdir(parents=True)
+    for f in sae_dir.iterdir():
+        (special / f.name).write_bytes(f.read_bytes())
+    (special / "thinksae.json").write_text(json.dumps({"training": {"regions": "prompt,special"}}))
+    out = tmp_path / "airi"
+    assert main(_args(special, tiny_model_dir, out, *args)) == 0
+    airi = json.loads((out / "steer.json").read_text())
+    assert [t["new_ids"] for t in airi["baseline"]["traces"]] == \
+        [t["new_ids"] for t in plain["baseline"]["traces"]]
+    assert airi["max_activation"]["88"] == pytest.approx(in_window, rel=1e-4)
     (iv,) = airi["runs"][0]["interventions"]
-    assert iv["kind"] == "clamp" and iv["requested"] == "9=2max"
-    assert iv["value"] == pytest.approx(2 * top) and airi["runs"][0]["label"] == "9=2max"
-    seen = airi["runs"][0]["sae_at_steered_positions"]["features"]["9"]
-    assert seen["max_activation"] <= top + 1e-6  # steering starts later than the recording
+    assert iv["kind"] == "clamp" and iv["requested"] == "88=2max"
+    assert iv["value"] == pytest.approx(2 * airi["max_activation"]["88"])
+    assert airi["max_activation_from"] == "baseline" and airi["runs"][0]["label"] == "88=2max"
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -284,3 +284,64 @@ def test_markers_know_whether_think_tags_are_single_tokens(tokenizer):
     plain = Markers.from_tokenizer(_NoThinkTokenizer(), sentences=False)
     assert not plain.single_token and plain.stop_ids == frozenset({7})
 
+
+
+def test_a_feature_given_twice_in_one_setting_is_refused(model, sae):
+    twice = [Intervention(3, "clamp", 1.0), Intervention(3, "scale", 2.0)]
+    with pytest.raises(ThinksaeError, match="feature 3 is given more than once"):
+        with steering(model, sae, HP, twice):
+            pass
+    with pytest.raises(ThinksaeError, match="feature 3 is given more than once"):
+        with steering(model, sae, HP, [[Intervention(3, "clamp", 1.0)], twice]):
+            pass
+    assert _hooks(model) == 0
+
+
+@torch.no_grad()
+def test_fired_counts_only_positive_activations(model, ids):
+    """With fewer than k positive latents the top k holds latents at 0: they did not fire."""
+    torch.manual_seed(2)
+    flat = Sae(64, SaeConfig(expansion_factor=2, k=4))
+    flat.encoder.weight.zero_()
+    flat.encoder.bias.fill_(-1.0)
+    flat.encoder.bias[5] = 1.0  # latent 5 is the only one that fires, everywhere
+    acts, idx = flat.encode(torch.zeros(1, 64))
+    assert sorted(acts[0].tolist()) == [0.0, 0.0, 0.0, 1.0]
+    zero_member = int(idx[0][acts[0] == 0][0])  # in the top k at activation 0
+    with steering(model, flat, HP, [Intervention(zero_member, "scale", 1.0),
+                                    Intervention(5, "scale", 1.0)]) as steerer:
+        _run(model, ids)
+    assert steerer.stats.positions == ids.numel()
+    assert steerer.stats.fired == {zero_member: 0, 5: ids.numel()}
+    assert steerer.stats.to_dict()["features"][str(zero_member)]["fired_fraction"] == 0.0
+
+
+@torch.no_grad()
+def test_per_row_settings_in_one_batch_match_separate_runs(model, sae):
+    prompts = [[PAD, PAD, 300, 301, OPEN, 198], [400, 401, 402, 403, OPEN, 198]]
+    window = Window(1, "none")
+    settings = [[], [Intervention(7, "clamp", 40.0)],
+                [Intervention(7, "add", -25.0), Intervention(11, "scale", 3.0)]]
+    alone = []
+    for spec in settings:
+        if not spec:
+            alone.append((_generate(model, prompts), None))
+            continue
+        with steering(model, sae, HP, spec, window, markers()) as steerer:
+            alone.append((_generate(model, prompts), steerer))
+    rows = [spec for spec in settings for _ in prompts]
+    with steering(model, sae, HP, rows, window, markers()) as together:
+        out = _generate(model, prompts * len(settings))
+    assert not torch.equal(alone[1][0], alone[0][0]) and not torch.equal(alone[2][0], alone[0][0])
+    for s, (ref, steerer) in enumerate(alone):
+        assert torch.equal(out[2 * s:2 * s + 2], ref)  # token-exact, greedy
+        if steerer is not None:
+            assert torch.equal(together.last_mask[2 * s:2 * s + 2], steerer.last_mask)
+            mine = together.stats_for([2 * s, 2 * s + 1], [i.feature for i in settings[s]])
+            theirs = steerer.stats
+            assert (mine.positions, mine.fired) == (theirs.positions, theirs.fired) != (0, {})
+            assert mine.act_sum == pytest.approx(theirs.act_sum, rel=1e-5)
+    assert together.stats_for([0, 1]).positions == 0  # the baseline rows are not steered
+    with pytest.raises(ThinksaeError, match="3 per-row settings, but the batch has 2 rows"):
+        with steering(model, sae, HP, settings, window, markers()):
+            _generate(model, prompts)

@@ -1,13 +1,15 @@
 """Steering: change SAE features at a hookpoint during generation and measure what it does."""
 
-from .generation import Settings, generate_condition, plan_batches
-from .hooks import Markers, RowScanner, Steerer, scan, steering
+from .generation import Batch, Settings, generate_rows, plan_groups, plan_rows
+from .hooks import FeatureStats, Markers, RowScanner, Steerer, scan, steering
 from .measure import behaviour_counts, compare, summarize, trace_record
+from .regions import baseline_max, max_mask, position_regions, trained_regions
 from .run import SteerConfig, steer
 from .spec import (
     Intervention,
     Window,
     check_features,
+    check_unique,
     parse_intervention,
     parse_interventions,
     parse_sweep,
@@ -16,8 +18,9 @@ from .spec import (
 )
 
 __all__ = [
-    "Intervention", "Markers", "RowScanner", "Settings", "SteerConfig", "Steerer", "Window",
-    "behaviour_counts", "check_features", "compare", "generate_condition", "parse_intervention",
-    "parse_interventions", "parse_sweep", "parse_value", "parse_window", "plan_batches", "scan",
-    "steer", "steering", "summarize", "trace_record",
+    "Batch", "FeatureStats", "Intervention", "Markers", "RowScanner", "Settings", "SteerConfig",
+    "Steerer", "Window", "baseline_max", "behaviour_counts", "check_features", "check_unique",
+    "compare", "generate_rows", "max_mask", "parse_intervention", "parse_interventions",
+    "parse_sweep", "parse_value", "parse_window", "plan_groups", "plan_rows", "position_regions",
+    "scan", "steer", "steering", "summarize", "trace_record", "trained_regions",
 ]

@@ -1,23 +1,36 @@
-"""Batched generation of a prompt set, unsteered or steered, with the same batches and seeds.
+"""Batched generation of a prompt set: the baseline and every steered setting in the same batches.
 
-Prompts are sorted by length and cut into batches once; every condition (the baseline, each
-steered setting) generates the same batches with the same per-batch seed, so with greedy decoding
-or sampling a steered trace differs from its baseline only through the steering. After a steered
-batch, one teacher-forced pass with and one without steering over the finished sequences give the
-KL of the next-token distribution at the steered positions: KL(p_clean ‖ p_steered), both on the
-steered trace's prefix.
+A batch row is one (setting, prompt) pair, steered by its setting's interventions (the baseline
+setting: none). Prompts are sorted by length and cut into groups of ``batch_size // settings``
+prompts (at least 1); a batch holds whole groups under every setting, up to ``batch_size`` rows
+(a group too large for one batch is split). Decoding is bound by reading the weights each step,
+so 40 rows cost little more per step than 8. Every row of a prompt is left-padded to the same
+width, so a steered row differs from its baseline only through the steering. When the baseline
+must come first (Smax values from its generations), it runs alone, packing whole groups, and
+the settings then pad each prompt to the width its baseline row had.
+
+Sampling (``do_sample``): temperature, then nucleus ``top_p`` (no top-k), drawn per row from a
+random stream seeded by the run seed and the row's question id (``batch_seed(seed, [id])``): a
+row samples the same tokens whatever else shares its batch, so an identity setting reproduces
+the baseline and the results do not depend on ``batch_size`` (nor, for greedy decoding, beyond
+floating-point effects of the batch shape).
+
+After a batch, one teacher-forced pass with and one without steering over its finished steered
+rows give the KL of the next-token distribution at the steered positions: KL(p_clean ‖
+p_steered), both on the steered trace's prefix.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..corpus.generate import batch_seed, left_pad, stop_ids
+from ..corpus.generate import batch_seed, stop_ids
 from ..evaluate.spliced import output_head
 from ..models import decoder_stack
 from .hooks import FeatureStats, Markers, steering
@@ -26,10 +39,10 @@ from .spec import Intervention, Window
 
 @dataclass
 class Settings:
-    """How to generate: the same for every condition of a run."""
+    """How to generate: the same for every setting of a run."""
 
     max_new_tokens: int = 512
-    batch_size: int = 8
+    batch_size: int = 48
     do_sample: bool = False
     temperature: float = 0.6
     top_p: float = 0.95
@@ -40,21 +53,88 @@ class Settings:
 class Generated:
     """One batch's output: ``ids [B, W + new]`` (left-padded prompts of width W, then the
     generation), whether each position is real (prompt, generated up to and including the first
-    stop token), and the steered-position flags and KL per position where steered."""
+    stop token), the steered-position flags and KL per position where steered, per row the SAE's
+    view of its setting's features at its steered positions, and (when recorded) the recorded
+    features' activations ``acts [B, W + new - 1, F]`` in the order of ``features``."""
 
     ids: Tensor
     width: int
     real: Tensor
     steered: Tensor | None = None
     kl: Tensor | None = None
-    feature_stats: FeatureStats | None = None
+    row_stats: list[FeatureStats | None] = field(default_factory=list)
+    acts: Tensor | None = None
+    features: list[int] = field(default_factory=list)
 
 
-def plan_batches(tokenizer, prompts: list[str], batch_size: int) -> list[list[int]]:
-    """Prompt indices in batches of similar length (less padding), longest first."""
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
-    return [order[a:a + batch_size] for a in range(0, len(order), batch_size)]
+class Batch(NamedTuple):
+    """Rows ``(setting index, prompt index)`` decoded together, left-padded to ``width``."""
+
+    rows: list[tuple[int, int]]
+    width: int
+
+
+def prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
+    return [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+
+
+def plan_groups(lengths: list[int], per_group: int) -> list[list[int]]:
+    """Prompt indices in groups of ``per_group`` similar lengths (less padding), longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[a:a + per_group] for a in range(0, len(order), per_group)]
+
+
+def plan_rows(groups: list[list[int]], settings: list[int], batch_size: int,
+              lengths: list[int], fixed: dict[int, int] | None = None) -> list[Batch]:
+    """Batches of whole groups under every one of ``settings``, at most ``batch_size`` rows
+    (a group with more rows is split). Width: the longest prompt of the batch, or with
+    ``fixed`` each prompt's given width, and then only groups of equal width share a batch."""
+    out: list[Batch] = []
+    rows: list[tuple[int, int]] = []
+    width = 0
+    for group in groups:
+        w = max((fixed or {}).get(p, lengths[p]) for p in group)
+        new = [(s, p) for s in settings for p in group]
+        if rows and (len(rows) + len(new) > batch_size or (fixed is not None and w != width)):
+            out.append(Batch(rows, width))
+            rows, width = [], 0
+        rows, width = rows + new, max(width, w)
+        while len(rows) > batch_size:
+            out.append(Batch(rows[:batch_size], width))
+            rows = rows[batch_size:]
+    if rows:
+        out.append(Batch(rows, width))
+    return out
+
+
+def _left_pad(tokenizer, prompts: list[str], width: int, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token ids of the prompts (the template has the special tokens), left-padded to ``width``."""
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        row = tokenizer(p, add_special_tokens=False)["input_ids"]
+        if row:
+            ids[i, width - len(row):], mask[i, width - len(row):] = torch.as_tensor(row), 1
+    return ids, mask
+
+
+class RowSampler:
+    """A logits processor that draws each row's next token from its own random stream
+    (temperature, then top-p) and leaves only that token, for greedy ``generate`` to take."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.streams = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)]
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        probs = F.softmax(scores.float(), dim=-1)
+        picks = torch.cat([torch.multinomial(p, 1, generator=g)
+                           for p, g in zip(probs, self.streams, strict=True)])
+        return torch.full_like(scores, float("-inf")).scatter_(1, picks[:, None], 0.0)
 
 
 def _real_positions(ids: Tensor, prompt_mask: Tensor, stop: set[int]) -> Tensor:
@@ -87,66 +167,71 @@ def kl_at(model, clean: Tensor, steered: Tensor, chunk_rows: int = 256) -> Tenso
 
 
 @torch.inference_mode()
-def generate_condition(model, tokenizer, prompts: list[str], ids: list[str],
-                       batches: list[list[int]], settings: Settings, sae=None,
-                       hookpoint: str | None = None, interventions: list[Intervention] | None = None,
-                       window: Window | None = None, markers: Markers | None = None,
-                       kl: bool = True, record: list[int] | None = None, progress=None
-                       ) -> dict[int, tuple[Generated, int]]:
-    """Generate every batch under one condition (no ``interventions``: the baseline; then
-    ``record`` features' activations are recorded at every position by an identity
-    intervention, which leaves the model bit for bit unchanged); returns prompt index → (its
-    batch's :class:`Generated`, its row in it)."""
+def generate_rows(model, tokenizer, prompts: list[str], ids: list[str], batches: list[Batch],
+                  settings: Settings, specs: list[list[Intervention]], sae=None,
+                  hookpoint: str | None = None, window: Window | None = None,
+                  markers: Markers | None = None, kl: bool = True, record: list[int] = (),
+                  progress=None) -> list[dict[int, tuple[Generated, int]]]:
+    """Decode ``batches``; row ``(s, p)`` generates prompt p steered by ``specs[s]`` (empty: not
+    steered) in ``window``. With ``record``, those features' activations are kept at every
+    position (``Generated.acts``; the model runs bit for bit unchanged for unsteered rows).
+    Returns per setting: prompt index → (its batch's :class:`Generated`, its row in it)."""
+    from transformers import LogitsProcessorList
+
     stop = stop_ids(model, tokenizer)
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None),
                   stop[0])
     device = next(model.parameters()).device
-    sampling = dict(temperature=settings.temperature, top_p=settings.top_p) \
-        if settings.do_sample else {}
-    result: dict[int, tuple[Generated, int]] = {}
+    result: list[dict[int, tuple[Generated, int]]] = [{} for _ in specs]
     for batch in batches:
-        input_ids, mask = left_pad(tokenizer, [prompts[i] for i in batch], pad_id)
+        row_specs = [specs[s] for s, _ in batch.rows]
+        input_ids, mask = _left_pad(tokenizer, [prompts[p] for _, p in batch.rows], batch.width,
+                                    pad_id)
         input_ids, mask = input_ids.to(device), mask.to(device)
-        torch.manual_seed(batch_seed(settings.seed, [ids[i] for i in batch]))
-        if interventions:
-            steer = steering(model, sae, hookpoint, interventions, window, markers)
-        elif record:
-            identity = [Intervention(f, "scale", 1.0) for f in record]
-            steer = steering(model, sae, hookpoint, identity)
-        else:
-            steer = contextlib.nullcontext()
+        processors = LogitsProcessorList()
+        if settings.do_sample:
+            processors.append(RowSampler([batch_seed(settings.seed, [ids[p]]) for _, p in batch.rows],
+                                     settings.temperature, settings.top_p, device))
+        steer = steering(model, sae, hookpoint, row_specs, window, markers, record) \
+            if any(row_specs) or record else contextlib.nullcontext()
         with steer as steerer:
             out = model.generate(input_ids=input_ids, attention_mask=mask,
-                                 max_new_tokens=settings.max_new_tokens,
-                                 do_sample=settings.do_sample, eos_token_id=stop,
-                                 pad_token_id=pad_id, **sampling)
-        gen = Generated(out, input_ids.shape[1], _real_positions(out, mask, set(stop)))
+                                 max_new_tokens=settings.max_new_tokens, do_sample=False,
+                                 eos_token_id=stop, pad_token_id=pad_id,
+                                 logits_processor=processors)
+        gen = Generated(out, batch.width, _real_positions(out, mask, set(stop)))
         if steerer is not None:
-            gen.feature_stats = steerer.stats
-        if interventions:
-            _score(model, sae, hookpoint, interventions, window, markers, gen, kl)
-        for row, i in enumerate(batch):
-            result[i] = (gen, row)
+            gen.row_stats = [steerer.stats_for([r], [i.feature for i in spec]) if spec else None
+                             for r, spec in enumerate(row_specs)]
+            gen.acts, gen.features = steerer.acts, steerer.feature_list
+        if any(row_specs):
+            _score(model, sae, hookpoint, row_specs, window, markers, gen, kl)
+        for row, (s, p) in enumerate(batch.rows):
+            result[s][p] = (gen, row)
         if progress is not None:
-            progress.update(len(batch))
+            progress.update(len(batch.rows))
     return result
 
 
-def _score(model, sae, hookpoint, interventions, window, markers, gen: Generated,
-           kl: bool) -> None:
-    """Steered positions of the finished sequences and, with ``kl``, the KL at each."""
-    with steering(model, sae, hookpoint, interventions, window, markers) as steerer:
+def _score(model, sae, hookpoint, row_specs, window, markers, gen: Generated, kl: bool) -> None:
+    """Steered positions of the finished steered rows and, with ``kl``, the KL at each."""
+    keep = [r for r, spec in enumerate(row_specs) if spec]
+    ids, real = gen.ids[keep], gen.real[keep]
+    with steering(model, sae, hookpoint, [row_specs[r] for r in keep], window,
+                  markers) as steerer:
         steerer.prompt_len = gen.width
-        h_steered = _hidden(model, gen.ids, gen.real) if kl else None
+        h_steered = _hidden(model, ids, real) if kl else None
         if not kl:
-            steerer.before_forward(gen.ids, 0)
+            steerer.before_forward(ids, 0)
         flags = steerer.last_mask
-    if flags is None:  # no window: every position
-        flags = torch.ones_like(gen.real)
-    gen.steered = flags.bool() & gen.real
+    flags = (torch.ones_like(real) if flags is None else flags.bool()) & real
+    gen.steered = torch.zeros_like(gen.real)
+    gen.steered[keep] = flags
     if kl:
-        h_clean = _hidden(model, gen.ids, gen.real)
-        values = kl_at(model, h_clean[gen.steered], h_steered[gen.steered])
+        h_clean = _hidden(model, ids, real)
+        values = kl_at(model, h_clean[flags], h_steered[flags])
+        sub = torch.full(ids.shape, float("nan"), dtype=torch.float64, device=values.device)
+        sub[flags] = values
         gen.kl = torch.full(gen.ids.shape, float("nan"), dtype=torch.float64,
                             device=values.device)
-        gen.kl[gen.steered] = values
+        gen.kl[keep] = sub

@@ -9,6 +9,10 @@ over the intervened features i, so the SAE's reconstruction error x − x̂ is k
 replaced by x̂). The sum is computed in float32 and added to x at steered positions only; other
 positions pass through untouched, and an identity intervention (x1, +0) leaves x bit for bit.
 
+Each batch row may have its own interventions (a sweep decodes the baseline and every setting
+in the same batches): f'_i = m_i · f_i + a_i with the row's (m_i, a_i) (identity 1, 0 for a
+feature the row does not change, whose x then stays bit for bit).
+
 The window (see :mod:`.spec`) is tracked per sequence: a forward pre-hook on the decoder stack
 reads each call's new token ids and its position in the KV cache, feeds them to one scanner per
 row, and the hookpoint hook steers the positions the scanners mark. A scanner's verdict on a
@@ -29,7 +33,7 @@ from torch import Tensor, nn
 from ..errors import ThinksaeError
 from ..evaluate.spliced import splice
 from ..models import decoder_stack, resolve_hookpoint
-from .spec import Intervention, Window, check_features
+from .spec import Intervention, Window, check_features, check_unique
 
 THINK_OPEN_ID, THINK_CLOSE_ID = 151648, 151649
 """R1-family ids of ``<think>`` and ``</think>`` (used when a tokenizer does not say)."""
@@ -136,7 +140,9 @@ def scan(window: Window, markers: Markers, tokens: list[int], prompt_len: int
 
 @dataclass
 class FeatureStats:
-    """What the SAE reported at the steered positions, per intervened feature."""
+    """What the SAE reported at the steered positions, per intervened feature: ``fired`` counts
+    the positions where the feature's activation was > 0 (being among the top k with
+    activation 0 is not firing)."""
 
     positions: int = 0
     fired: dict[int, int] = field(default_factory=dict)
@@ -165,20 +171,46 @@ class FeatureStats:
             for f in self.fired}}
 
 
-class Steerer:
-    """The state behind :func:`steering`: interventions, window scanners, statistics."""
+def _settings(interventions) -> tuple[list[list[Intervention]], bool]:
+    """``(settings, per_row)``: one list for every row, or one list per batch row."""
+    items = list(interventions)
+    per_row = bool(items) and not isinstance(items[0], Intervention)
+    settings = [list(s) for s in items] if per_row else [items]
+    if any(not isinstance(i, Intervention) for s in settings for i in s):
+        raise ThinksaeError("steering takes Intervention objects, either one list for every row "
+                            "or one list per batch row")
+    return settings, per_row
 
-    def __init__(self, sae, interventions: list[Intervention], window: Window | None,
-                 markers: Markers | None):
+
+class Steerer:
+    """The state behind :func:`steering`: interventions (one setting for every row, or one per
+    batch row), window scanners, statistics per row and, with ``record``, the activations."""
+
+    def __init__(self, sae, interventions, window: Window | None, markers: Markers | None,
+                 record: Iterable[int] = ()):
         if window is not None and markers is None:
             raise ThinksaeError("a steering window needs the tokenizer's markers")
-        check_features(interventions, sae.num_latents)
-        for i in interventions:
-            i.new_value(0.0)  # refuses an unresolved clamp_max
-        self.sae, self.window, self.markers = sae, window, markers
-        self.interventions = list(interventions)
-        self.features = torch.tensor([i.feature for i in interventions], dtype=torch.long,
-                                     device=sae.W_dec.device)
+        self.settings, self.per_row = _settings(interventions)
+        for setting in self.settings:
+            check_features(setting, sae.num_latents)
+            check_unique(setting)
+        order = [i.feature for s in self.settings for i in s] + [int(f) for f in record]
+        self.feature_list = list(dict.fromkeys(order))
+        check_features([Intervention(f, "scale", 1.0) for f in self.feature_list], sae.num_latents)
+        if not self.feature_list:
+            raise ThinksaeError("no intervention given")
+        self.sae, self.window, self.markers, self.record = sae, window, markers, bool(record)
+        self.interventions = [i for s in self.settings for i in s]
+        col = {f: j for j, f in enumerate(self.feature_list)}
+        coef = torch.tensor([[1.0, 0.0]], dtype=torch.float32).repeat(
+            len(self.settings), len(col), 1)  # [settings, F, (m, a)]: identity
+        for r, setting in enumerate(self.settings):
+            for i in setting:
+                coef[r, col[i.feature]] = torch.tensor(i.affine())
+        device = sae.W_dec.device
+        self.coef = coef.to(device)
+        self.active = torch.tensor([bool(s) for s in self.settings], device=device)
+        self.features = torch.tensor(self.feature_list, dtype=torch.long, device=device)
         self.prompt_len: int | None = None
         """Prompt width of the next fresh sequence (default: the width of its first call)."""
         self.rows: list[RowScanner] = []
@@ -188,7 +220,19 @@ class Steerer:
         """``[batch, seq]`` non-padding positions of the current call (None: all)."""
         self.last_mask: Tensor | None = None
         """The steered positions of the whole sequences seen since the last fresh start."""
-        self.stats = FeatureStats.empty(i.feature for i in interventions)
+        self.recorded: list[Tensor] = []
+        """With ``record``: per call ``[batch, seq, F]`` activations of ``feature_list`` at every
+        non-padding position (0 elsewhere), since the last fresh start."""
+        self._acc = torch.zeros((0, 3, len(col)), dtype=torch.float64)  # rows × (fired, sum, max)
+        self._positions = torch.zeros(0, dtype=torch.long)
+
+    def _row_settings(self, batch: int) -> Tensor:
+        if not self.per_row:
+            return torch.zeros(batch, dtype=torch.long, device=self.coef.device)
+        if batch != len(self.settings):
+            raise ThinksaeError(f"steering has {len(self.settings)} per-row settings, but the batch "
+                                f"has {batch} rows")
+        return torch.arange(batch, device=self.coef.device)
 
     def before_forward(self, input_ids: Tensor | None, past: int,
                        attention_mask: Tensor | None = None) -> None:
@@ -199,6 +243,8 @@ class Steerer:
             width = input_ids.shape[1] if input_ids is not None else None
             if width is not None and attention_mask.shape[1] >= width:
                 self.real = attention_mask[:, attention_mask.shape[1] - width:] != 0
+        if past == 0:
+            self.recorded = []
         if self.window is None:
             return
         if input_ids is None:
@@ -217,37 +263,83 @@ class Steerer:
         self.last_mask = self.mask if self.last_mask is None else torch.cat(
             [self.last_mask, self.mask], dim=1)
 
-    def deltas(self, x: Tensor) -> Tensor:
-        """Σ_i (f'_i − f_i) W_dec[i] for rows ``x [n, d_in]``, float32 ``[n, d_in]``."""
-        sae = self.sae
-        acts, idx = sae.encode(x.to(sae.device, sae.dtype))
+    def _encode(self, x: Tensor) -> Tensor:
+        """f of ``feature_list`` for rows ``x [n, d_in]``, float32 ``[n, F]``."""
+        acts, idx = self.sae.encode(x.to(self.sae.device, self.sae.dtype))
         hit = idx[:, None, :] == self.features[None, :, None]  # [n, F, k]
-        f = (acts[:, None, :] * hit).sum(-1).float()  # [n, F]
-        new = torch.stack([iv.new_value(f[:, j]) for j, iv in enumerate(self.interventions)], 1)
-        self.stats.positions += len(x)
-        for j, iv in enumerate(self.interventions):
-            self.stats.fired[iv.feature] += int(hit[:, j].any(-1).sum())
-            self.stats.act_sum[iv.feature] += float(f[:, j].sum())
-            self.stats.act_max[iv.feature] = max(self.stats.act_max[iv.feature],
-                                                 float(f[:, j].max()))
-        return (new - f) @ sae.W_dec[self.features].float()
+        return (acts[:, None, :] * hit).sum(-1).float()
+
+    def _count(self, rows: Tensor, f: Tensor) -> None:
+        """Statistics of the steered positions (``rows`` their batch rows, ``f`` their acts)."""
+        n = int(rows.max()) + 1 if len(rows) else 0
+        if n > len(self._positions):
+            grow = n - len(self._positions)
+            self._positions = torch.cat([self._positions, torch.zeros(grow, dtype=torch.long)])
+            self._acc = torch.cat([self._acc, self._acc.new_zeros((grow, *self._acc.shape[1:]))])
+        rows, f = rows.cpu(), f.double().cpu()
+        self._positions.index_add_(0, rows, torch.ones_like(rows))
+        self._acc[:, 0].index_add_(0, rows, (f > 0).double())
+        self._acc[:, 1].index_add_(0, rows, f)
+        self._acc[:, 2].scatter_reduce_(0, rows[:, None].expand_as(f), f, "amax")
+
+    def stats_for(self, rows: Iterable[int] | None = None,
+                  features: Iterable[int] | None = None) -> FeatureStats:
+        """:class:`FeatureStats` of the steered positions of batch ``rows`` (None: all) over
+        ``features`` (None: all intervened and recorded features)."""
+        keep = range(len(self._positions)) if rows is None else [r for r in rows
+                                                                  if r < len(self._positions)]
+        feats = self.feature_list if features is None else list(features)
+        out = FeatureStats.empty(feats)
+        keep = torch.tensor(list(keep), dtype=torch.long)
+        if len(keep):
+            acc = self._acc[keep]
+            out.positions = int(self._positions[keep].sum())
+            for f in feats:
+                j = self.feature_list.index(f)
+                out.fired[f], out.act_sum[f] = int(acc[:, 0, j].sum()), float(acc[:, 1, j].sum())
+                out.act_max[f] = float(acc[:, 2, j].max())
+        return out
+
+    @property
+    def stats(self) -> FeatureStats:
+        """Statistics of every row and feature."""
+        return self.stats_for()
+
+    @property
+    def acts(self) -> Tensor | None:
+        """With ``record``: ``[batch, seq, F]`` activations since the last fresh start."""
+        return torch.cat(self.recorded, dim=1) if self.recorded else None
 
     def apply(self, out: Tensor) -> Tensor:
         if out.ndim != 3:
             raise ThinksaeError(f"steering expects a [batch, seq, d] hookpoint output, got "
                                 f"shape {tuple(out.shape)}")
+        setting = self._row_settings(out.shape[0])
         mask = self.mask if self.window is not None else torch.ones(
             out.shape[:2], dtype=torch.bool, device=out.device)
         if mask is None or mask.shape != out.shape[:2]:
             raise ThinksaeError("steering: the hookpoint ran without its decoder-stack call")
-        if self.real is not None and self.real.shape == mask.shape:
-            mask = mask & self.real.to(mask.device)
-        if not bool(mask.any()):
+        real = torch.ones_like(mask) if self.real is None or self.real.shape != mask.shape \
+            else self.real.to(mask.device)
+        steer = mask & real & self.active[setting].to(mask.device)[:, None]
+        sel = (steer | real) if self.record else steer
+        if self.record:
+            record = out.new_zeros((*out.shape[:2], len(self.feature_list)), dtype=torch.float32)
+            self.recorded.append(record)
+        if not bool(sel.any()):
             return out
+        x = out[sel]
+        f = self._encode(x)
+        if self.record:
+            record[sel] = f.to(record.device)
+        rows = torch.nonzero(sel)[:, 0].to(self.coef.device)
+        on = steer[sel].to(self.coef.device)
+        self._count(rows[on], f[on])
+        coef = self.coef[setting.to(self.coef.device)[rows]]  # [n, F, 2]
+        change = torch.where(on[:, None], coef[..., 0] * f + coef[..., 1] - f, 0.0)
+        delta = (change @ self.sae.W_dec[self.features].float()).to(out.device)
         steered = out.clone()
-        x = out[mask]
-        delta = self.deltas(x).to(out.device)
-        steered[mask] = (x.float() + delta).to(out.dtype)
+        steered[sel] = (x.float() + delta).to(out.dtype)
         return steered
 
 
@@ -264,16 +356,18 @@ def _cache_length(kwargs: dict) -> int:
 
 
 @contextlib.contextmanager
-def steering(model: nn.Module, sae, hookpoint: str, interventions: list[Intervention],
-             window: Window | None = None, markers: Markers | None = None) -> Iterator[Steerer]:
+def steering(model: nn.Module, sae, hookpoint: str, interventions,
+             window: Window | None = None, markers: Markers | None = None,
+             record: Iterable[int] = ()) -> Iterator[Steerer]:
     """While open, ``model`` runs with ``interventions`` applied at ``hookpoint`` (module
-    docstring). ``window=None`` steers every position of every call; with a window, ``markers``
-    (``Markers.from_tokenizer``) say where thinking opens and closes. Yields the
+    docstring): a list of :class:`Intervention` for every row, or one such list per batch row
+    (an empty list leaves its row unsteered), each feature at most once per list.
+    ``window=None`` steers every position of every call; with a window, ``markers``
+    (``Markers.from_tokenizer``) say where thinking opens and closes. ``record`` features'
+    activations are kept at every non-padding position (``Steerer.acts``). Yields the
     :class:`Steerer` (its ``last_mask`` and ``stats`` tell what was steered)."""
-    if not interventions:
-        raise ThinksaeError("no intervention given")
     module = resolve_hookpoint(model, hookpoint)
-    steerer = Steerer(sae, interventions, window, markers)
+    steerer = Steerer(sae, interventions, window, markers, record)
 
     def pre_hook(_module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)

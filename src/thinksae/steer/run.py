@@ -1,5 +1,6 @@
-"""`thinksae steer`: generate a prompt set unsteered and steered (same batches, same seeds),
-measure both, print them side by side, and save ``steer.json`` (and ``steer.png`` for a sweep).
+"""`thinksae steer`: generate a prompt set unsteered and under every steered setting (decoded
+together in the same batches, same seeds; see :mod:`.generation`), measure them, print them
+side by side, and save ``steer.json`` (and ``steer.png`` for a sweep).
 
 Every input is checked before the model is loaded or anything is written.
 """
@@ -20,9 +21,10 @@ from .. import atomic
 from ..config import to_dict
 from ..errors import ThinksaeError
 from ..models.loading import DEFAULT_MODEL
-from .generation import Settings, generate_condition, plan_batches
+from .generation import Settings, generate_rows, plan_groups, plan_rows, prompt_lengths
 from .hooks import FeatureStats, Markers
 from .measure import compare, divergence, summarize, trace_record
+from .regions import baseline_max, trained_regions
 from .report import print_side_by_side, print_summary, write_sweep_png
 from .spec import Intervention, check_features, parse_interventions, parse_sweep, parse_window
 
@@ -54,8 +56,10 @@ class SteerConfig:
     writes a table and steer.png."""
     max_from: str = "baseline"
     """Where Smax values take the feature's max activation: `baseline` (over the unsteered
-    generations of this prompt set, all positions) or a `thinksae analyze` output directory of
-    this SAE (over the analysed tokens; for features that seldom fire in short generations)."""
+    generations of this prompt set, at the positions of the steering window in the regions the
+    SAE was trained on, from its thinksae.json; all non-special tokens when it does not say) or a
+    `thinksae analyze` output directory of this SAE (over the analysed tokens; for features that
+    seldom fire in short generations)."""
     hookpoint: str | None = None
     """Hookpoint to steer (default: the SAE's own, from thinksae.json or its directory name)."""
     model: str = DEFAULT_MODEL
@@ -77,10 +81,13 @@ class SteerConfig:
     """Steer up to: think_end (</think>; the answer is not steered), none, or M thinking tokens."""
     max_new_tokens: int = 512
     """Most tokens generated per question (thinking + answer)."""
-    batch_size: int = 8
-    """Questions generated together (left-padded)."""
+    batch_size: int = 48
+    """Most rows decoded together: each batch holds its questions under the baseline and every
+    setting (rows = questions x settings, left-padded), so decoding reads the weights once per
+    step for all of them. (With Smax from the baseline, the baseline runs first.)"""
     do_sample: bool = False
-    """Sample instead of greedy decoding (baseline and steered runs use the same seeds)."""
+    """Sample (temperature, top-p) instead of greedy decoding; each row draws from a stream
+    seeded by --seed and its question, so the baseline and every setting use the same seeds."""
     temperature: float = 0.6
     """Sampling temperature (with --do_sample)."""
     top_p: float = 0.95
@@ -143,14 +150,15 @@ def _load_sae(cfg: SteerConfig):
     from ..sae import load_sae, read_report_card, resolve_sae_dir
 
     sae_dir = resolve_sae_dir(cfg.sae, cfg.hookpoint)
-    own = sae_hookpoint(sae_dir, read_report_card(sae_dir))
+    card = read_report_card(sae_dir)
+    own = sae_hookpoint(sae_dir, card)
     if cfg.hookpoint and own and cfg.hookpoint != own:
         raise ThinksaeError(f"the SAE in {sae_dir} reads hookpoint {own}, not {cfg.hookpoint}")
     hookpoint = cfg.hookpoint or own
     if not hookpoint:
         raise ThinksaeError(f"cannot tell which hookpoint the SAE in {sae_dir} reads; pass "
                             "--hookpoint")
-    return sae_dir, hookpoint, load_sae(sae_dir, dtype=torch.float32)
+    return sae_dir, hookpoint, load_sae(sae_dir, dtype=torch.float32), trained_regions(card)
 
 
 def _check_model(model, hookpoint: str, sae, sae_dir) -> None:
@@ -179,12 +187,42 @@ def _analysis_max(cfg: SteerConfig, sae, hookpoint: str, features: list[int]) ->
 
 
 def _feature_stats(generated: dict) -> FeatureStats:
-    """The SAE's view of the intervened features over all batches of a condition."""
+    """The SAE's view of a setting's features at its steered positions, over all its rows."""
     total = FeatureStats()
-    for gen in {id(g): g for g, _ in generated.values()}.values():
-        if gen.feature_stats is not None:
-            total.add(gen.feature_stats)
+    for gen, row in generated.values():
+        if gen.row_stats and gen.row_stats[row] is not None:
+            total.add(gen.row_stats[row])
     return total
+
+
+def _decode(cfg: SteerConfig, common: dict, conditions, need_max: list[int],
+            analysis_max: dict | None, regions: tuple[str, ...]) -> tuple[list, dict, list, list]:
+    """Generate the baseline and every setting (module :mod:`.generation`): ``(generated per
+    setting, max activations, seconds per setting)``; a setting's seconds are its equal share
+    of the batches it was decoded in. Smax from the baseline: the baseline first, alone."""
+    lengths = prompt_lengths(common["tokenizer"], common["prompts"])
+    n = 1 + len(conditions)
+    groups = plan_groups(lengths, max(1, cfg.batch_size // n))
+    max_acts, base, fixed, seconds = analysis_max or {}, None, None, [0.0] * n
+    if need_max and analysis_max is None:
+        first = plan_rows(groups, [0], cfg.batch_size, lengths)
+        t0 = time.perf_counter()
+        base = generate_rows(**common, batches=first, specs=[[]], record=need_max, kl=False)[0]
+        seconds[0] = time.perf_counter() - t0
+        max_acts = baseline_max(common["tokenizer"], base, common["window"], common["markers"],
+                                regions, need_max)
+        fixed = {p: b.width for b in first for _, p in b.rows}
+    specs = [[]] + [[i.resolved(max_acts) for i in ivs] for _, ivs in conditions]
+    together = list(range(1 if base is not None else 0, n))
+    t0 = time.perf_counter()
+    generated = generate_rows(**common, batches=plan_rows(groups, together, cfg.batch_size,
+                                                          lengths, fixed),
+                              specs=specs, kl=cfg.kl)
+    for s in together:
+        seconds[s] = (time.perf_counter() - t0) / len(together)
+    if base is not None:
+        generated[0] = base
+    return generated, max_acts, specs, seconds
 
 
 def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
@@ -196,7 +234,7 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
     window = parse_window(cfg.start, cfg.end)
     _check_options(cfg)
     problems = _problems(cfg)
-    sae_dir, hookpoint, sae = _load_sae(cfg)
+    sae_dir, hookpoint, sae, regions = _load_sae(cfg)
     for _, ivs in conditions:
         check_features(ivs, sae.num_latents)
     need_max = sorted({i.feature for _, ivs in conditions for i in ivs if i.kind == "clamp_max"})
@@ -226,9 +264,8 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
     prompts = [build_prompt(tokenizer, p.question, cfg.system_prompt, cfg.think_prefill)
                for p in problems]
     ids = [p.id for p in problems]
-    batches = plan_batches(tokenizer, prompts, cfg.batch_size)
-    common = dict(model=model, tokenizer=tokenizer, prompts=prompts, ids=ids, batches=batches,
-                  settings=settings)
+    common = dict(model=model, tokenizer=tokenizer, prompts=prompts, ids=ids, settings=settings,
+                  sae=sae, hookpoint=hookpoint, window=window, markers=markers)
 
     def records(generated, steered: bool) -> list[dict]:
         out = []
@@ -243,28 +280,20 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
     bar = tqdm(total=len(problems) * (1 + len(conditions)), desc="steer", unit="trace",
                disable=not cfg.progress)
     try:
-        t0 = time.perf_counter()
-        generated = generate_condition(**common, sae=sae, hookpoint=hookpoint,
-                                       record=need_max if analysis_max is None else [],
-                                       progress=bar)
-        baseline = records(generated, steered=False)
-        base_summary = {**summarize(baseline), "seconds": time.perf_counter() - t0}
-        max_acts = _feature_stats(generated).act_max if analysis_max is None else analysis_max
+        generated, max_acts, specs, seconds = _decode(cfg, {**common, "progress": bar},
+                                                      conditions, need_max, analysis_max, regions)
+        baseline = records(generated[0], steered=False)
+        base_summary = {**summarize(baseline), "seconds": seconds[0]}
         runs = []
-        for label, requested in conditions:
-            ivs = [i.resolved(max_acts) for i in requested]
-            t0 = time.perf_counter()
-            generated = generate_condition(**common, sae=sae, hookpoint=hookpoint,
-                                           interventions=ivs, window=window, markers=markers,
-                                           kl=cfg.kl, progress=bar)
-            recs = records(generated, steered=True)
-            summary = {**summarize(recs), **divergence(baseline, recs),
-                       "seconds": time.perf_counter() - t0}
+        for (label, requested), ivs, gen, secs in zip(conditions, specs[1:], generated[1:],
+                                                      seconds[1:], strict=True):
+            recs = records(gen, steered=True)
+            summary = {**summarize(recs), **divergence(baseline, recs), "seconds": secs}
             runs.append({"label": label,
                          "interventions": [{**i.to_dict(), "requested": r.spec}
                                            for i, r in zip(ivs, requested)],
                          "summary": summary, "delta": compare(base_summary, summary),
-                         "sae_at_steered_positions": _feature_stats(generated).to_dict(),
+                         "sae_at_steered_positions": _feature_stats(gen).to_dict(),
                          "traces": recs})
     finally:
         bar.close()

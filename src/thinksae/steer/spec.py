@@ -10,13 +10,14 @@ VALUE        kind       new activation f'_i of feature i (f_i is what the SAE re
 ``+3``       add        f'_i = f_i + 3, i.e. x gets 3 · W_dec[i] added (``-3`` subtracts)
 ``off``      ablate     f'_i = 0 (``ablate`` works too)
 ``2max``     clamp_max  f'_i = 2 · (max of f_i over the baseline generations of the prompt
-                        set, all positions): AIRI's strength × max activation
+                        set, at the positions of the steering window in the regions the SAE
+                        was trained on; see :mod:`.regions`): AIRI's strength × max activation
 ===========  =========  =====================================================================
 
 f_i is the feature's top-k activation (0 where it is not among the k active latents). Values
 must be finite. Several specs may be given (``--feature`` repeated or comma-separated), each
-feature at most once. With ``--sweep`` features are given as bare indices and the swept VALUEs
-(same grammar) are applied to all of them in turn.
+feature at most once (also in the Python API: :func:`check_unique`). With ``--sweep`` features
+are given as bare indices and the swept VALUEs (same grammar) are applied to all of them in turn.
 
 Steering window: which token positions' hookpoint outputs are changed.
 
@@ -71,6 +72,13 @@ class Intervention:
     def spec(self) -> str:
         """The canonical ``FEATURE=VALUE`` text."""
         return f"{self.feature}={value_text(self.kind, self.value)}"
+
+    def affine(self) -> tuple[float, float]:
+        """``(m, a)`` with f'_i = m · f_i + a (clamp: 0, v; scale: s, 0; add: 1, a; ablate: 0, 0)."""
+        if self.kind == "clamp_max":
+            self.new_value(0.0)  # refuses
+        return {"clamp": (0.0, self.value), "scale": (self.value, 0.0), "add": (1.0, self.value),
+                "ablate": (0.0, 0.0)}[self.kind]
 
     def resolved(self, max_acts: dict[int, float]) -> Intervention:
         """A ``clamp_max`` as the clamp to strength × the feature's max activation."""
@@ -175,6 +183,16 @@ def parse_sweep(features: list[str] | str, values: list[str] | str) -> list[list
     if not points:
         raise ThinksaeError("--sweep holds no values (e.g. --sweep x0,x1,x2,x4)")
     return [[Intervention(f, kind, v) for f in indices] for kind, v in points]
+
+
+def check_unique(interventions: list[Intervention]) -> None:
+    """One steering setting changes each feature at most once (twice would add its change twice)."""
+    seen = set()
+    for i in interventions:
+        if i.feature in seen:
+            raise ThinksaeError(f"feature {i.feature} is given more than once in one steering "
+                                "setting (its change would be applied twice)")
+        seen.add(i.feature)
 
 
 def check_features(interventions: list[Intervention], num_latents: int) -> None:

@@ -1,0 +1,95 @@
+"""A sweep decodes the baseline and every setting in the same batches: each row exactly as if its
+setting ran alone (greedy and sampled), every row of a prompt padded to the same width."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thinksae.corpus import build_prompt
+from thinksae.corpus.generate import stop_ids
+from thinksae.sae import Sae, SaeConfig
+from thinksae.steer import (
+    Intervention,
+    Markers,
+    Settings,
+    Window,
+    generate_rows,
+    plan_groups,
+    plan_rows,
+)
+from thinksae.steer.generation import prompt_lengths
+
+QUESTIONS = ["What is 2+2?", "Tom has 7 apples and eats 2. How many are left?",
+             "A pencil costs 3 dollars. How much do 4 pencils cost?"]
+SETTINGS = [[], [Intervention(3, "add", 8.0), Intervention(5, "add", 8.0)],
+            [Intervention(3, "scale", 1.0)], [Intervention(9, "clamp", 6.0)]]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_plan_rows_keeps_groups_whole_and_widths_fixed():
+    lengths = [5, 9, 7, 3, 8]
+    groups = plan_groups(lengths, 2)
+    assert groups == [[1, 4], [2, 0], [3]]
+    batches = plan_rows(groups, [0, 1, 2], 6, lengths)
+    assert [b.rows for b in batches] == [
+        [(0, 1), (0, 4), (1, 1), (1, 4), (2, 1), (2, 4)],
+        [(0, 2), (0, 0), (1, 2), (1, 0), (2, 2), (2, 0)], [(0, 3), (1, 3), (2, 3)]]
+    assert [b.width for b in batches] == [9, 7, 3]
+    # more settings than a batch holds: a group is split, every row of a prompt as wide
+    split = plan_rows([[1], [3]], list(range(5)), 2, lengths)
+    assert [len(b.rows) for b in split] == [2, 2, 1, 2, 2, 1]
+    assert [b.width for b in split] == [9, 9, 9, 3, 3, 3]
+    # the baseline alone packs whole groups; later settings pad to its widths, never mixing them
+    first = plan_rows(groups, [0], 4, lengths)
+    assert [(b.rows, b.width) for b in first] == [
+        ([(0, 1), (0, 4), (0, 2), (0, 0)], 9), ([(0, 3)], 3)]
+    fixed = {p: b.width for b in first for _, p in b.rows}
+    later = plan_rows(groups, [1], 4, lengths, fixed)
+    assert [(b.rows, b.width) for b in later] == [
+        ([(1, 1), (1, 4), (1, 2), (1, 0)], 9), ([(1, 3)], 3)]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model, tokenizer):
+    torch.manual_seed(1)
+    sae = Sae(64, SaeConfig(expansion_factor=2, k=4))
+    prompts = [build_prompt(tokenizer, q, None, True) for q in QUESTIONS]
+    markers = Markers.from_tokenizer(tokenizer, stop_ids(tiny_model, tokenizer), sentences=False)
+    return sae, prompts, markers
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_settings_in_one_batch_match_separate_runs(tiny_model, tokenizer, setup, do_sample):
+    sae, prompts, markers = setup
+    settings = Settings(max_new_tokens=6, batch_size=12, do_sample=do_sample, temperature=1.5,
+                        top_p=1.0, seed=3)
+    ids = [f"q{i}" for i in range(len(prompts))]
+    lengths = prompt_lengths(tokenizer, prompts)
+    groups = plan_groups(lengths, 3)
+    common = dict(model=tiny_model, tokenizer=tokenizer, prompts=prompts, ids=ids,
+                  settings=settings, sae=sae, hookpoint="layers.1", window=Window("think", "none"),
+                  markers=markers)
+    batches = plan_rows(groups, [0, 1, 2, 3], settings.batch_size, lengths)
+    assert len(batches) == 1 and len(batches[0].rows) == 12
+    together = generate_rows(**common, batches=batches, specs=SETTINGS)
+    for s, spec in enumerate(SETTINGS):
+        (alone,) = generate_rows(**common, batches=plan_rows(groups, [0], 3, lengths),
+                                 specs=[spec])
+        for p in range(len(prompts)):
+            (g1, r1), (g2, r2) = together[s][p], alone[p]
+            assert g1.width == g2.width
+            assert torch.equal(g1.ids[r1], g2.ids[r2])  # token-exact
+            if spec:
+                assert torch.equal(g1.steered[r1], g2.steered[r2]) and g1.steered[r1].any()
+                torch.testing.assert_close(g1.kl[r1], g2.kl[r2], equal_nan=True, rtol=1e-4,
+                                           atol=1e-6)
+                assert g1.row_stats[r1].fired == g2.row_stats[r2].fired
+            else:
+                assert g1.row_stats[r1] is None and not g1.steered[r1].any()
+    base = [together[0][p][0].ids[together[0][p][1]] for p in range(3)]
+    ident = [together[2][p][0].ids[together[2][p][1]] for p in range(3)]
+    strong = [together[1][p][0].ids[together[1][p][1]] for p in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(base, ident))  # identity = baseline, also sampled
+    assert any(not torch.equal(a, b) for a, b in zip(base, strong))
