@@ -158,3 +158,35 @@ def test_state_does_not_grow_with_tokens():
     feed(40)
     assert state_elements() == size
     assert grouped.stats["all"].tokens == 41 * 50
+
+
+def test_trained_group_is_one_ratio_over_the_trained_regions():
+    """1-d activations; regions 0 prompt, 1 think, 2 answer, 3 special; trained on think+answer."""
+    groups = TokenGroups(["prompt", "think", "answer", "special"], ["none"], trained=["think", "answer"])
+    assert groups.keys == ["all", "trained", "region/prompt", "region/think", "region/answer",
+                           "region/special"]
+    x = torch.tensor([[5.0], [1.0], [3.0], [7.0], [9.0], [100.0]])
+    hat = torch.tensor([[5.0], [1.0], [2.0], [8.0], [9.0], [0.0]])
+    regions = torch.tensor([0, 1, 1, 2, 2, 3], dtype=torch.uint8)
+    acts = torch.tensor([[1.0], [1.0], [0.0], [2.0], [1.0], [3.0]])  # token 2 fires nothing
+    idx = torch.tensor([[0], [1], [2], [1], [1], [3]])
+    grouped = Grouped(groups, lambda: ReconstructionStats(1, 4))
+    for s in (slice(0, 2), slice(2, 6)):  # think is split across batches
+        grouped.update(regions[s], torch.zeros(len(x[s]), dtype=torch.uint8), x=x[s], x_hat=hat[s],
+                       latent_acts=acts[s], latent_indices=idx[s])
+    res = grouped.results()
+    trained = res["trained"]
+    # think+answer tokens 1, 3, 7, 9: mean 5, Σ(x − 5)² = 16 + 4 + 4 + 16 = 40; Σ(x − x̂)² = 0+1+1+0
+    assert trained["tokens"] == 4
+    assert trained["fvu"] == pytest.approx(2 / 40, abs=1e-12)
+    assert trained["mse"] == pytest.approx(2 / 4, abs=1e-12)
+    assert trained["l0"] == pytest.approx(3 / 4)  # latents 1 (think), 1 and 1 (answer)
+    assert trained["dead_fraction"] == pytest.approx(3 / 4)  # only latent 1 fired on them
+    # each region alone: mean 2 (think) / 8 (answer), variance 2, error 1 → FVU 0.5; neither
+    # their mean nor their token-weighted mean is the trained-regions FVU
+    assert res["regions"]["think"]["fvu"] == pytest.approx(0.5)
+    assert res["regions"]["answer"]["fvu"] == pytest.approx(0.5)
+    # all tokens: the special token's huge error and spread dominate
+    assert res["all"]["tokens"] == 6 and res["all"]["fvu"] > 0.9
+    assert "trained" not in TokenGroups(["prompt"], ["none"]).keys
+    assert "trained" not in Grouped(TokenGroups(["prompt"], ["none"]), lambda: None).stats

@@ -1,4 +1,5 @@
-"""Streaming reconstruction metrics of an SAE, per group of tokens (all, each region, each tag).
+"""Streaming reconstruction metrics of an SAE, per group of tokens (all, each region, each tag,
+and the regions the SAE was trained on taken together).
 
 Every metric is a ratio or mean of running float64 sums, so an evaluation holds a fixed amount of
 state however many tokens it sees, and the result over the whole eval set does not depend on how
@@ -28,6 +29,9 @@ from torch import Tensor
 
 ALL = "all"
 """Key of the group that holds every token."""
+TRAINED = "trained"
+"""Key of the group that holds the tokens of every region the SAE was trained on (one group, so
+its metrics are single ratios over those tokens, not averages of per-region numbers)."""
 
 
 def fvu(sum_sq_error: float, total_variance: float) -> float | None:
@@ -122,21 +126,28 @@ class ReconstructionStats:
 
 
 class TokenGroups:
-    """The groups every metric is reported for: all tokens, each region, each behaviour tag.
+    """The groups every metric is reported for: all tokens, each region, each behaviour tag, and
+    (with ``trained``, a list of region names) the union of the regions the SAE was trained on.
 
-    Keys are ``all``, ``region/<name>`` and ``behaviour/<name>``; codes index the name lists (the
-    store manifest's ``regions`` / ``behaviours``). Behaviour code 0 (``none``) is no tag.
+    Keys are ``all``, ``trained``, ``region/<name>`` and ``behaviour/<name>``; codes index the
+    name lists (the store manifest's ``regions`` / ``behaviours``). Behaviour code 0 (``none``)
+    is no tag.
     """
 
-    def __init__(self, regions: list[str], behaviours: list[str]):
+    def __init__(self, regions: list[str], behaviours: list[str], trained: list[str] | None = None):
         self.regions = list(regions)
         self.behaviours = list(behaviours)
-        self.keys = [ALL, *(f"region/{r}" for r in self.regions),
+        self.trained = None if trained is None else [self.regions.index(r) for r in trained]
+        self.keys = [ALL, *([TRAINED] if trained is not None else []),
+                     *(f"region/{r}" for r in self.regions),
                      *(f"behaviour/{b}" for i, b in enumerate(self.behaviours) if i > 0)]
 
     def masks(self, regions: Tensor, behaviours: Tensor) -> dict[str, Tensor]:
         """Boolean masks over tokens for each non-empty group, from per-token codes."""
         out = {ALL: torch.ones_like(regions, dtype=torch.bool)}
+        if self.trained is not None:
+            codes = torch.tensor(self.trained, dtype=regions.dtype, device=regions.device)
+            out[TRAINED] = torch.isin(regions, codes)
         for code, name in enumerate(self.regions):
             out[f"region/{name}"] = regions == code
         for code, name in enumerate(self.behaviours):
@@ -145,8 +156,11 @@ class TokenGroups:
         return {k: m for k, m in out.items() if bool(m.any())}
 
     def nest(self, flat: dict[str, dict]) -> dict[str, dict]:
-        """``{"all": …, "regions": {name: …}, "behaviours": {name: …}}`` from per-key results."""
+        """``{"all": …, "regions": {name: …}, "behaviours": {name: …}}`` from per-key results,
+        with ``"trained": …`` when the trained regions are a group."""
         out: dict[str, dict] = {ALL: flat[ALL], "regions": {}, "behaviours": {}}
+        if TRAINED in flat:
+            out[TRAINED] = flat[TRAINED]
         for key, value in flat.items():
             kind, _, name = key.partition("/")
             if kind == "region":

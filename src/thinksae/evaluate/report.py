@@ -1,8 +1,10 @@
-"""Present an evaluation: the latent-frequency histogram (PNG) and a table on the console."""
+"""Present an evaluation: the latent-frequency histogram (PNG) and a table on the console, whose
+rows (headline first) the run report shares."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from ..atomic import atomic_path
 
@@ -48,26 +50,47 @@ def write_histogram_png(path: str | Path, histogram: dict, title: str) -> None:
         plt.close(fig)
 
 
-def _rows(metrics: dict) -> list[tuple[str, dict]]:
-    rows = [("all", metrics["all"])]
-    rows += [(f"region {k}", v) for k, v in metrics["regions"].items()]
-    rows += [(f"behaviour {k}", v) for k, v in metrics["behaviours"].items()]
-    return rows
+class Row(NamedTuple):
+    """One row of an evaluation table."""
+
+    group: str
+    """Stable key: ``trained``, ``all``, ``region <name>`` or ``behaviour <name>``."""
+    label: str
+    """What the row is called, e.g. ``trained regions (think, answer)`` or ``all tokens``."""
+    metrics: dict
+    headline: bool
+
+
+def rows(result: dict) -> list[Row]:
+    """The rows of an evaluation result: the headline first (the regions the SAE was trained
+    on, or all tokens), then all tokens when that is not the headline, each region and each
+    behaviour tag. Results written before the headline existed head with all tokens."""
+    metrics = result["metrics"]
+    head = result.get("headline") or {"group": "all", "label": "all tokens"}
+    out = [Row(head["group"], head["label"], metrics[head["group"]], True)]
+    if head["group"] != "all":
+        out.append(Row("all", "all tokens", metrics["all"], False))
+    out += [Row(f"region {k}", f"region {k}", v, False) for k, v in metrics["regions"].items()]
+    out += [Row(f"behaviour {k}", f"behaviour {k}", v, False)
+            for k, v in metrics["behaviours"].items()]
+    return out
 
 
 def print_table(result: dict) -> None:
-    """The per-group metrics as a table (columns without any value are left out)."""
+    """The per-group metrics as a table, headline row first and in bold (columns without any
+    value are left out)."""
     from rich.console import Console
     from rich.table import Table
 
-    rows = _rows(result["metrics"])
-    columns = [c for c in _COLUMNS if any(r.get(c[0]) is not None for _, r in rows)]
+    table_rows = rows(result)
+    columns = [c for c in _COLUMNS if any(r.metrics.get(c[0]) is not None for r in table_rows)]
     table = Table(title=f"SAE eval: {result['sae']} ({result['hookpoint']})")
     table.add_column("group")
     for _, header, _ in columns:
         table.add_column(header, justify="right")
-    for name, values in rows:
-        cells = ["-" if values.get(key) is None else fmt.format(values[key])
+    for row in table_rows:
+        cells = ["-" if row.metrics.get(key) is None else fmt.format(row.metrics[key])
                  for key, _, fmt in columns]
-        table.add_row(name, *cells)
+        table.add_row(row.label, *cells, style="bold" if row.headline else None,
+                      end_section=row.headline)
     Console(width=max(160, 12 * len(columns) + 24)).print(table)

@@ -3,7 +3,8 @@
 Two modes. ``--store`` alone: reconstruction metrics on the store's activations. ``--model`` with
 ``--corpus`` (or with ``--store``, whose token ids are then rerun): reconstruction metrics on the
 model's hookpoint outputs plus the spliced next-token losses. Every number is given for all tokens,
-each region and each behaviour tag. Inputs are checked before anything runs or is written.
+each region, each behaviour tag and, as the headline, the regions the SAE was trained on together
+(see ``headline.py``). Inputs are checked before anything runs or is written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from ..errors import ThinksaeError
 from ..sae import load_sae, read_report_card, resolve_sae_dir, update_report_card
 from ..sae.formats import detect_format
 from .checks import check_options, check_tokenizers, resolve_eval_hookpoint, splice_region_names, split_docs
-from .metrics import ALL, Grouped, Moments, ReconstructionStats, TokenGroups
+from .headline import headline
+from .metrics import ALL, TRAINED, Grouped, Moments, ReconstructionStats, TokenGroups
 from .metrics import latent_frequency_histogram as frequency_histogram
 from .report import print_table, write_histogram_png
 from .sources import batches, corpus_docs, pad_right, store_docs, take_chunks, take_tokens
@@ -66,7 +68,8 @@ class EvalConfig:
     chunk_tokens: int = 8192
     """Tokens per SAE batch when reading a store without a model."""
     mean_ablation: bool = True
-    """Also report the mean-ablated CE (costs a first pass that stops at the hookpoint)."""
+    """Also report the mean-ablated CE: the hookpoint output replaced by its mean over exactly
+    the tokens replaced (those of --splice_regions; costs a first pass that stops there)."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     dtype: str = "auto"
@@ -97,9 +100,29 @@ def _eval_store(cfg, store, docs, sae, groups, device, bar) -> Grouped:
     return recon
 
 
-def _eval_model(cfg, model, tokenizer, store, doc_subset, hookpoint, sae, groups, bar):
+def _replaced(regions: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor:
+    """``[batch, seq]`` True where splicing and ablating replace the hookpoint output: tokens of
+    the splice regions (``codes``), every position when None (padding is masked apart)."""
+    if codes is None:
+        return torch.ones_like(regions, dtype=torch.bool)
+    return torch.isin(regions, codes)
+
+
+def _ablation_mean(model, hookpoint, docs, batch_size, pad_id, codes, d_in) -> torch.Tensor | None:
+    """Mean hookpoint output over exactly the tokens the mean ablation replaces (real tokens of
+    the splice regions), float32 ``[d_in]``; None when there are none."""
     from ..models import capture
 
+    device = next(model.parameters()).device
+    moments = Moments(d_in)
+    for batch in batches(docs, batch_size):
+        ids, mask, regions, _ = pad_right(batch, pad_id)
+        out = capture(model, hookpoint, ids.to(device), mask.to(device))[hookpoint]
+        moments.update(out[(mask.bool() & _replaced(regions, codes)).to(device)].float())
+    return moments.mean.float() if moments.count else None
+
+
+def _eval_model(cfg, model, tokenizer, store, doc_subset, hookpoint, sae, groups, bar):
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -108,20 +131,16 @@ def _eval_model(cfg, model, tokenizer, store, doc_subset, hookpoint, sae, groups
                   else corpus_docs(cfg.corpus, tokenizer, cfg.max_length, doc_subset))
         return take_tokens(source, cfg.max_tokens)
 
+    spliced_codes = _region_codes(cfg.splice_regions, groups)
     mean = None
     if cfg.mean_ablation:
-        moments = Moments(sae.d_in)
-        for batch in batches(docs(), cfg.batch_size):
-            ids, mask, _, _ = pad_right(batch, pad_id)
-            out = capture(model, hookpoint, ids.to(device), mask.to(device))[hookpoint]
-            moments.update(out[mask.to(device).bool()].float())
-        mean = moments.mean.float() if moments.count else None
+        mean = _ablation_mean(model, hookpoint, docs(), cfg.batch_size, pad_id, spliced_codes,
+                              sae.d_in)
     recon = Grouped(groups, lambda: ReconstructionStats(sae.d_in, sae.num_latents))
     spliced = Grouped(groups, SplicedStats)
-    spliced_codes = _region_codes(cfg.splice_regions, groups)
     for batch in batches(docs(), cfg.batch_size):
         ids, mask, regions, behaviours = pad_right(batch, pad_id)
-        keep_clean = None if spliced_codes is None else ~torch.isin(regions, spliced_codes)
+        keep_clean = None if spliced_codes is None else ~_replaced(regions, spliced_codes)
         out = spliced_batch(model, hookpoint, sae, ids.to(device), mask.to(device), mean,
                             keep_clean=keep_clean)
         token_mask, loss_mask = out.token_mask.cpu(), out.loss_mask.cpu()
@@ -143,9 +162,12 @@ def _region_codes(names: str | None, groups: TokenGroups) -> torch.Tensor | None
 
 def _merge(a: dict, b: dict) -> dict:
     """Per-group union of two nested result dicts."""
-    return {ALL: {**a[ALL], **b[ALL]},
-            **{kind: {name: {**a[kind][name], **b[kind].get(name, {})} for name in a[kind]}
-               for kind in ("regions", "behaviours")}}
+    out = {ALL: {**a[ALL], **b[ALL]},
+           **{kind: {name: {**a[kind][name], **b[kind].get(name, {})} for name in a[kind]}
+              for kind in ("regions", "behaviours")}}
+    if TRAINED in a:
+        out[TRAINED] = {**a[TRAINED], **b.get(TRAINED, {})}
+    return out
 
 
 def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
@@ -164,6 +186,8 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
     store = ActivationStore(cfg.store) if cfg.store is not None else None
     hookpoint = resolve_eval_hookpoint(cfg, sae_dir, card, store)
     docs = split_docs(cfg, sae_dir, card, store)  # before any model is loaded: cheap to refuse
+    region_names, behaviour_names = _label_names(store)
+    head = headline(card, region_names, sae_dir)
     sae = load_sae(sae_dir, dtype=torch.float32)
     if store is not None and store.d_in != sae.d_in:
         raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but store {store.path} "
@@ -185,7 +209,7 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
         device = resolve_device(cfg.device)
     data_hash = check_tokenizers(sae_dir, card, store, tokenizer)
     sae = sae.to(device)
-    groups = TokenGroups(*_label_names(store))
+    groups = TokenGroups(region_names, behaviour_names, trained=head.regions)
 
     total = None
     if store is not None:
@@ -228,6 +252,7 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
             "store_hash": store.hash if store is not None else None,
             "corpus_hash": atomic.sha256_file(cfg.corpus)[:16] if cfg.corpus else None,
         },
+        "headline": head.to_dict(),
         "metrics": metrics,
         "latent_frequency": {"png": str(png), **histogram},
         "config": to_dict(cfg),

@@ -6,8 +6,9 @@ the token whose hookpoint output was replaced and whose prediction is scored):
 - ``ce`` = −ln p(token[t+1] | tokens[..t]), averaged over positions.
 - ``ce_clean``: the model as it is. ``ce_spliced``: the hookpoint output replaced by the SAE's
   reconstruction x̂ at every token. ``ce_zero_ablated``: replaced by zeros.
-  ``ce_mean_ablated``: replaced by the mean hookpoint output over the eval set (the caller passes
-  that mean; `thinksae eval` computes it in a first pass that stops at the hookpoint).
+  ``ce_mean_ablated``: replaced by the mean hookpoint output over the eval-set tokens it replaces
+  (the caller passes that mean; `thinksae eval` computes it in a first pass that stops at the
+  hookpoint, over the --splice_regions tokens only: the kept-clean ones do not enter it).
 - ``loss_recovered`` = (CE_zero − CE_spliced) / (CE_zero − CE_clean); ``loss_recovered_mean``
   the same with the mean-ablated CE.
 - ``kl_spliced`` = mean over positions of KL(p_clean ‖ p_spliced)

@@ -87,13 +87,14 @@ def _eval_section(path: Path, root: Path) -> dict | None:
     result = _load(path)
     if not result:
         return None
-    m = result["metrics"]
-    groups = [("all", m["all"])] + [(f"region {k}", v) for k, v in m["regions"].items()] + \
-        [(f"behaviour {k}", v) for k, v in m["behaviours"].items()]
+    from ..evaluate.report import rows
+
+    groups = [{"group": r.group, "label": r.label, "headline": r.headline, **r.metrics}
+              for r in rows(result)]  # the headline row first: the SAE's trained regions
     return {"tokens": result["data"]["tokens"], "mode": result["data"]["mode"],
             "split": result["data"].get("split", "all"), "traces": result["data"].get("traces"),
             "splice_regions": result["config"].get("splice_regions"),
-            "groups": [{"group": g, **v} for g, v in groups],
+            "headline": groups[0]["label"], "groups": groups,
             "png": _rel(path.with_name(Path(result["latent_frequency"]["png"]).name), root),
             "json": _rel(path, root)}
 
