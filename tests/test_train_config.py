@@ -11,7 +11,13 @@ from simple_parsing import ArgumentParser
 from thinksae.errors import ThinksaeError
 from thinksae.sae import SaeConfig
 from thinksae.train import SyntheticActivations, TrainConfig, default_lr, train
-from thinksae.train.config import check_config, config_from_dict, differing_fields, identity
+from thinksae.train.config import (
+    check_config,
+    config_from_dict,
+    differing_fields,
+    identity,
+    with_later_fields,
+)
 from thinksae.train.trainer import lr_factor
 
 
@@ -40,6 +46,9 @@ def test_default_lr_follows_width_rule():
         (dict(batch_size=0), "batch_size must be >= 1"),
         (dict(max_tokens=10), "less than one batch"),
         (dict(auxk_alpha=-0.1), "auxk_alpha"),
+        (dict(auxk_norm="variance"), r"unknown auxk_norm 'variance' \(use x, residual\)"),
+        (dict(regions=" , "), "--regions ' , ': give some of prompt, think, answer, special"),
+        (dict(regions="think,thoughts"), "give some of prompt, think"),
     ],
 )
 def test_bad_options_fail_with_one_line_and_write_nothing(tmp_path, kw, message):
@@ -81,6 +90,31 @@ def test_lr_schedule_warmup_then_decay():
     assert c[0] == 1.0 and c[5] == pytest.approx(0.5) and c[10] == pytest.approx(0.0)
     assert [lr_factor(s, 2, 10, "none") for s in range(5)] == [0.5, 1.0, 1.0, 1.0, 1.0]
     assert lr_factor(3, 0, 3, "linear") == 0.0 and not math.isnan(lr_factor(0, 0, 0, "cosine"))
+
+
+def test_warmup_help_states_what_lr_factor_does():
+    """The first step runs at lr / lr_warmup_steps (not 0), the last warmup step at lr."""
+    parser = ArgumentParser()
+    parser.add_arguments(TrainConfig, dest="cfg")
+    parser.parse_args(["--store", "st"])  # simple_parsing adds the options when it first parses
+    help_text = " ".join(parser.format_help().split())
+    start = help_text.rindex("--lr_warmup_steps")  # the option's entry, after the usage line
+    doc = help_text[start : help_text.index("--lr_decay", start)]
+    assert "from 0" not in doc
+    assert "the first step already moves (at lr / lr_warmup_steps)" in doc
+    assert "step lr_warmup_steps runs at the full lr" in doc
+    warmup = 8
+    factors = [lr_factor(s, warmup, 100, "none") for s in range(warmup + 1)]
+    assert factors[0] == 1 / warmup and factors[warmup - 1] == 1.0 == factors[warmup]
+
+
+def test_checkpoints_from_before_auxk_norm_still_match():
+    """A saved identity without auxk_norm was trained with the x normalisation."""
+    old = {k: v for k, v in identity(TrainConfig(store="s")).items() if k != "auxk_norm"}
+    assert differing_fields(with_later_fields(old), identity(TrainConfig(store="s"))) == []
+    diff = differing_fields(with_later_fields(old),
+                            identity(TrainConfig(store="s", auxk_norm="residual")))
+    assert diff == ["auxk_norm: 'x' -> 'residual'"]
 
 
 def test_identity_ignores_how_it_is_run_and_lists_differences():

@@ -23,7 +23,7 @@ cfg = TrainConfig(
     out=sys.argv[1], sae=SaeConfig(expansion_factor=4, k=4), batch_size=128, max_tokens=8 * 128,
     lr=3e-3, lr_warmup_steps=2, auxk_alpha=1 / 32, dead_feature_threshold=256,
     normalize_inputs=True, dtype="float32", device="cpu", log_every=2, save_every=3,
-    progress=False,
+    progress=False, auxk_norm=sys.argv[2],
 )
 train(cfg, source=SyntheticActivations(d_in=32, num_tokens=2048, num_features=64, active=3))
 '''
@@ -38,14 +38,15 @@ def _env() -> dict:
     return env
 
 
-def test_two_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("auxk_norm", ["x", "residual"])
+def test_two_ranks_match_one_process(tmp_path, auxk_norm):
     script = tmp_path / "ddp_script.py"
     script.write_text(SCRIPT)
-    one = subprocess.Popen([sys.executable, str(script), str(tmp_path / "one")], env=_env(),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    one = subprocess.Popen([sys.executable, str(script), str(tmp_path / "one"), auxk_norm],
+                           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(tmp_path / "two")],
+         str(script), str(tmp_path / "two"), auxk_norm],
         env=_env(), capture_output=True, text=True, timeout=180,
     )
     assert two.returncode == 0, two.stderr[-3000:]

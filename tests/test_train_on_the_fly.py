@@ -150,3 +150,65 @@ def test_from_config_with_real_corpus_and_model_dir(tiny_model_dir, corpus_path,
     card = json.loads((sae_dir / "thinksae.json").read_text())
     assert card["data"]["hash"] == src.hash
     assert card["training"]["steps"] == src.num_tokens // 32
+
+
+def test_keep_masks_serve_only_the_kept_tokens_with_their_full_context(qwen, docs):
+    g = torch.Generator().manual_seed(2)
+    keep = [(torch.rand(len(d), generator=g) < 0.4).tolist() for d in docs]
+    keep[0] = [False] * len(docs[0])  # a document without kept tokens is not run at all
+    src = OnTheFlyActivations(qwen, "layers.1", docs, model_batch_size=3, shuffle_tokens=40,
+                              keep=keep)
+    full = [capture(qwen, "layers.1", torch.tensor([d]))["layers.1"][0] for d in docs]
+    kept = torch.cat([a[torch.tensor(k)] for a, k in zip(full, keep, strict=True)])
+    dropped = torch.cat([a[~torch.tensor(k)] for a, k in zip(full, keep, strict=True)])
+    assert src.num_tokens == len(kept) == sum(map(sum, keep)) and len(src.docs) == len(docs) - 1
+    served = torch.cat(list(src.iter_batches(16, seed=1)))
+    assert len(served) == len(kept) // 16 * 16
+    exact = "donot_use_mm_for_euclid_dist"
+    dist = torch.cdist(served, kept, compute_mode=exact).min(1)
+    assert dist.values.max() < 1e-3 * kept.norm(dim=1).min()  # kept tokens (padding noise only)
+    assert len(set(dist.indices.tolist())) == len(served)  # each once
+    assert torch.cdist(served, dropped, compute_mode=exact).min() > 1e-2 * kept.norm(dim=1).min()
+    plain = OnTheFlyActivations(qwen, "layers.1", docs, model_batch_size=3, shuffle_tokens=40)
+    assert plain.hash != src.hash
+    with pytest.raises(ThinksaeError, match="no token is in the regions"):
+        OnTheFlyActivations(qwen, "layers.1", docs, keep=[[False] * len(d) for d in docs])
+
+
+def test_regions_on_the_fly_train_on_those_tokens_only(tiny_model_dir, corpus_path, tokenizer,
+                                                       tmp_path, capsys):
+    from thinksae.corpus import read_traces, tokenize_trace
+    from thinksae.corpus.segment import Region
+
+    cfg = TrainConfig(model=str(tiny_model_dir), corpus=str(corpus_path), hookpoint="layers.2",
+                      max_length=64, model_dtype="float32", regions="think, answer",
+                      out=str(tmp_path / "run"), sae=SaeConfig(expansion_factor=2, k=4),
+                      batch_size=16, lr_warmup_steps=1, dtype="float32", device="cpu",
+                      log_every=4, progress=False)
+    src = OnTheFlyActivations.from_config(cfg, torch.device("cpu"))
+    labels = [tokenize_trace(tokenizer, t, max_length=64).regions
+              for t in read_traces(corpus_path)]
+    wanted = sum(r in (Region.THINK, Region.ANSWER) for doc in labels for r in doc)
+    assert 0 < wanted < sum(map(len, labels)) and src.num_tokens == wanted
+    assert src.manifest["region_filter"] == ["think", "answer"]
+    sae_dir = train(cfg)  # opens the same source itself: no TypeError from the regions
+    card = json.loads((sae_dir / "thinksae.json").read_text())
+    assert card["training"]["steps"] == wanted // 16 and card["data"]["hash"] == src.hash
+    assert card["training"]["regions"] == "think, answer"
+
+
+def test_bad_regions_on_the_fly_refused_before_the_model_loads(tmp_path):
+    cfg = TrainConfig(model=str(tmp_path / "no-model"), corpus=str(tmp_path / "no-corpus"),
+                      hookpoint="layers.0", regions="think,reasoning", out=str(tmp_path / "o"))
+    with pytest.raises(ThinksaeError, match=r"^--regions 'think,reasoning': give some of prompt"):
+        train(cfg)
+    assert not (tmp_path / "o").exists()
+
+
+def test_regions_with_a_source_that_cannot_filter_is_one_line(tmp_path):
+    from thinksae.train import SyntheticActivations
+
+    cfg = TrainConfig(out=str(tmp_path / "o"), regions="think", sae=SaeConfig(expansion_factor=2),
+                      batch_size=64, dtype="float32", device="cpu", progress=False)
+    with pytest.raises(ThinksaeError, match="^--regions needs a store or --model/--corpus"):
+        train(cfg, source=SyntheticActivations(d_in=16, num_tokens=256))

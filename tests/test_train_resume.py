@@ -76,9 +76,10 @@ def _kill_at(proc: subprocess.Popen, sae_dir: Path, step: int, sig=signal.SIGKIL
     return seen
 
 
-def _finish(proc: subprocess.Popen) -> None:
+def _finish(proc: subprocess.Popen) -> str:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+    return out
 
 
 def test_interrupt_and_sigkill_then_resume_is_bit_identical(tmp_path):
@@ -96,8 +97,11 @@ def test_interrupt_and_sigkill_then_resume_is_bit_identical(tmp_path):
     assert not (sae_dir / "sae.safetensors").exists()
     second = _run(script, killed_out, 0.03)
     assert _kill_at(second, sae_dir, 26) >= 26  # second epoch, SIGKILL
-    _finish(_run(script, killed_out, 0.0))
-    _finish(clean)
+    step = _checkpoint_step(sae_dir)
+    said = [x for x in _finish(_run(script, killed_out, 0.0)).splitlines() if "resuming" in x]
+    assert said == [f"thinksae: resuming {sae_dir} from its checkpoint at step {step} "
+                    f"({step * 64:,} tokens seen)"]
+    assert "resuming" not in _finish(clean)
 
     a = load_file(str(clean_out / "synthetic" / "sae.safetensors"))
     b = load_file(str(sae_dir / "sae.safetensors"))

@@ -118,13 +118,17 @@ def test_nan_in_first_batch_writes_nothing(tmp_path):
     assert not (tmp_path / "run" / "synthetic" / "checkpoint").exists()
 
 
-def test_resume_after_failure_matches_uninterrupted_run_bit_for_bit(tmp_path):
+def test_resume_after_failure_matches_uninterrupted_run_bit_for_bit(tmp_path, capsys):
     kw = dict(d_in=32, num_tokens=1024)
     cfg = dict(lr_decay="cosine", normalize_inputs=True, dead_feature_threshold=200, epochs=2)
     clean = train(_cfg(tmp_path / "a", **cfg), source=SyntheticActivations(**kw))
     with pytest.raises(ThinksaeError, match="step 12"):
         train(_cfg(tmp_path / "b", **cfg), source=Poisoned(at=11, factor=float("inf"), **kw))
+    assert "resuming" not in capsys.readouterr().out  # fresh starts say nothing
     resumed = train(_cfg(tmp_path / "b", **cfg), source=SyntheticActivations(**kw))
+    said = [line for line in capsys.readouterr().out.splitlines() if "resuming" in line]
+    assert said == [f"thinksae: resuming {resumed} from its checkpoint at step 10 "
+                    f"({10 * 64:,} tokens seen)"]
     a, b = _weights(clean), _weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")}

@@ -16,6 +16,9 @@ from ..errors import ThinksaeError
 from .config import SaeConfig
 from .kernels import sparse_decode, topk_encode
 
+AUXK_NORMS = ("x", "residual")
+"""What the AuxK squared error is divided by: the variance of the input x, or of the residual e."""
+
 
 class EncoderOutput(NamedTuple):
     """The k active latents of each token."""
@@ -37,7 +40,8 @@ class ForwardOutput(NamedTuple):
     """Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over this batch (mean taken over the batch)."""
     auxk_loss: Tensor
     """AuxK loss (0 without dead latents): how well the top dead latents reconstruct the
-    residual x − x̂, scaled like the FVU and by min(num_dead / k_aux, 1)."""
+    residual e = x − x̂, times min(num_dead / k_aux, 1): Σ‖e − ê‖² / Σ‖x − mean(x)‖² with
+    ``auxk_norm="x"``, Σ‖e − ê‖² / Σ‖e − mean(e)‖² with ``auxk_norm="residual"``."""
 
 
 class Sae(nn.Module):
@@ -93,12 +97,16 @@ class Sae(nn.Module):
         return dense.scatter_(-1, idx, acts)
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None,
-                aux_k: int | None = None) -> ForwardOutput:
+                aux_k: int | None = None, auxk_norm: str = "x") -> ForwardOutput:
         """Encode, decode and the losses of a batch ``x [B, d_in]``.
 
         ``dead_mask [num_latents]`` (bool) switches on the AuxK loss: the ``aux_k`` (default
-        d_in // 2) dead latents with the largest pre-activations reconstruct the residual.
+        d_in // 2) dead latents with the largest pre-activations reconstruct the residual
+        ``e = x − x̂``; ``auxk_norm`` divides its squared error by the variance of ``x``
+        (sparsify) or of ``e`` itself (``"residual"``, Gao et al. 2024).
         """
+        if auxk_norm not in AUXK_NORMS:
+            raise ThinksaeError(f"unknown auxk_norm {auxk_norm!r} (use {', '.join(AUXK_NORMS)})")
         x = x.reshape(-1, self.d_in)
         num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
         k_aux = min(aux_k or self.d_in // 2, num_dead)
@@ -113,7 +121,10 @@ class Sae(nn.Module):
         if aux is not None:
             scale = min(num_dead / (aux_k or self.d_in // 2), 1.0)
             e_hat = sparse_decode(aux.acts, aux.indices, w_dec).float()
-            auxk_loss = scale * (e_hat - residual.detach()).pow(2).sum() / total_variance
+            e = residual.detach()
+            norm = total_variance if auxk_norm == "x" else (e - e.mean(0)).pow(2).sum()
+            error = (e_hat - e).pow(2).sum()
+            auxk_loss = scale * error / norm if norm > 0 else error * 0.0
         else:
             auxk_loss = fvu.new_zeros(())
         return ForwardOutput(sae_out, sel.acts, sel.indices, fvu, auxk_loss)

@@ -13,6 +13,12 @@ from ..sae import SaeConfig
 LR_DECAYS = ("none", "linear", "cosine")
 B_DEC_INITS = ("mean", "geometric_median")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+AUXK_NORMS = ("x", "residual")
+REGION_NAMES = ("prompt", "think", "answer", "special")  # thinksae.corpus.Region, lower-cased
+
+# Fields added after checkpoints were first written, with the value older runs trained with: an
+# identity dict without them is read as having these values.
+LATER_FIELDS = {"auxk_norm": "x"}
 
 # Fields that say how to run or report, not what is trained: a checkpoint made with other values
 # of these is still continued.
@@ -42,11 +48,19 @@ class TrainConfig:
     lr: float | None = None
     """Adam learning rate; default 2e-4 / sqrt(num_latents / 2**14) (1e-4 at 65536 latents)."""
     lr_warmup_steps: int = 1000
-    """Steps of linear learning-rate warmup from 0."""
+    """Steps of linear learning-rate warmup: step s (counted from 1) of the first
+    lr_warmup_steps uses lr * s / lr_warmup_steps, so the first step already moves (at
+    lr / lr_warmup_steps) and step lr_warmup_steps runs at the full lr; 0 = no warmup."""
     lr_decay: str = "none"
     """Learning-rate decay to 0 over the steps after warmup: none, linear or cosine."""
     auxk_alpha: float = 1 / 32
     """Weight of the AuxK loss that revives dead latents (0 turns it off)."""
+    auxk_norm: str = "x"
+    """What the AuxK squared error is divided by, with e = x - x_hat the main residual and e_hat
+    its reconstruction from the top aux_k dead latents: x = sum||e - e_hat||^2 / sum||x -
+    mean(x)||^2 (sparsify's choice; the default, so that runs and checkpoints made before this
+    option stay the same), or residual = sum||e - e_hat||^2 / sum||e - mean(e)||^2 (Gao et al.
+    2024, openai/sparse_autoencoder; about 1/FVU times stronger at the same auxk_alpha)."""
     aux_k: int | None = None
     """Dead latents the AuxK loss reconstructs the residual with (default d_in // 2)."""
     dead_feature_threshold: int = 10_000_000
@@ -83,7 +97,8 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar."""
     regions: str | None = None
-    """Store only: train on tokens of these regions (comma-separated, e.g. think,answer)."""
+    """Train only on tokens of these regions (comma-separated, of prompt, think, answer,
+    special; e.g. think,answer), from a store or on the fly."""
     holdout: float = 0.0
     """Store only: share of the traces left out of training (whole questions, chosen by a hash
     of their ids), for `thinksae eval --split heldout`."""
@@ -138,6 +153,8 @@ def check_config(cfg: TrainConfig, world_size: int = 1, need_data: bool = True) 
         )
     if not cfg.auxk_alpha >= 0 or math.isinf(cfg.auxk_alpha):
         raise ThinksaeError(f"auxk_alpha must be a finite number >= 0 (got {cfg.auxk_alpha})")
+    if cfg.auxk_norm not in AUXK_NORMS:
+        raise ThinksaeError(f"unknown auxk_norm {cfg.auxk_norm!r} (use {', '.join(AUXK_NORMS)})")
     if cfg.aux_k is not None and cfg.aux_k < 1:
         raise ThinksaeError(f"aux_k must be >= 1 (got {cfg.aux_k})")
     if cfg.batch_size % world_size:
@@ -148,10 +165,22 @@ def check_config(cfg: TrainConfig, world_size: int = 1, need_data: bool = True) 
         raise ThinksaeError(f"holdout must be a share of the traces in [0, 1) (got {cfg.holdout})")
     if cfg.holdout and cfg.store is None and need_data:
         raise ThinksaeError("--holdout needs --store (traces are held out of a store)")
+    if cfg.regions is not None:
+        regions = region_list(cfg.regions)
+        unknown = [r for r in regions if r not in REGION_NAMES]
+        if not regions or (cfg.store is None and unknown):
+            raise ThinksaeError(f"--regions {cfg.regions!r}: give some of {', '.join(REGION_NAMES)}")
     if cfg.sae.k <= 0:
         raise ThinksaeError(f"k must be >= 1 (got {cfg.sae.k})")
     if cfg.sae.num_latents < 0 or cfg.sae.expansion_factor < 1:
         raise ThinksaeError("num_latents must be >= 0 and expansion_factor >= 1")
+
+
+def region_list(regions: str | None) -> list[str] | None:
+    """``"think, answer"`` → ``["think", "answer"]``; None when no regions are asked for."""
+    if regions is None:
+        return None
+    return [r.strip() for r in regions.split(",") if r.strip()]
 
 
 def check_sizes(cfg: TrainConfig, d_in: int) -> int:
@@ -167,6 +196,11 @@ def check_sizes(cfg: TrainConfig, d_in: int) -> int:
 def identity(cfg: TrainConfig) -> dict:
     """The fields that define what is trained (everything but how it is run and reported)."""
     return {k: v for k, v in to_dict(cfg).items() if k not in PROGRESS_FIELDS}
+
+
+def with_later_fields(old: dict) -> dict:
+    """An identity dict saved before the LATER_FIELDS existed, with their old values filled in."""
+    return {**LATER_FIELDS, **old}
 
 
 def differing_fields(old: dict, new: dict) -> list[str]:

@@ -10,6 +10,9 @@ window that holds it, and the run continues exactly as it would have.
 Under torchrun each window is split into ``world_size`` contiguous parts, one per rank, and
 each rank serves its ``batch_size / world_size`` rows of every batch from its own part (so
 ranks do not repeat each other's forwards; the batches differ from a one-process run's).
+
+With ``keep`` masks (``--regions``) only the kept tokens make up the stream; each document is
+still run from its start (up to its last kept token), so kept tokens see their full context.
 """
 
 from __future__ import annotations
@@ -37,29 +40,47 @@ class OnTheFlyActivations:
         model_batch_size: int = 8,
         shuffle_tokens: int = 65536,
         manifest: dict | None = None,
+        keep: Sequence[Sequence[bool]] | None = None,
     ):
         self.model, self.hookpoint = model, hookpoint
         resolve_hookpoint(model, hookpoint)
-        self.docs = [list(map(int, d)) for d in docs if len(d) > 0]
-        if not self.docs:
-            raise ThinksaeError("no tokens to train on: every document is empty")
+        self._set_docs(docs, keep)
         self.model_batch_size = model_batch_size
         self.shuffle_tokens = shuffle_tokens
         self.device = next(model.parameters()).device
         probe = capture(model, hookpoint, torch.tensor([self.docs[0][:1]], device=self.device))
-        blob = hashlib.sha256(json.dumps(self.docs).encode()).hexdigest()[:16]
+        kept = None if keep is None else [k.tolist() for k in self.kept]
+        blob = json.dumps(self.docs if kept is None else [self.docs, kept])
+        blob = hashlib.sha256(blob.encode()).hexdigest()[:16]
         self.manifest = {
             "model": getattr(getattr(model, "config", None), "_name_or_path", "") or "model",
             "hookpoint": hookpoint,
             "d_in": int(probe[hookpoint].shape[-1]),
             "dtype": dtype_name(next(model.parameters()).dtype),
-            "num_tokens": sum(len(d) for d in self.docs),
+            "num_tokens": sum(len(k) for k in self.kept),
             "num_docs": len(self.docs),
             "docs_hash": blob,
             "model_batch_size": model_batch_size,
             "shuffle_tokens": shuffle_tokens,
             **(manifest or {}),
         }
+
+    def _set_docs(self, docs: Sequence[Sequence[int]], keep: Sequence[Sequence[bool]] | None):
+        """``docs`` (cut after their last kept token) and ``kept``, the positions kept in each;
+        documents without kept tokens are dropped."""
+        docs = [list(map(int, d)) for d in docs]
+        if keep is None:
+            kept = [np.arange(len(d)) for d in docs]
+        else:
+            if [len(k) for k in keep] != [len(d) for d in docs]:
+                raise ThinksaeError("keep masks must match the documents' lengths")
+            kept = [np.flatnonzero(np.asarray(k, dtype=bool)) for k in keep]
+        pairs = [(d[: int(k[-1]) + 1], k) for d, k in zip(docs, kept, strict=True) if len(k)]
+        if not pairs:
+            what = "every document is empty" if keep is None else "no token is in the regions"
+            raise ThinksaeError(f"no tokens to train on: {what}")
+        self.docs = [d for d, _ in pairs]
+        self.kept = [k for _, k in pairs]
 
     @classmethod
     def from_config(cls, cfg, device: torch.device) -> OnTheFlyActivations:
@@ -70,6 +91,7 @@ class OnTheFlyActivations:
         from ..corpus import read_traces, tokenize_trace
         from ..models import load_model
         from ..store import tokenizer_hash
+        from .config import REGION_NAMES, region_list
 
         corpus = Path(cfg.corpus)
         if not corpus.is_file():
@@ -78,11 +100,19 @@ class OnTheFlyActivations:
         if not traces:
             raise ThinksaeError(f"corpus {corpus} holds no traces")
         model, tokenizer = load_model(cfg.model, str(device), cfg.model_dtype, progress=cfg.progress)
-        docs = [tokenize_trace(tokenizer, t, max_length=cfg.max_length).input_ids for t in traces]
+        tokenized = [tokenize_trace(tokenizer, t, max_length=cfg.max_length) for t in traces]
         extra = {"model": cfg.model, "corpus": str(corpus),
                  "corpus_hash": sha256_file(corpus)[:16],
                  "tokenizer_hash": tokenizer_hash(tokenizer), "max_length": cfg.max_length}
-        return cls(model, cfg.hookpoint, docs, cfg.model_batch_size, cfg.shuffle_tokens, extra)
+        keep = None
+        regions = region_list(cfg.regions)
+        if regions:
+            codes = [REGION_NAMES.index(r) for r in regions]
+            keep = [[r in codes for r in t.regions] for t in tokenized]
+            extra["region_filter"] = regions
+        docs = [t.input_ids for t in tokenized]
+        return cls(model, cfg.hookpoint, docs, cfg.model_batch_size, cfg.shuffle_tokens, extra,
+                   keep)
 
     @property
     def d_in(self) -> int:
@@ -120,7 +150,8 @@ class OnTheFlyActivations:
             for row, p in enumerate(group):
                 lo = max(a, int(starts[p])) - int(starts[p])
                 hi = min(b, int(starts[p + 1])) - int(starts[p])
-                pieces[p] = acts[row, lo:hi].float()
+                where = torch.from_numpy(self.kept[order[p]][lo:hi]).to(acts.device)
+                pieces[p] = acts[row, where].float()
         return torch.cat([pieces[p] for p in positions])
 
     def iter_batches(
@@ -131,7 +162,7 @@ class OnTheFlyActivations:
         if batch_size % world_size:
             raise ThinksaeError(f"batch size {batch_size} is not divisible by {world_size} ranks")
         order = np.random.default_rng(seed).permutation(len(self.docs))
-        lengths = np.array([len(self.docs[i]) for i in order], dtype=np.int64)
+        lengths = np.array([len(self.kept[i]) for i in order], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)])
         per_window = -(-self.shuffle_tokens // batch_size)
         window = per_window * batch_size

@@ -12,7 +12,14 @@ from ..config import save_config
 from ..errors import ThinksaeError
 from ..sae.formats import write_report_card
 from .checkpoint import find_checkpoint, remove_checkpoints
-from .config import TrainConfig, check_config, check_sizes, differing_fields, identity
+from .config import (
+    TrainConfig,
+    check_config,
+    check_sizes,
+    differing_fields,
+    identity,
+    with_later_fields,
+)
 from .distributed import setup
 from .trainer import Trainer
 
@@ -59,7 +66,7 @@ def _already_trained(sae_dir: Path, cfg: TrainConfig, source) -> bool:
     old = _read_json(sae_dir / TRAIN_CONFIG)
     if old is None:
         return False
-    old_identity = {k: v for k, v in old.items() if k in identity(cfg)}
+    old_identity = {k: v for k, v in with_later_fields(old).items() if k in identity(cfg)}
     diff = differing_fields(old_identity, identity(cfg))
     if diff:
         raise ThinksaeError(
@@ -112,7 +119,8 @@ def report_card(trainer: Trainer) -> dict:
         "training": {
             "lr": trainer.lr, "lr_warmup_steps": cfg.lr_warmup_steps, "lr_decay": cfg.lr_decay,
             "optimizer": "adam", "betas": [0.9, 0.999], "eps": 1e-8,
-            "auxk_alpha": cfg.auxk_alpha, "aux_k": cfg.aux_k or trainer.d_in // 2,
+            "auxk_alpha": cfg.auxk_alpha, "auxk_norm": cfg.auxk_norm,
+            "aux_k": cfg.aux_k or trainer.d_in // 2,
             "dead_feature_threshold": cfg.dead_feature_threshold,
             "normalize_inputs": cfg.normalize_inputs, "input_scale": trainer.scale,
             "input_scale_folded": True, "b_dec_init": cfg.b_dec_init,
@@ -174,6 +182,9 @@ def train(cfg: TrainConfig, source=None) -> Path:
                 remove_checkpoints(sae_dir)
         ranks.barrier()
         resumed = cfg.resume and trainer.resume()
+        if resumed and ranks.is_main:
+            print(f"thinksae: resuming {sae_dir} from its checkpoint at step {trainer.step} "
+                  f"({trainer.tokens_seen:,} tokens seen)", flush=True)
         trainer.prepare_dir(resumed)
         trainer.fit()
         if ranks.is_main:

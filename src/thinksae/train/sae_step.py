@@ -21,26 +21,43 @@ def compute_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if name == "bfloat16" else torch.float32
 
 
+def _local_share(v: Tensor, ranks: Ranks) -> Tensor:
+    """This rank's part of the global batch's Σ‖v − mean(v)‖², in units of the global sum:
+    Σ_local‖v − mean_local(v)‖² / Σ_all‖v − mean_all(v)‖² (what turns a loss normalised on this
+    rank's rows into this rank's share of the loss normalised on the global batch)."""
+    v = v.detach().float()
+    n_global = v.shape[0] * ranks.world_size
+    mean = ranks.all_reduce(v.sum(0)) / n_global
+    local = (v - v.mean(0)).pow(2).sum()
+    return local / ranks.all_reduce((v - mean).pow(2).sum())
+
+
 def forward_loss(sae, x: Tensor, dead_mask: Tensor | None, aux_k: int | None,
-                 dtype: torch.dtype, ranks: Ranks):
+                 dtype: torch.dtype, ranks: Ranks, auxk_norm: str = "x"):
     """Run the SAE on this rank's rows; returns ``(output, fvu, auxk)``.
 
-    FVU and AuxK are normalised by the variance of the *global* batch about its mean, so the
-    ranks' values add up to what one process computes on the whole batch.
+    FVU is normalised by the variance of the *global* batch about its mean, and AuxK by that of
+    the global batch's x or residual x − x̂ (``auxk_norm``), so the ranks' values add up to what
+    one process computes on the whole batch.
     """
     kwargs = {}
+    params = inspect.signature(sae.forward).parameters
     if aux_k is not None:
-        if "aux_k" not in inspect.signature(sae.forward).parameters:
+        if "aux_k" not in params:
             raise ThinksaeError("this SAE takes no aux_k: it always uses d_in // 2")
         kwargs["aux_k"] = aux_k
+    if auxk_norm != "x":
+        if "auxk_norm" not in params:
+            raise ThinksaeError("this SAE takes no auxk_norm: it normalises AuxK by x")
+        kwargs["auxk_norm"] = auxk_norm
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
         out = sae(x, dead_mask=dead_mask, **kwargs)
     fvu, auxk = out.fvu.float(), out.auxk_loss.float()
     if ranks.world_size > 1:
-        n_global = x.shape[0] * ranks.world_size
-        mean = ranks.all_reduce(x.sum(0)) / n_global
-        local = (x - x.mean(0)).pow(2).sum()
-        total = ranks.all_reduce((x - mean).pow(2).sum())
-        ratio = local / total
-        fvu, auxk = fvu * ratio, auxk * ratio
+        x_share = _local_share(x, ranks)
+        fvu = fvu * x_share
+        if auxk_norm == "x":
+            auxk = auxk * x_share
+        else:
+            auxk = auxk * _local_share(x.float() - out.sae_out.float(), ranks)
     return out, fvu, auxk

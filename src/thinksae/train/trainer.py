@@ -26,6 +26,8 @@ from .config import (
     default_lr,
     differing_fields,
     identity,
+    region_list,
+    with_later_fields,
 )
 from .distributed import Ranks
 from .metrics import METRICS, MetricsLog, open_loggers, truncate_metrics
@@ -35,8 +37,9 @@ from .sae_step import compute_dtype, forward_loss
 def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
     """Learning-rate multiplier for the step about to be taken (0-based).
 
-    Linear warmup from 1/warmup to 1 over ``warmup`` steps, then constant, or decaying to 0 at
-    ``total`` linearly or along a half cosine.
+    Linear warmup: step s (0-based) of the first ``warmup`` runs at (s + 1) / warmup, so the
+    first step at 1/warmup (not 0: no step is wasted) and step ``warmup - 1`` at the full rate;
+    then constant, or decaying to 0 at ``total`` linearly or along a half cosine.
     """
     if step < warmup:
         return (step + 1) / warmup
@@ -116,8 +119,13 @@ class Trainer:
         a holdout, ``docs`` (the traces not held out)."""
         out = {}
         self.heldout_ids: list[str] = []
-        if self._regions():
-            out["regions"] = self._regions()
+        regions = region_list(self.cfg.regions)
+        built_with = (getattr(self.source, "manifest", None) or {}).get("region_filter")
+        if regions and built_with != regions:  # on the fly, the source was built with them
+            if not hasattr(self.source, "num_batches"):
+                raise ThinksaeError("--regions needs a store or --model/--corpus; this source "
+                                    "cannot pick tokens by region")
+            out["regions"] = regions
         if self.cfg.holdout:
             if not hasattr(self.source, "split_docs"):
                 raise ThinksaeError("--holdout needs an activation store (--store)")
@@ -131,11 +139,6 @@ class Trainer:
             return int(self.source.num_batches(self.cfg.batch_size, **self.data_filter))
         return int(self.source.num_tokens) // self.cfg.batch_size
 
-    def _regions(self) -> list[str] | None:
-        if not self.cfg.regions:
-            return None
-        return [r.strip() for r in self.cfg.regions.split(",") if r.strip()]
-
     # ---------------------------------------------------------------- resume
 
     def resume(self) -> bool:
@@ -145,7 +148,7 @@ class Trainer:
             return False
         ck = load_checkpoint(path)
         st = ck.state
-        diff = differing_fields(st["config"], identity(self.cfg))
+        diff = differing_fields(with_later_fields(st["config"]), identity(self.cfg))
         if diff:
             raise ThinksaeError(
                 f"checkpoint in {path} was made with a different config ({'; '.join(diff)}); "
@@ -227,7 +230,8 @@ class Trainer:
         dead_mask = None
         if cfg.auxk_alpha > 0:
             dead_mask = self.since_fired > cfg.dead_feature_threshold
-        out, fvu, auxk = forward_loss(sae, x, dead_mask, cfg.aux_k, self.dtype, ranks)
+        out, fvu, auxk = forward_loss(sae, x, dead_mask, cfg.aux_k, self.dtype, ranks,
+                                      cfg.auxk_norm)
         loss = fvu + cfg.auxk_alpha * auxk if cfg.auxk_alpha > 0 else fvu
         loss.backward()
         grads = [p.grad for p in sae.parameters() if p.grad is not None]
