@@ -187,3 +187,24 @@ def test_bad_labels_and_token_ids_are_refused(tokenizer, info):
     bad["token_ids"][0] = info.vocab_size + 5
     with pytest.raises(ThinksaeError, match="another tokenizer"):
         c.update(bad)
+
+
+def test_max_and_top_contexts_only_over_the_training_regions(tokenizer, info):
+    s = synthetic_stream(tokenizer)
+    special = torch.isin(s["token_ids"], torch.tensor([tokenizer.bos_token_id, tokenizer.eos_token_id]))
+    s["regions"][special] = 3
+    s["regions"][~special] = s["regions"][~special] % 3
+    s["acts"][torch.nonzero(special)[1], 0] = 1000.0  # a special token with a huge activation
+    f_big = int(s["idx"][torch.nonzero(special)[1], 0])
+    x = dense(s)
+    stats, _ = run(s, info, None, 7, max_regions=["prompt", "think", "answer"])
+    t = stats.t
+    torch.testing.assert_close(t["act_max"], x[~special].max(0).values)
+    assert float(t["act_max"][f_big]) < 1000 and float(x[:, f_big].max()) == 1000
+    assert not special[t["top_index"][t["top_index"] >= 0]].any()
+    assert stats.meta["max_regions"] == ["prompt", "think", "answer"]
+    # the default stays every token; an unknown region is refused
+    everything, _ = run(s, info, None, 7)
+    assert float(everything.t["act_max"][f_big]) == 1000 and everything.meta["max_regions"] is None
+    with pytest.raises(ThinksaeError, match="max_regions"):
+        run(s, info, None, 7, max_regions=["thinking"])
