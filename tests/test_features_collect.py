@@ -208,3 +208,13 @@ def test_max_and_top_contexts_only_over_the_training_regions(tokenizer, info):
     assert float(everything.t["act_max"][f_big]) == 1000 and everything.meta["max_regions"] is None
     with pytest.raises(ThinksaeError, match="max_regions"):
         run(s, info, None, 7, max_regions=["thinking"])
+
+
+def test_per_trace_counts_are_the_same_when_merged_while_streaming(tokenizer, info, monkeypatch):
+    import thinksae.features.traces as traces
+
+    s = synthetic_stream(tokenizer, repeat=5)
+    whole, _ = run(s, info, None, 9)
+    monkeypatch.setattr(traces, "MERGE_AT", 10)  # merge the pending tables almost every chunk
+    merged, _ = run(s, info, None, 9)
+    assert all(torch.equal(whole.t[k], merged.t[k]) for k in TRACE_TENSORS)

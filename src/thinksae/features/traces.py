@@ -16,8 +16,8 @@ the prompt+answer regions, and the trace's token count in each. Stored sparsely,
 Cost: 12 bytes per (trace, feature) pair that fired at least once (at most traces × features,
 e.g. 65,536 features × 1,000 traces → ≤ 0.79 GB if every feature fired in every trace; a
 feature's share of traces is its ``trace_freq``), plus 32 bytes per trace. While streaming,
-each chunk's distinct (trace, feature, region) keys are kept (12 bytes each) and merged once they
-pass :data:`MERGE_AT` entries.
+each chunk's distinct (trace, feature, region) keys are kept (16 bytes each) and merged once they
+pass :data:`MERGE_AT` entries and twice the size of the last merge.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class TraceCounts:
         uk, counts = torch.unique(keys, return_counts=True)
         store[0].append(uk)
         store[1].append(counts)
-        if sum(len(x) for x in store[0]) > MERGE_AT:
+        total = sum(len(x) for x in store[0])
+        if total > MERGE_AT and total > 2 * len(store[0][0]):  # amortised: merged part ≤ half
             uk, c = _merge(*store)
             store[0][:], store[1][:] = [uk], [c]
 
