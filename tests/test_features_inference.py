@@ -83,6 +83,7 @@ def test_trace_rate_ratio_by_hand():
 
 def test_trace_variance_agrees_with_a_bootstrap_over_traces():
     g = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)  # the gamma and multinomial draws use the global generator
     d = 60
     tokens = torch.stack([torch.randint(150, 400, (d,), generator=g),
                           torch.randint(40, 120, (d,), generator=g)], 1)
@@ -95,7 +96,7 @@ def test_trace_variance_agrees_with_a_bootstrap_over_traces():
     w = torch.distributions.Multinomial(d, torch.ones(d) / d).sample((4000,)).double()
     c, n = w @ counts.double(), w @ tokens.double()
     boot = torch.log(c[:, 0] / n[:, 0]) - torch.log(c[:, 1] / n[:, 1])
-    assert se == pytest.approx(float(boot.std()), rel=0.15)
+    assert se == pytest.approx(float(boot.std()), rel=0.1)
     assert se > 1.5 * math.sqrt(1 / counts[:, 0].sum() + 1 / counts[:, 1].sum())  # clustered
 
 
