@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from thinksae.cli import main
 from thinksae.features import LABELS, AnalyzeConfig, analyze, feature_info
 from thinksae.sae import Sae, SaeConfig
+from thinksae.sae.formats import write_report_card
 from thinksae.store import ActivationStore, HarvestConfig, harvest
 
 OFF = ["--progress", "false", "--device", "cpu", "--dtype", "float32"]
@@ -136,6 +137,10 @@ BAD = [
     ("no regions", ["analyze", "--sae", "{saes}/run", "--store", "{noreg}"], "region labels"),
     ("bad option", ["analyze", "--sae", "{saes}/run", "--store", "{resid}", "--top_n", "0"],
      "--top_n"),
+    ("bad vocab match", ["analyze", "--sae", "{saes}/run", "--store", "{resid}",
+                         "--reason_vocab_match", "loose"], "--reason_vocab_match"),
+    ("bad fdr", ["analyze", "--sae", "{saes}/run", "--store", "{resid}", "--think_fdr", "0"],
+     "--think_fdr"),
 ]
 
 
@@ -183,3 +188,38 @@ def test_store_without_regions_when_allowed(tmp_path, noreg, saes, tiny_model, t
                   model=tiny_model, tokenizer=tokenizer)
     row = json.loads((out / "features.jsonl").read_text().splitlines()[0])
     assert "freq_all" in row and "think_rate_ratio" not in row and "reason_score" in row
+
+
+def test_max_act_over_the_regions_the_sae_was_trained_on(tmp_path, stores, saes, tiny_model,
+                                                         tokenizer):
+    sae_dir = tmp_path / "r" / "layers.1"
+    shutil.copytree(saes / "run" / "layers.1", sae_dir)
+    write_report_card(sae_dir, {"training": {"regions": "think,answer"}})
+    base = dict(store=str(stores["layers.1"]), progress=False, device="cpu", top_n=3, window=2,
+                logit_lens=False, dashboard=False)
+    out = analyze(AnalyzeConfig(sae=str(sae_dir), out=str(tmp_path / "o"), **base),
+                  model=tiny_model, tokenizer=tokenizer)
+    meta = json.loads((out / "analysis.json").read_text())
+    assert meta["max_regions"] == ["think", "answer"]
+    test = meta["think_test"]
+    assert test["traces"] == 6 and test["fdr"] == 0.05 and 0 < test["features_tested"] <= NUM
+    rows = [json.loads(line) for line in (out / "features.jsonl").read_text().splitlines()]
+    assert test["features_tested"] == sum(r["think_p"] is not None for r in rows)
+    assert test["think_specific"] == sum(bool(r["think_specific"]) for r in rows)
+    store = ActivationStore(stores["layers.1"])
+    names = store.manifest["regions"]
+    regions = torch.from_numpy(store.labels("regions").astype("int64"))
+    keep = (regions == names.index("think")) | (regions == names.index("answer"))
+    with torch.no_grad():
+        x = Sae.load_from_disk(sae_dir).dense_acts(store.gather(torch.arange(len(regions)).numpy()))
+    want = x[keep].max(0).values
+    got = torch.tensor([r["max_act"] for r in rows], dtype=torch.float64)
+    torch.testing.assert_close(got, want.double().clamp_min(0), rtol=1e-4, atol=1e-6)
+    assert (x.max(0).values > want + 1e-3).any()  # elsewhere (prompt, special) some are larger
+    # without a report card: every token, as before
+    plain = analyze(AnalyzeConfig(sae=str(saes / "run"), out=str(tmp_path / "p"), **base),
+                    model=tiny_model, tokenizer=tokenizer)
+    assert json.loads((plain / "analysis.json").read_text())["max_regions"] == "all"
+    rows = [json.loads(line) for line in (plain / "features.jsonl").read_text().splitlines()]
+    torch.testing.assert_close(torch.tensor([r["max_act"] for r in rows], dtype=torch.float64),
+                               x.max(0).values.double().clamp_min(0), rtol=1e-4, atol=1e-6)

@@ -8,6 +8,7 @@ import torch
 from thinksae.errors import ThinksaeError
 from thinksae.features import FeatureCollector, ReasonMatcher, TokenInfo
 from thinksae.features.stats import FeatureStats, hist_bin
+from thinksae.features.traces import TRACE_TENSORS
 
 F, K, TOP_N, W = 12, 3, 4, 3
 TEXTS = [
@@ -106,6 +107,19 @@ def test_streaming_equals_brute_force(tokenizer, info, matcher, chunk):
             torch.testing.assert_close(t["top_ctx_act"][f, j].float(), torch.tensor(acts),
                                        atol=1e-2, rtol=1e-2)
             assert t["top_ctx"][f, j, W] == tok[i]  # the trigger token sits in the middle
+    # per-trace counts (think = region 1, other = prompt 0 + answer 2; special 3 in neither)
+    cls = torch.tensor([1, 0, 1, -1])[reg]
+    assert t["trace_doc"].tolist() == list(range(len(TEXTS)))
+    want_tok = torch.stack([torch.stack([((docs == d) & (cls == c)).sum() for c in (0, 1)])
+                            for d in range(len(TEXTS))])
+    assert torch.equal(t["trace_tokens"], want_tok)
+    dense_fires = torch.zeros(len(TEXTS), F, 2, dtype=torch.int32)
+    for d in range(len(TEXTS)):
+        for j in range(t["trace_ptr"][d], t["trace_ptr"][d + 1]):
+            dense_fires[d, t["trace_feature"][j]] = t["trace_fires"][j]
+    want = torch.stack([torch.stack([fired[(docs == d) & (cls == c)].sum(0) for c in (0, 1)], 1)
+                        for d in range(len(TEXTS))])
+    assert torch.equal(dense_fires, want.int())
     # ReasonScore sums: the same as matching the whole stream at once
     groups = matcher.positives(tok, docs, info)
     ign = torch.isin(tok, torch.tensor(info.ignore_ids))
@@ -136,9 +150,14 @@ def test_memory_does_not_grow_with_tokens(tokenizer, info, matcher):
     s2, c2 = run(big, info, matcher, 16)
     assert s2.meta["num_tokens"] > 10 * s1.meta["num_tokens"]
     assert c1.state_nbytes() == c2.state_nbytes()
-    assert {k: v.shape for k, v in s1.t.items()} == {k: v.shape for k, v in s2.t.items()}
+    fixed = [k for k in s1.t if k not in TRACE_TENSORS]
+    assert {k: s1.t[k].shape for k in fixed} == {k: s2.t[k].shape for k in fixed}
     # every tensor's first dimension is the feature count or a fixed label count, none the tokens
-    assert all(v.shape[0] in (F, 4, 3, 10) for v in s2.t.values())
+    assert all(s2.t[k].shape[0] in (F, 4, 3, 10) for k in fixed)
+    # ...but for the per-trace counts: one row per trace, one per (trace, feature) pair fired
+    docs = len(TEXTS) * 12
+    assert s2.t["trace_tokens"].shape == (docs, 2) and s2.t["trace_ptr"].shape == (docs + 1,)
+    assert len(s2.t["trace_feature"]) == int(s2.t["trace_ptr"][-1]) <= docs * F
     # the held-back tokens never exceed the lag
     c = FeatureCollector(F, info, matcher, top_n=TOP_N, window=W, behaviours=["none", "a", "b"])
     for a in range(0, len(big["token_ids"]), 16):
@@ -168,3 +187,34 @@ def test_bad_labels_and_token_ids_are_refused(tokenizer, info):
     bad["token_ids"][0] = info.vocab_size + 5
     with pytest.raises(ThinksaeError, match="another tokenizer"):
         c.update(bad)
+
+
+def test_max_and_top_contexts_only_over_the_training_regions(tokenizer, info):
+    s = synthetic_stream(tokenizer)
+    special = torch.isin(s["token_ids"], torch.tensor([tokenizer.bos_token_id, tokenizer.eos_token_id]))
+    s["regions"][special] = 3
+    s["regions"][~special] = s["regions"][~special] % 3
+    s["acts"][torch.nonzero(special)[1], 0] = 1000.0  # a special token with a huge activation
+    f_big = int(s["idx"][torch.nonzero(special)[1], 0])
+    x = dense(s)
+    stats, _ = run(s, info, None, 7, max_regions=["prompt", "think", "answer"])
+    t = stats.t
+    torch.testing.assert_close(t["act_max"], x[~special].max(0).values)
+    assert float(t["act_max"][f_big]) < 1000 and float(x[:, f_big].max()) == 1000
+    assert not special[t["top_index"][t["top_index"] >= 0]].any()
+    assert stats.meta["max_regions"] == ["prompt", "think", "answer"]
+    # the default stays every token; an unknown region is refused
+    everything, _ = run(s, info, None, 7)
+    assert float(everything.t["act_max"][f_big]) == 1000 and everything.meta["max_regions"] is None
+    with pytest.raises(ThinksaeError, match="max_regions"):
+        run(s, info, None, 7, max_regions=["thinking"])
+
+
+def test_per_trace_counts_are_the_same_when_merged_while_streaming(tokenizer, info, monkeypatch):
+    import thinksae.features.traces as traces
+
+    s = synthetic_stream(tokenizer, repeat=5)
+    whole, _ = run(s, info, None, 9)
+    monkeypatch.setattr(traces, "MERGE_AT", 10)  # merge the pending tables almost every chunk
+    merged, _ = run(s, info, None, 9)
+    assert all(torch.equal(whole.t[k], merged.t[k]) for k in TRACE_TENSORS)

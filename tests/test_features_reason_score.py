@@ -10,7 +10,7 @@ import torch
 
 from thinksae.errors import ThinksaeError
 from thinksae.features import FeatureCollector, ReasonMatcher, TokenInfo, read_vocab, reason_score
-from thinksae.features.reason_score import REASON_VOCAB
+from thinksae.features.reason_score import REASON_VOCAB, REFERENCE_TOKENS
 from thinksae.features.scores import reason_scores
 
 
@@ -35,28 +35,108 @@ def test_formula_by_hand():
     assert rs0[0] == pytest.approx(0.25 - 0.25) and rs0[1] == pytest.approx(0.5)
 
 
-def test_default_vocabulary_is_the_papers_ten_groups(tokenizer):
+def test_formula_keeps_the_authors_epsilons_and_one_group():
+    # the authors divide by (sum + 1e-12) and set h = 1 when |G| = 1: with activations of 1e-12
+    # the share of feature 0 is 1e-12 / (2e-12 + 1e-12) = 1/3, not 1/2
+    tiny = torch.tensor([1e-12, 1e-12], dtype=torch.float64)
+    rs, h = reason_score(tiny, torch.zeros(2), tiny[:, None], alpha=0.7)
+    assert h.tolist() == [1.0, 1.0] and rs.tolist() == pytest.approx([1 / 3, 1 / 3], rel=1e-9)
+    # a feature with no activation on any group: p = 0, H = 0 (0 log 0 = 0), only its mu- counts
+    rs, h = reason_score(torch.zeros(2), torch.tensor([1.0, 3.0]), torch.zeros(2, 3))
+    assert h.tolist() == [0.0, 0.0] and rs.tolist() == pytest.approx([-0.25, -0.75])
+
+
+AUTHORS_TOKENS = [  # extraction/reason_tokens.json of AIRI-Institute/SAE-Reasoning, in its order
+    "alternatively", " alternatively", "Alternatively", " Alternatively", "hmm", " hmm", "Hmm",
+    " Hmm", "maybe", " maybe", "Maybe", " Maybe", "wait", " wait", "Wait", " Wait", "perhaps",
+    " perhaps", "Perhaps", " Perhaps", "let me", " let me", "Let me", " Let me", "therefore",
+    " therefore", "Therefore", " Therefore", "however", " however", "However", " However", "But",
+    "Another"]
+
+
+def test_default_vocabulary_is_the_authors_34_strings(tokenizer):
+    assert list(REFERENCE_TOKENS) == AUTHORS_TOKENS
+    vocab = read_vocab(None)
+    assert list(vocab) == list(REASON_VOCAB) and len(vocab) == 10
+    assert vocab["but"] == ["But"] and vocab["another"] == ["Another"]
+    assert vocab["let me"] == ["let me", " let me", "Let me", " Let me"]
     m = ReasonMatcher.from_tokenizer(tokenizer)
-    assert m.groups == list(REASON_VOCAB) and len(m.groups) == 10
-    assert (m.before, m.after) == (1, 2)
-    forms = {tokenizer.decode(list(ids)) for g, ids, _ in m.variants if m.groups[g] == "wait"}
-    assert {"wait", "Wait", " wait", " Wait", "WAIT", " WAIT"} <= forms
+    assert m.groups == list(REASON_VOCAB) and (m.before, m.after) == (1, 2) and not m.boundaries
+    want = sorted((REASON_VOCAB.index(s.lstrip().lower()),
+                   tuple(tokenizer.encode(s, add_special_tokens=False))) for s in AUTHORS_TOKENS)
+    assert sorted((g, ids) for g, ids, _ in m.variants) == want
+    wide = ReasonMatcher.from_tokenizer(tokenizer, match="wide")
+    forms = {tokenizer.decode(list(ids)) for g, ids, _ in wide.variants if wide.groups[g] == "wait"}
+    assert {"wait", "Wait", " wait", " Wait", "WAIT", " WAIT"} <= forms and wide.boundaries
+    with pytest.raises(ThinksaeError, match="reason_vocab_match"):
+        read_vocab(None, "loose")
 
 
-def _positives(tokenizer, info, texts):
+FIXED = ("Wait, but maybe not. Hmm, let me see.\nAnother way: 2 * 3 WAIT, no.\n"
+         "Butterfly (therefore 6). Alternatively x")
+# The R1 tokens of FIXED with, by hand, the groups whose window [p-1, p+2] around a matched token
+# covers each: Wait; maybe; Hmm; let+me; Another (no space, at a line start); But (start of
+# "Butterfly": no word test); there+fore (the no-space "therefore" is two tokens); Alternatively.
+# Lower-case " but" and " WAIT" are not in the authors' list.
+FIXED_REFERENCE = [
+    ("Wait", {"wait"}), (",", {"wait"}), (" but", {"wait", "maybe"}), (" maybe", {"maybe"}),
+    (" not", {"maybe"}), (".", {"maybe", "hmm"}), (" Hmm", {"hmm"}), (",", {"hmm", "let me"}),
+    (" let", {"hmm", "let me"}), (" me", {"let me"}), (" see", {"let me"}),
+    (".\n", {"let me", "another"}), ("Another", {"another"}), (" way", {"another"}),
+    (":", {"another"}), (" ", set()), ("2", set()), (" *", set()), (" ", set()), ("3", set()),
+    (" WAIT", set()), (",", set()), (" no", set()), (".\n", {"but"}), ("But", {"but"}),
+    ("ter", {"but"}), ("fly", {"but"}), (" (", {"therefore"}), ("there", {"therefore"}),
+    ("fore", {"therefore"}), (" ", {"therefore"}), ("6", {"therefore"}),
+    (").", {"alternatively"}), (" Alternatively", {"alternatively"}), (" x", {"alternatively"}),
+]
+
+
+def _tiny_reference(ids: list[int], strings: list[str], tokenizer, ignore: set[int]) -> list[set]:
+    """An independent plain-Python reading of the authors' matching, for the cross-check."""
+    marks = [set() for _ in ids]
+    for s in strings:
+        pat = tokenizer.encode(s, add_special_tokens=False)
+        for i in range(len(ids) - len(pat) + 1):
+            if ids[i : i + len(pat)] == pat:
+                for p in range(i, i + len(pat)):
+                    for q in range(max(0, p - 1), min(len(ids), p + 3)):
+                        marks[q].add(s.lstrip().lower())
+    return [set() if t in ignore else m for t, m in zip(ids, marks)]
+
+
+def test_reference_positive_set_on_a_fixed_text(tokenizer, info):
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    ids = [bos, *tokenizer.encode(FIXED, add_special_tokens=False), eos]
+    groups = ReasonMatcher.from_tokenizer(tokenizer).positives(
+        torch.tensor(ids), torch.zeros(len(ids), dtype=torch.long), info)
+    groups[torch.tensor([0, len(ids) - 1])] = False  # BOS/EOS: the collector leaves them out
+    names = list(REASON_VOCAB)
+    got = [(tokenizer.decode([t]), {names[g] for g in range(10) if groups[j, g]})
+           for j, t in enumerate(ids)][1:-1]
+    assert got == FIXED_REFERENCE
+    assert sum(bool(g) for _, g in got) == 27  # 1..15 and 24..35 of the 37 tokens
+    check = _tiny_reference(ids, AUTHORS_TOKENS, tokenizer, {bos, eos})[1:-1]
+    assert check == [g for _, g in FIXED_REFERENCE]
+    # the wide option also takes " but" and " WAIT", and not the "But" inside "Butterfly"
+    wide = ReasonMatcher.from_tokenizer(tokenizer, match="wide").positives(
+        torch.tensor(ids), torch.zeros(len(ids), dtype=torch.long), info)[1:-1].any(1)
+    assert wide.nonzero().flatten().tolist() == [*range(15), *range(19, 23), *range(27, 35)]
+
+
+def _positives(tokenizer, info, texts, match="wide"):
     ids, docs = [], []
     for d, text in enumerate(texts):
         t = tokenizer(text, add_special_tokens=False).input_ids
         ids += t
         docs += [d] * len(t)
     tokens = torch.tensor(ids)
-    groups = ReasonMatcher.from_tokenizer(tokenizer).positives(tokens, torch.tensor(docs), info)
+    groups = ReasonMatcher.from_tokenizer(tokenizer, match=match).positives(tokens, torch.tensor(docs), info)
     names = list(REASON_VOCAB)
     return [(tokenizer.decode([i]), {names[g] for g in range(10) if groups[j, g]})
             for j, i in enumerate(ids)]
 
 
-def test_window_is_one_before_two_after_at_word_boundaries(tokenizer, info):
+def test_wide_window_is_one_before_two_after_at_word_boundaries(tokenizer, info):
     got = _positives(tokenizer, info, ["Butterfly but not. Hmmm, hmm. Waiting wait"])
     assert got == [
         ("But", set()), ("ter", set()),  # "Butterfly" is not the word "but"
@@ -68,26 +148,36 @@ def test_window_is_one_before_two_after_at_word_boundaries(tokenizer, info):
 
 
 def test_multi_token_words_and_document_boundaries(tokenizer, info):
-    got = _positives(tokenizer, info, ["So let me see it now", "End"])
-    assert got == [("So", {"let me"}), (" let", {"let me"}), (" me", {"let me"}),
-                   (" see", {"let me"}), (" it", {"let me"}), (" now", set()), ("End", set())]
+    for match in ("wide", "reference"):
+        got = _positives(tokenizer, info, ["So let me see it now", "End"], match)
+        assert got == [("So", {"let me"}), (" let", {"let me"}), (" me", {"let me"}),
+                       (" see", {"let me"}), (" it", {"let me"}), (" now", set()), ("End", set())]
     got = _positives(tokenizer, info, ["It is fine, but", "Next one"])
     # the window stops at the end of its document
     assert got[-4:] == [(",", {"but"}), (" but", {"but"}), ("Next", set()), (" one", set())]
+    got = _positives(tokenizer, info, ["It is fine, but", "Maybe"], "reference")
+    # " but" is not matched, and "Maybe"'s window does not reach back into the previous document
+    assert got[-3:] == [(",", set()), (" but", set()), ("Maybe", {"maybe"})]
 
 
 def test_vocabulary_file(tmp_path, tokenizer):
     path = tmp_path / "vocab.json"
     path.write_text(json.dumps({"doubt": ["wait", "hmm"], "Conclude": ["therefore"]}))
-    vocab = read_vocab(path)
+    vocab = read_vocab(path, "wide")
     assert vocab == {"doubt": ["wait", "hmm"], "conclude": ["therefore"]}
-    assert ReasonMatcher.from_tokenizer(tokenizer, vocab).groups == ["doubt", "conclude"]
+    assert ReasonMatcher.from_tokenizer(tokenizer, vocab, "wide").groups == ["doubt", "conclude"]
     path.write_text(json.dumps(["Wait", "hmm"]))
-    assert read_vocab(path) == {"wait": ["wait"], "hmm": ["hmm"]}
-    for bad in ("{}", "[]", '{"a": []}', '{"a": [1]}', "nope"):
+    assert read_vocab(path, "wide") == {"wait": ["wait"], "hmm": ["hmm"]}
+    # reference: exact strings, grouped by s.lstrip().lower() (the authors' file works as it is)
+    path.write_text(json.dumps(["Wait", " wait", "hmm"]))
+    assert read_vocab(path) == {"wait": ["Wait", " wait"], "hmm": ["hmm"]}
+    path.write_text(json.dumps(AUTHORS_TOKENS))
+    assert read_vocab(path) == read_vocab(None)
+    for bad in ("{}", "[]", '{"a": []}', '{"a": [1]}', '[" "]', "nope"):
         path.write_text(bad)
-        with pytest.raises(ThinksaeError):
-            read_vocab(path)
+        for match in ("wide", "reference"):
+            with pytest.raises(ThinksaeError):
+                read_vocab(path, match)
 
 
 def test_reason_score_through_a_pass(tokenizer, info):

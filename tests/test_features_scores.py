@@ -93,8 +93,9 @@ def test_mean_ratio_interval_narrows_with_more_tokens():
 
 def test_think_specificity_from_a_pass(tokenizer):
     info = TokenInfo.from_tokenizer(tokenizer)
-    n = 400
+    n = 1200
     regions = torch.arange(n) % 4  # prompt, think, answer, special
+    docs = torch.arange(n) // 100  # 12 traces
     g = torch.Generator().manual_seed(0)
     # feature 0 fires on a third of think tokens only; feature 1 on a third of all tokens
     f0 = (regions == 1) & (torch.rand(n, generator=g) < 0.34)
@@ -104,17 +105,23 @@ def test_think_specificity_from_a_pass(tokenizer):
     c = FeatureCollector(3, info, None, behaviours=["none"], top_n=2, window=1)
     z = torch.zeros(n, dtype=torch.long)
     c.update({"token_ids": torch.full((n,), 100), "regions": regions, "behaviours": z,
-              "doc_index": z, "positions": torch.arange(n), "acts": acts, "idx": idx})
+              "doc_index": docs, "positions": torch.arange(n), "acts": acts, "idx": idx})
     stats = c.finish()
     s = think_specificity(stats)
-    assert s["think_rate"][0] == pytest.approx(int(f0.sum()) / 100)
+    assert s["think_rate"][0] == pytest.approx(int(f0.sum()) / 300)
     assert s["other_rate"][0] == 0
     assert bool(s["think_specific"][0]) and s["think_rate_ratio_lo"][0] > 1
+    assert s["think_q"][0] <= 0.05 and s["think_df"].tolist() == [11, 11, 0]
     assert not bool(s["think_specific"][1])
     assert s["think_rate_ratio_lo"][1] < s["think_rate_ratio"][1] < s["think_rate_ratio_hi"][1]
-    assert s["think_mean"][1] == pytest.approx(2 * float(f1[regions == 1].sum()) / 100)
+    assert math.isnan(s["think_p"][2]) and not bool(s["think_specific"][2])  # never fires
+    assert s["think_mean"][1] == pytest.approx(2 * float(f1[regions == 1].sum()) / 300)
     stats.meta["regions"] = ["all", "b", "c", "d"]
     assert think_specificity(stats) is None
+    stats.meta["regions"] = ["prompt", "think", "answer", "special"]
+    del stats.t["trace_fires"]  # statistics from before the per-trace counts: one clear line
+    with pytest.raises(ThinksaeError, match="analyze` again"):
+        think_specificity(stats)
 
 
 def test_logit_lens_matches_norm_then_unembedding(tiny_model):

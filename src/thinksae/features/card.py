@@ -73,6 +73,8 @@ def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: in
             value = _num(row[k]) if not isinstance(row[k], str) else row[k]
             if k in ("think_rate_ratio", "think_mean_ratio") and row.get(k) is not None:
                 value += f"  95% CI [{_num(row[k + '_lo'])}, {_num(row[k + '_hi'])}]"
+            if k == "think_rate_ratio" and "think_q" in row:
+                value += f"  q {_num(row['think_q'])} (trace-level, BH)"
             head.add_row(k, escape(value))
     parts = [head]
     ctx_lines = Text()

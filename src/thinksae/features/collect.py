@@ -5,7 +5,13 @@ the number of tokens: counters ``[F]``, ``[F, regions]``, ``[F, behaviours]``, a
 fixed log-spaced bins ``[F, bins]``, the top-N activating tokens with their ±window contexts
 ``[F, N, 2W+1]``, and a table of the M vocabulary items with the most activation mass
 ``[F, M]``. The only token-sized state is a lag of ``max(W, ReasonScore reach)`` tokens held back
-so that a token's right-hand context is known before it is counted.
+so that a token's right-hand context is known before it is counted. With a think region, the
+per-trace firing counts of :mod:`thinksae.features.traces` are kept too (sparse; they grow with
+the (trace, feature) pairs that fire, not with tokens).
+
+``act_max`` and the top-N contexts are taken over the tokens of ``max_regions`` only (default:
+all): an SAE trained on some regions can report large values on tokens it never saw (special
+tokens), and this maximum is what ``steer --max_from`` scales.
 
 Token mass table: per chunk, the mass of each (feature, token) pair is summed exactly and merged
 with the feature's table; a feature keeps its M heaviest tokens and the mass of the rest goes to
@@ -24,6 +30,7 @@ from .reason_score import ReasonMatcher
 from .stats import HIST_BINS, FeatureStats, hist_bin
 from .tokens import TokenInfo
 from .topk import top_per_group
+from .traces import TraceCounts
 
 _FIELDS = ("token_ids", "regions", "behaviours", "doc_index", "positions", "acts", "idx")
 
@@ -42,10 +49,17 @@ class FeatureCollector:
     def __init__(self, num_latents: int, info: TokenInfo, matcher: ReasonMatcher | None = None,
                  regions: list[str] = ("prompt", "think", "answer", "special"),
                  behaviours: list[str] = ("none",), top_n: int = 20, window: int = 10,
-                 token_slots: int = 64, device: str | torch.device = "cpu"):
+                 token_slots: int = 64, device: str | torch.device = "cpu",
+                 max_regions: list[str] | None = None):
         if top_n < 1 or window < 0 or token_slots < 1:
             raise ThinksaeError("top_n and token_slots must be >= 1 and window >= 0")
+        unknown = sorted(set(max_regions or ()) - set(regions))
+        if unknown:
+            raise ThinksaeError(f"max_regions {unknown} are not among the regions {list(regions)}")
         f, dev = int(num_latents), torch.device(device)
+        self.max_mask = torch.tensor([max_regions is None or r in max_regions for r in regions],
+                                     dtype=torch.bool, device=dev)
+        self.traces = TraceCounts(f, list(regions), dev) if "think" in regions else None
         self.info, self.matcher, self.device = info, matcher, dev
         self.is_format = info.is_format.to(dev)
         self.is_special = info.is_special.to(dev)
@@ -56,6 +70,9 @@ class FeatureCollector:
         self.lag = max(window, matcher.reach if matcher else 0, 1)
         self.meta = {"num_latents": f, "regions": list(regions), "behaviours": list(behaviours),
                      "groups": groups, "top_n": top_n, "window": window,
+                     "reason_match": None if matcher is None else
+                     ("wide" if matcher.boundaries else "reference"),
+                     "max_regions": None if max_regions is None else list(max_regions),
                      "token_slots": token_slots, "vocab_size": info.vocab_size,
                      "num_tokens": 0, "num_docs": 0, "reason_pos_tokens": 0,
                      "reason_neg_tokens": 0}
@@ -123,10 +140,13 @@ class FeatureCollector:
             self._process(work, a0, len(work["token_ids"]))
             self._prev = self._hold = None
         t = {k: v.cpu() for k, v in self.t.items() if k != "last_doc"}
+        if self.traces is not None:
+            t.update(self.traces.finish())
         return FeatureStats(t, dict(self.meta))
 
     def state_nbytes(self) -> int:
-        """Bytes held in statistics tensors (independent of the number of tokens seen)."""
+        """Bytes held in statistics tensors (independent of the number of tokens seen; the
+        per-trace counts are not included)."""
         return sum(v.numel() * v.element_size() for v in self.t.values())
 
     # ------------------------------------------------------------------ one window
@@ -159,17 +179,20 @@ class FeatureCollector:
         t["act_sum"].index_add_(0, f, a64)
         t["act_sum_region"].view(-1).index_add_(0, f * nr + r, a64)
         t["act_sq_region"].view(-1).index_add_(0, f * nr + r, a64 * a64)
-        t["act_max"].scatter_reduce_(0, f, a, reduce="amax")
+        at_max = self.max_mask[r]
+        t["act_max"].scatter_reduce_(0, f[at_max], a[at_max], reduce="amax")
         t["hist"].view(-1).index_add_(0, f * HIST_BINS + hist_bin(a), torch.ones_like(f))
         ftok = tok[row]
         t["format_mass"].index_add_(0, f[self.is_format[ftok]], a64[self.is_format[ftok]])
         special = self.is_special[ftok]
         t["special_mass"].index_add_(0, f[special], a64[special])
         self._count_traces(f, doc[row])
+        if self.traces is not None:
+            self.traces.add(reg, doc, f, row)
         if self.matcher is not None:
             self._reason(work, a0, a1, f, a64, row)
         self._update_tokens(f, a64, ftok)
-        self._update_top(work, a0, f, a, row)
+        self._update_top(work, a0, f[at_max], a[at_max], row[at_max])
 
     def _count_traces(self, f: Tensor, d: Tensor) -> None:
         """Traces in which each feature fires (documents arrive contiguous and in order)."""

@@ -17,7 +17,7 @@ from ..errors import ThinksaeError
 from .collect import FeatureCollector
 from .reason_score import ALPHA, ReasonMatcher, read_vocab
 from .report import ANALYSIS_FILE, FEATURES_FILE, STATS_FILE, VOCAB_FILE, rows
-from .scores import score_columns
+from .scores import FDR, score_columns, think_test_summary
 from .stats import FeatureStats
 from .tokens import TokenInfo
 
@@ -53,9 +53,16 @@ class AnalyzeConfig:
     min_fires: int = 10
     """Features firing on fewer tokens are labelled `rare` instead of judged for selectivity."""
     reason_vocab: str | None = None
-    """ReasonScore vocabulary: JSON list of words or {group: [words]} (default: the paper's 10)."""
+    """ReasonScore vocabulary: JSON list of strings or {group: [strings]} (default: the paper's
+    10 groups; the authors' extraction/reason_tokens.json can be given as it is)."""
+    reason_vocab_match: str = "reference"
+    """How vocabulary strings match tokens: reference (the authors' code: each string's exact
+    token ids anywhere, no word-boundary test) or wide (lower/Capital/UPPER/Title, with and
+    without a leading space, whole words only)."""
     alpha: float = ALPHA
     """Exponent of the ReasonScore's entropy term."""
+    think_fdr: float = FDR
+    """False discovery rate for think_specific (Benjamini-Hochberg over the features tested)."""
     logit_lens: bool = True
     """Compute each feature's logit lens (needs the model's weights)."""
     lens_k: int = 10
@@ -95,6 +102,28 @@ def _check_cfg(cfg: AnalyzeConfig) -> None:
             raise ThinksaeError(f"--{name} must be >= 1 (got {getattr(cfg, name)})")
     if cfg.window < 0 or cfg.max_pages < 0 or cfg.alpha < 0:
         raise ThinksaeError("--window, --max_pages and --alpha must be >= 0")
+    if not 0 < cfg.think_fdr < 1:
+        raise ThinksaeError(f"--think_fdr must be between 0 and 1 (got {cfg.think_fdr})")
+    read_vocab(cfg.reason_vocab, cfg.reason_vocab_match)  # a bad vocabulary fails before loading
+
+
+def max_regions(sae_dir: Path | None, regions: list[str] | None) -> list[str] | None:
+    """The regions whose tokens the SAE was trained on (its report card's ``training.regions``),
+    over which ``max_act`` and the top contexts are taken; None (all tokens) without a report
+    card, when it trained on all tokens, or when the data has no region labels."""
+    from ..sae.formats import read_report_card
+
+    if sae_dir is None or regions is None:
+        return None
+    trained = (read_report_card(sae_dir).get("training") or {}).get("regions")
+    if not trained:
+        return None
+    names = [r.strip() for r in str(trained).split(",") if r.strip()]
+    unknown = [r for r in names if r not in regions]
+    if unknown:
+        raise ThinksaeError(f"the SAE was trained on regions {names}, but the data's regions are "
+                            f"{regions}: {unknown} unknown")
+    return names
 
 
 def _load_tokenizer(spec: str):
@@ -237,18 +266,21 @@ def analyze(cfg: AnalyzeConfig, model=None, tokenizer=None, sae=None) -> Path:
         sae_dir, sae_hook = None, cfg.hookpoint
     src = _Source(cfg, sae, sae_hook, model, tokenizer)
     info = TokenInfo.from_tokenizer(src.tokenizer)
-    matcher = ReasonMatcher.from_tokenizer(src.tokenizer, read_vocab(cfg.reason_vocab))
+    matcher = ReasonMatcher.from_tokenizer(
+        src.tokenizer, read_vocab(cfg.reason_vocab, cfg.reason_vocab_match), cfg.reason_vocab_match)
     lens_modules = None
     if cfg.logit_lens:
         from .logit_lens import lens_modules as _lm
 
         lens_modules = _lm(src.model, sae.d_in)  # checks the width before the long pass
+    at_max = max_regions(sae_dir, src.regions)
     collector = FeatureCollector(
         sae.num_latents, info, matcher, regions=src.regions or ["all"], behaviours=src.behaviours,
-        top_n=cfg.top_n, window=cfg.window, token_slots=cfg.token_slots, device=sae.device)
+        top_n=cfg.top_n, window=cfg.window, token_slots=cfg.token_slots, device=sae.device,
+        max_regions=at_max)
     stats, timing = stream_pass(src.chunks(cfg), sae, collector, src.total, cfg.progress,
                             no_regions=src.regions is None)
-    columns = score_columns(stats, cfg.min_fires, cfg.alpha)
+    columns = score_columns(stats, cfg.min_fires, cfg.alpha, cfg.think_fdr)
     lens = None
     if lens_modules is not None:
         from .logit_lens import logit_lens
@@ -273,6 +305,7 @@ def analyze(cfg: AnalyzeConfig, model=None, tokenizer=None, sae=None) -> Path:
                 "num_latents": sae.num_latents, "k": sae.cfg.k, "d_in": sae.d_in},
         "source": src.info, "meta": stats.meta, "timing": timing,
         "trace_ids": src.trace_ids, "logit_lens": lens is not None,
+        "max_regions": at_max or "all", "think_test": think_test_summary(stats, columns, cfg.think_fdr),
     })
     if cfg.dashboard:
         from .dashboard import write_dashboard

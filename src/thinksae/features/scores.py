@@ -14,12 +14,16 @@ Label rule (first that applies):
 ==============  =====================================================================
 
 Think-vs-answer specificity compares the think region with the prompt and answer regions together
-(special tokens left out). *Rate ratio* = P(fires | think) / P(fires | prompt or answer), with a
-95 % Wald interval on the log scale (Katz): se² = 1/c₁ − 1/n₁ + 1/c₂ − 1/n₂; when either count
-is 0, 0.5 is added to both counts (Haldane). *Mean ratio* = mean activation per think token /
-mean activation per prompt-or-answer token (zeros included), with a delta-method interval on the
-log scale: se² = Var₁/(n₁ m₁²) + Var₂/(n₂ m₂²). A feature is ``think_specific`` when the rate
-ratio's lower bound exceeds 1.
+(special tokens left out). *Rate ratio* = P(fires | think) / P(fires | prompt or answer); its
+95 % interval ``think_rate_ratio_lo/hi`` and two-sided p-value ``think_p`` are trace-level
+(:mod:`thinksae.features.inference`: traces, not tokens, are the independent units), and
+``think_q`` is the Benjamini–Hochberg q-value over the features tested (``think_df`` ≥ 1). A
+feature is ``think_specific`` when ``think_q`` ≤ the FDR level (default 0.05) and the ratio > 1.
+(:func:`rate_ratio`, the token-level Katz interval, se² = 1/c₁ − 1/n₁ + 1/c₂ − 1/n₂ with 0.5
+added to both counts when either is 0, is kept as the floor of the trace-level variance.)
+*Mean ratio* = mean activation per think token / mean activation per prompt-or-answer token (zeros
+included), with a token-level delta-method interval on the log scale: se² = Var₁/(n₁ m₁²) +
+Var₂/(n₂ m₂²).
 """
 
 from __future__ import annotations
@@ -29,14 +33,18 @@ import math
 import torch
 from torch import Tensor
 
+from ..errors import ThinksaeError
+from .inference import bh_adjust, trace_rate_ratio
 from .reason_score import ALPHA, reason_score
 from .stats import FeatureStats
+from .traces import TRACE_TENSORS
 
 MONOSEMANTIC_SHARE = 0.9
 NARROW_TOKENS = 10
 FORMAT_SHARE = 0.8
 COVERAGE = 0.9
 Z95 = 1.959964
+FDR = 0.05
 LABELS = ("dead", "rare", "formatting", "monosemantic", "narrow", "polysemantic")
 
 
@@ -121,12 +129,16 @@ def mean_ratio(s1: Tensor, q1: Tensor, n1: float, s2: Tensor, q2: Tensor, n2: fl
                  for x in (log_r, log_r - Z95 * se, log_r + Z95 * se))
 
 
-def think_specificity(stats: FeatureStats) -> dict[str, Tensor] | None:
-    """Think vs prompt+answer rates and means with intervals; None without a think region."""
+def think_specificity(stats: FeatureStats, fdr: float = FDR) -> dict[str, Tensor] | None:
+    """Think vs prompt+answer rates and means with intervals, the trace-level test and its FDR
+    decision; None without a think region."""
     names = stats.meta["regions"]
     if "think" not in names:
         return None
     t = stats.t
+    if any(k not in t for k in TRACE_TENSORS):
+        raise ThinksaeError("these feature statistics have no per-trace counts (written by an "
+                            "older thinksae): run `thinksae analyze` again")
     think = names.index("think")
     other = [names.index(r) for r in ("prompt", "answer") if r in names]
     n1 = float(t["region_tokens"][think])
@@ -134,13 +146,29 @@ def think_specificity(stats: FeatureStats) -> dict[str, Tensor] | None:
     c1, c2 = t["fires_region"][:, think], t["fires_region"][:, other].sum(1)
     s1, s2 = t["act_sum_region"][:, think], t["act_sum_region"][:, other].sum(1)
     q1, q2 = t["act_sq_region"][:, think], t["act_sq_region"][:, other].sum(1)
-    rr, rlo, rhi = rate_ratio(c1, n1, c2, n2)
+    tr = trace_rate_ratio(t, stats.num_latents)
+    q = bh_adjust(tr["p"])
     mr, mlo, mhi = mean_ratio(s1, q1, n1, s2, q2, n2)
     return {"think_rate": _div(c1, n1), "other_rate": _div(c2, n2),
-            "think_rate_ratio": rr, "think_rate_ratio_lo": rlo, "think_rate_ratio_hi": rhi,
+            "think_rate_ratio": tr["ratio"], "think_rate_ratio_lo": tr["lo"],
+            "think_rate_ratio_hi": tr["hi"], "think_p": tr["p"], "think_q": q,
+            "think_df": tr["df"],
             "think_mean": _div(s1, n1), "other_mean": _div(s2, n2),
             "think_mean_ratio": mr, "think_mean_ratio_lo": mlo, "think_mean_ratio_hi": mhi,
-            "think_specific": rlo > 1}
+            "think_specific": (q <= fdr) & (tr["ratio"] > 1)}
+
+
+def think_test_summary(stats: FeatureStats, columns: dict, fdr: float = FDR) -> dict | None:
+    """What ``analysis.json`` records of the think-specificity test (None without one):
+    ``features_tested`` is m, the number of comparisons the FDR control is over."""
+    if "think_p" not in columns:
+        return None
+    p = columns["think_p"]
+    return {"method": "trace-level rate ratio (cluster-robust variance, Student t), "
+                      "Benjamini-Hochberg across features",
+            "fdr": fdr, "traces": len(stats.t["trace_doc"]),
+            "features_tested": int((~torch.isnan(p)).sum()),
+            "think_specific": int(columns["think_specific"].sum())}
 
 
 def reason_scores(stats: FeatureStats, alpha: float = ALPHA) -> dict[str, Tensor] | None:
@@ -156,8 +184,8 @@ def reason_scores(stats: FeatureStats, alpha: float = ALPHA) -> dict[str, Tensor
             "reason_neg_mean": neg}
 
 
-def score_columns(stats: FeatureStats, min_fires: int = 10, alpha: float = ALPHA
-                  ) -> dict[str, Tensor | list]:
+def score_columns(stats: FeatureStats, min_fires: int = 10, alpha: float = ALPHA,
+                  fdr: float = FDR) -> dict[str, Tensor | list]:
     """Every per-feature score as a column (tensor or list) of length F."""
     t, meta = stats.t, stats.meta
     fires = t["fires"]
@@ -179,6 +207,6 @@ def score_columns(stats: FeatureStats, min_fires: int = 10, alpha: float = ALPHA
     cols.update(sel)
     cols["label"] = label_features(fires, cols["format_share"], sel, min_fires)
     cols["formatting"] = cols["format_share"].nan_to_num(0) >= FORMAT_SHARE
-    cols.update(think_specificity(stats) or {})
+    cols.update(think_specificity(stats, fdr) or {})
     cols.update(reason_scores(stats, alpha) or {})
     return cols

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import atomic
 from ..errors import ThinksaeError
+from .traces import TRACE_TENSORS
 
 HIST_LOG10_MIN, HIST_PER_DECADE, HIST_DECADES = -3, 5, 7
 HIST_BINS = HIST_PER_DECADE * HIST_DECADES + 2
@@ -56,7 +57,8 @@ class FeatureStats:
     @classmethod
     def load(cls, path: str | Path, feature: int | None = None) -> FeatureStats:
         """Read the statistics, or with ``feature`` only that feature's rows (shape ``[1, …]``)
-        of the per-feature tensors (the others whole)."""
+        of the per-feature tensors (the others whole, the per-trace tables not at all). Files
+        written before the per-trace tables existed load as they are (without them)."""
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads(f.metadata()["meta"])
@@ -64,6 +66,8 @@ class FeatureStats:
                 for name in f.keys():
                     if feature is None:
                         t[name] = f.get_tensor(name)
+                        continue
+                    if name in TRACE_TENSORS:
                         continue
                     if name in GLOBAL_TENSORS:
                         t[name] = f.get_tensor(name)
