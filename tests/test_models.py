@@ -133,3 +133,60 @@ def test_dtype_rules():
         resolve_dtype("float16", cpu)
     with pytest.raises(ThinksaeError, match="unknown dtype"):
         resolve_dtype("int8", cpu)
+
+
+# --- options the config decides, checked before the weights load ---------------------------------
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Any attempt to load weights fails the test."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def test_precheck_of_a_model_dir_reads_the_config_only(tiny_model_dir, no_weights):
+    from thinksae.models import precheck_model
+
+    with pytest.raises(ThinksaeError) as err:
+        precheck_model(str(tiny_model_dir), "layers.1,layers.99")
+    assert str(err.value) == ("hookpoint 'layers.99': layer 99 out of range, the model has 4 layers "
+                              "(0..3)")
+    with pytest.raises(ThinksaeError, match="no such module"):
+        precheck_model(str(tiny_model_dir), "layers.1.nope")
+    # widths: the residual forms have hidden_size (64), a Linear its out_features (up_proj: 128)
+    precheck_model(str(tiny_model_dir), "embed_tokens,layers.3,layers.0.mlp,layers.2.self_attn", d_in=64)
+    with pytest.raises(ThinksaeError, match="layers.0.mlp.up_proj output has width 128"):
+        precheck_model(str(tiny_model_dir), "layers.0.mlp.up_proj", d_in=64)
+    precheck_model(str(tiny_model_dir), "layers.99", loaded=object())  # a loaded model: no-op
+    precheck_model(str(tiny_model_dir / "missing.gguf"), "layers.99")  # load_model says why later
+
+
+def test_harvest_refuses_a_bad_hookpoint_before_loading(tiny_model_dir, corpus_path, tmp_path,
+                                                        no_weights):
+    from thinksae.store import HarvestConfig, harvest
+
+    cfg = HarvestConfig(model=str(tiny_model_dir), corpus=str(corpus_path), hookpoint="layers.99",
+                        out=str(tmp_path / "store"), device="cpu", dtype="float32", progress=False)
+    with pytest.raises(ThinksaeError, match="layer 99 out of range, the model has 4 layers"):
+        harvest(cfg)
+    assert not (tmp_path / "store").exists()
+
+
+def test_steer_refuses_an_sae_of_another_width_before_loading(tiny_model_dir, tmp_path, capsys,
+                                                             no_weights):
+    from thinksae.cli import main
+    from thinksae.sae import Sae, SaeConfig
+
+    sae_dir = tmp_path / "layers.1"
+    Sae(32, SaeConfig(expansion_factor=2, k=4)).save_to_disk(sae_dir)
+    rc = main(["steer", str(sae_dir), "--model", str(tiny_model_dir), "--device", "cpu",
+               "--dtype", "float32", "--feature", "3=x2", "--prompt", "2+2?", "--out",
+               str(tmp_path / "steer"), "--progress", "false"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "the SAE has d_in 32, but the model's layers.1 output has width 64" in err

@@ -176,7 +176,7 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
 
     ``model``/``tokenizer`` optionally replace loading ``cfg.model``.
     """
-    from ..models import capture, load_model, resolve_device, resolve_hookpoint
+    from ..models import capture, load_model, precheck_model, resolve_device, resolve_hookpoint
     from ..store import ActivationStore
 
     have_model = model is not None or cfg.model is not None
@@ -192,6 +192,7 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
     if store is not None and store.d_in != sae.d_in:
         raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but store {store.path} "
                             f"holds activations of width {store.d_in}")
+    precheck_model(cfg.model, hookpoint, d_in=sae.d_in, loaded=model)
     if have_model and model is None:
         model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
                                       progress=cfg.progress)

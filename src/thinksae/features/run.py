@@ -186,11 +186,12 @@ class _Source:
             self.total = min(store.num_tokens, cfg.max_tokens or store.num_tokens)
             return
         from ..corpus import read_traces
-        from ..models import capture, load_model, resolve_hookpoint
+        from ..models import capture, load_model, precheck_model, resolve_hookpoint
 
         corpus = Path(cfg.corpus)
         if not corpus.is_file():
             raise ThinksaeError(f"corpus not found: {corpus}")
+        precheck_model(cfg.model, cfg.hookpoint or sae_hook, d_in=sae.d_in, loaded=self.model)
         if self.model is None:
             if not cfg.model:
                 raise ThinksaeError("--corpus needs --model (the model to run over the traces)")

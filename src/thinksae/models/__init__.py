@@ -10,6 +10,7 @@ from .loading import (
     resolve_device,
     resolve_dtype,
 )
+from .precheck import precheck_model
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -21,6 +22,7 @@ __all__ = [
     "load_model",
     "num_layers",
     "parse_hookpoints",
+    "precheck_model",
     "resolve_device",
     "resolve_dtype",
     "resolve_hookpoint",

@@ -144,32 +144,77 @@ def loading_bars(enabled: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model(
-    spec: str = DEFAULT_MODEL,
-    device: str = "auto",
-    dtype: str = "auto",
-    tokenizer: str | None = None,
-    progress: bool = True,
-):
-    """Load ``(model, tokenizer)`` from a hub id, a local directory, a ``.gguf`` file or ``offline``.
-
-    ``tokenizer`` optionally loads the tokenizer from another spec (e.g. a directory holding the
-    R1-Distill tokenizer). The model is put in eval mode; the tokenizer pads on the left (for
-    batched generation) and has a pad token. ``trust_remote_code`` stays off. ``progress=False``
-    hides transformers' loading bars (weights, GGUF de-quantisation).
-    """
+def _from_pretrained(source: str, kwargs: dict, tok_source: str, tok_kwargs: dict, torch_dtype,
+                     progress: bool, spec: str):
+    """``(model, tokenizer)`` as transformers loads them; its errors as one `ThinksaeError` line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    source, kwargs = _pretrained_kwargs(spec)
-    tok_source, tok_kwargs = _pretrained_kwargs(tokenizer) if tokenizer else (source, kwargs)
     try:
         with loading_bars(progress):
             tok = AutoTokenizer.from_pretrained(tok_source, **tok_kwargs)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise ThinksaeError(f"cannot load model {spec}: {str(e).splitlines()[0]}") from None
+    return model, tok
+
+
+def _load_gguf_cached(source: str, kwargs: dict, tokenizer: str | None, torch_dtype, progress: bool,
+                      spec: str):
+    """Load a GGUF model through its de-quantised copy (`dequant_cache`): from the copy when it
+    checks out, else from the GGUF, keeping a copy for next time. Returns ``(model, tokenizer)``."""
+    from . import dequant_cache as dq
+
+    sha, dtype = dq.gguf_sha256(Path(source) / kwargs["gguf_file"]), dtype_name(torch_dtype)
+    entry = dq.entry_dir(sha, dtype)
+    local = {"local_files_only": True}
+    why = dq.problem(entry, sha, dtype)
+    if why is None:
+        tok_source, tok_kwargs = _pretrained_kwargs(tokenizer) if tokenizer else (str(entry), local)
+        try:
+            return _from_pretrained(str(entry), local, tok_source, tok_kwargs, torch_dtype, progress,
+                                    spec)
+        except Exception as e:  # a broken copy must never stop a load the GGUF can do
+            why = f"it does not load: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    if why != "missing":
+        dq.warn(f"the de-quantised copy {entry} is unusable ({why}); loading the GGUF instead")
+    tok_source, tok_kwargs = _pretrained_kwargs(tokenizer) if tokenizer else (source, kwargs)
+    model, tok = _from_pretrained(source, kwargs, tok_source, tok_kwargs, torch_dtype, progress, spec)
+    if tokenizer:  # the copy holds the GGUF's own tokenizer
+        from transformers import AutoTokenizer
+
+        tok_of_gguf = AutoTokenizer.from_pretrained(source, **kwargs)
+    dq.write_entry(entry, model, tok_of_gguf if tokenizer else tok, sha, dtype)
+    return model, tok
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str = "auto",
+    tokenizer: str | None = None,
+    progress: bool = True,
+    dequant_cache: bool | None = None,
+):
+    """Load ``(model, tokenizer)`` from a hub id, a local directory, a ``.gguf`` file or ``offline``.
+
+    ``tokenizer`` optionally loads the tokenizer from another spec (e.g. a directory holding the
+    R1-Distill tokenizer). The model is put in eval mode; the tokenizer pads on the left (for
+    batched generation) and has a pad token. ``trust_remote_code`` stays off. ``progress=False``
+    hides transformers' loading bars (weights, GGUF de-quantisation). A GGUF is de-quantised once
+    and then loaded from a verified copy in the cache (`dequant_cache`); ``dequant_cache=False``
+    (or ``THINKSAE_DEQUANT_CACHE=0``) loads the GGUF itself every time.
+    """
+    from . import dequant_cache as dq
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    source, kwargs = _pretrained_kwargs(spec)
+    if "gguf_file" in kwargs and dq.enabled(dequant_cache):
+        model, tok = _load_gguf_cached(source, kwargs, tokenizer, torch_dtype, progress, spec)
+    else:
+        tok_source, tok_kwargs = _pretrained_kwargs(tokenizer) if tokenizer else (source, kwargs)
+        model, tok = _from_pretrained(source, kwargs, tok_source, tok_kwargs, torch_dtype, progress,
+                                      spec)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

@@ -50,6 +50,12 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "thinksae"
 
 
+def offline_gguf_path(cache_dir: Path | None = None) -> Path:
+    """Where `fetch_offline` puts the offline GGUF (it may not be there yet)."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / OFFLINE_SUBDIR / OFFLINE_MODEL_FILE
+
+
 def is_gguf(path: str | os.PathLike) -> bool:
     """True when ``path`` is a readable file that starts with the 4-byte GGUF magic."""
     try:
@@ -247,9 +253,8 @@ def fetch_offline(cache_dir: Path | None = None, progress: bool = True) -> Path:
     file, verifies size and SHA-256 and renames it into place; the parts are then deleted. Any
     failure raises `ThinksaeError` and leaves no partial GGUF behind.
     """
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    out_dir = root / OFFLINE_SUBDIR
-    gguf = out_dir / OFFLINE_MODEL_FILE
+    gguf = offline_gguf_path(cache_dir)
+    out_dir = gguf.parent
     if _verified(gguf):
         return gguf
     out_dir.mkdir(parents=True, exist_ok=True)

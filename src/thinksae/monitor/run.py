@@ -115,8 +115,9 @@ def build_monitor(cfg: MonitorConfig, model=None, tokenizer=None) -> Monitor:
     if not features and not rules and not cfg.serve:
         raise ThinksaeError("nothing to watch: give --features and/or --rules")
     if model is None:
-        from ..models import load_model
+        from ..models import load_model, precheck_model
 
+        precheck_model(cfg.model, hookpoint, d_in=sae.d_in)
         model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer)
     elif tokenizer is None:
         raise ThinksaeError("a model was passed without its tokenizer")

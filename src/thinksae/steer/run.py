@@ -241,7 +241,9 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
     analysis_max = None if cfg.max_from == "baseline" else \
         _analysis_max(cfg, sae, hookpoint, need_max)
     if model is None:
-        from ..models import load_model
+        from ..models import load_model, precheck_model
+
+        precheck_model(cfg.model, hookpoint, d_in=sae.d_in)
 
         model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
                                       progress=cfg.progress)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .. import atomic
 from ..config import to_dict
 from ..errors import ThinksaeError
-from ..models import DEFAULT_MODEL, capture, dtype_name, load_model, parse_hookpoints
+from ..models import DEFAULT_MODEL, capture, dtype_name, load_model, parse_hookpoints, precheck_model
 from ..models.hookpoints import resolve_hookpoint
 from .shards import write_shard
 
@@ -155,6 +155,7 @@ def harvest(cfg: HarvestConfig, model=None, tokenizer=None) -> list[Path]:
     traces = read_traces(corpus)[: cfg.limit]
     if not traces:
         raise ThinksaeError(f"corpus {corpus} holds no traces")
+    precheck_model(cfg.model, hookpoints, loaded=model)
     if model is None:
         model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
                                       progress=cfg.progress)

@@ -89,7 +89,7 @@ class OnTheFlyActivations:
 
         from ..atomic import sha256_file
         from ..corpus import read_traces, tokenize_trace
-        from ..models import load_model
+        from ..models import load_model, precheck_model
         from ..store import tokenizer_hash
         from .config import REGION_NAMES, region_list
 
@@ -99,6 +99,7 @@ class OnTheFlyActivations:
         traces = read_traces(corpus)
         if not traces:
             raise ThinksaeError(f"corpus {corpus} holds no traces")
+        precheck_model(cfg.model, cfg.hookpoint)
         model, tokenizer = load_model(cfg.model, str(device), cfg.model_dtype, progress=cfg.progress)
         tokenized = [tokenize_trace(tokenizer, t, max_length=cfg.max_length) for t in traces]
         extra = {"model": cfg.model, "corpus": str(corpus),
