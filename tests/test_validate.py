@@ -191,3 +191,48 @@ def test_bad_inputs_one_line_exit_2(world, tiny_model_dir, capsys, tmp_path):
         (bare / f).write_bytes((world["sae"] / f).read_bytes())
     err = _fails(capsys, [*common, "--sae", str(bare), "--features", "0"])
     assert "holdout" in err
+
+
+def test_seed_study_preset_validates_a_sparsify_sae_at_an_mlp_hookpoint(
+        world, corpus_path, tiny_model, tokenizer, tmp_path):
+    """The preset's `validate` section is a valid ValidateConfig, and validation runs on a small
+    SAE in EleutherAI's sparsify layout at `layers.N.mlp` with no report card (split: all)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+    from safetensors.torch import save_file
+
+    import thinksae.pipeline
+
+    preset = Path(thinksae.pipeline.__file__).parent / "presets" / "seed-study.yaml"
+    spec = yaml.safe_load(preset.read_text())
+    assert re.fullmatch(r"layers\.\d+\.mlp", spec["hookpoint"])
+    assert spec["sae"] == "EleutherAI/sae-DeepSeek-R1-Distill-Qwen-1.5B-65k"
+    options = spec["validate"]
+    assert options["features"] == "32456,6252,31146" and options["split"] == "all"
+    store_dir = harvest(HarvestConfig(model="tiny", corpus=str(corpus_path),
+                                      hookpoint="layers.1.mlp", out=str(tmp_path / "store"),
+                                      device="cpu", dtype="float32", batch_size=3,
+                                      progress=False), tiny_model, tokenizer)[0]
+    sae_dir = tmp_path / "eai" / "layers.1.mlp"
+    sae_dir.mkdir(parents=True)
+    d, n = tiny_model.config.hidden_size, 64
+    (sae_dir / "cfg.json").write_text(json.dumps({
+        "expansion_factor": 1, "normalize_decoder": True, "num_latents": n, "k": 8,
+        "multi_topk": False, "skip_connection": False, "d_in": d}))
+    torch.manual_seed(5)
+    w = torch.nn.functional.normalize(torch.randn(n, d), dim=1)
+    save_file({"encoder.weight": w.clone(), "encoder.bias": torch.zeros(n), "W_dec": w.clone(),
+               "b_dec": torch.zeros(d)}, str(sae_dir / "sae.safetensors"))
+    analysis = tmp_path / "features"
+    analyze(AnalyzeConfig(sae=str(sae_dir), store=str(store_dir), out=str(analysis), min_fires=2,
+                          logit_lens=False, progress=False, device="cpu", dashboard=False),
+            tokenizer=tokenizer)
+    options = {**options, "features": "3", "top": 1, "max_traces": 2, "bootstrap": 50,
+               "attribution_top": 3}
+    cfg = ValidateConfig(analysis=str(analysis), sae=str(sae_dir.parent), store=str(store_dir),
+                         progress=False, device="cpu", dtype="float32", **options)
+    res = validate(cfg, tiny_model, tokenizer)
+    assert res.summary["hookpoint"] == "layers.1.mlp" and res.summary["traces"] == 2
+    assert 3 in {r["feature"] for r in res.rows} and all(r["verdict"] for r in res.rows)
