@@ -83,6 +83,12 @@ def _monitor(cfg) -> None:
     monitor(cfg)
 
 
+def _validate(cfg) -> None:
+    from .validate import validate
+
+    print(validate(cfg).out)
+
+
 def _run(cfg) -> None:
     from .pipeline import run
 
@@ -125,6 +131,10 @@ def _commands() -> dict[str, tuple[str, type, Callable]]:
 
     commands["monitor"] = ("watch SAE features live while the model generates: rules, alerts, "
                            "terminal view or web app", MonitorConfig, _monitor)
+    from .validate import ValidateConfig
+
+    commands["validate"] = ("test candidate features: context control, token injection, causal "
+                            "ablation/clamp, attribution; a verdict each", ValidateConfig, _validate)
     from .pipeline import RunConfig
 
     commands["run"] = ("run the whole pipeline (corpus → … → report) from a config or preset; "

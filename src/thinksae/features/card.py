@@ -76,7 +76,7 @@ def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: in
             if k == "think_rate_ratio" and "think_q" in row:
                 value += f"  q {_num(row['think_q'])} (trace-level, BH)"
             head.add_row(k, escape(value))
-    parts = [head]
+    parts = [head, *_verdict_part(analysis, index)]
     ctx_lines = Text()
     for ctx in det["contexts"][:contexts]:
         ctx_lines.append(f"{_num(ctx['act']):>8}  ", style="dim")
@@ -95,6 +95,19 @@ def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: in
             lens.add_row(escape(repr(show_token(a["text"]))), escape(repr(show_token(b["text"]))))
         parts.append(lens)
     return Panel(Group(*parts), title=f"feature {index}", expand=False)
+
+
+def _verdict_part(analysis: str | Path, index: int) -> list:
+    """The validation verdict and its key numbers, when the analysis was validated."""
+    from rich.text import Text
+
+    from ..validate.verdicts import KEY_NUMBERS, read_verdicts
+
+    v = read_verdicts(analysis).get(index)
+    if v is None:
+        return []
+    numbers = ", ".join(f"{k} {_num(v.get(k))}" for k in KEY_NUMBERS if k in v)
+    return [Text(f"\nverdict: {v['verdict']}", style="bold"), Text(numbers)]
 
 
 def print_feature(cfg: FeatureCardConfig) -> None:

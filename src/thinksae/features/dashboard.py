@@ -24,6 +24,7 @@ INDEX_COLUMNS = [
     ("think_mean_ratio", "think/other mean"), ("format_share", "format share"),
     ("tokens_90", "tokens 90%"), ("token_entropy", "token entropy"),
     ("top_token_share", "top share"), ("top_token_text", "top token"), ("max_act", "max act"),
+    ("verdict", "verdict"),  # only after `thinksae validate` (see _with_verdicts)
 ]
 
 
@@ -107,12 +108,25 @@ def page_features(feature_rows: list[dict], max_pages: int) -> list[int]:
     return sorted(chosen)
 
 
+def _with_verdicts(out_dir: str | Path, feature_rows: list[dict]) -> tuple[list[dict], dict]:
+    """Rows with a ``verdict`` key when the analysis was validated (else unchanged), and the
+    verdict rows by feature (for the feature pages' panel)."""
+    from ..validate.verdicts import read_verdicts
+
+    verdicts = read_verdicts(out_dir)
+    if not verdicts:
+        return feature_rows, {}
+    return [{**r, "verdict": verdicts.get(r["feature"], {}).get("verdict")}
+            for r in feature_rows], verdicts
+
+
 def write_dashboard(out_dir: str | Path, feature_rows: list[dict], stats: FeatureStats,
                     strings: list[str], trace_ids: list[str] | None = None,
                     max_pages: int = 3000) -> Path:
     """Write the dashboard into ``out_dir/dashboard``; returns the index path."""
     env = _env()
     folder = Path(out_dir) / DASHBOARD_DIR
+    feature_rows, verdicts = _with_verdicts(out_dir, feature_rows)
     pages = page_features(feature_rows, max_pages)
     has_page = set(pages)
     first = feature_rows[0] if feature_rows else {}
@@ -134,7 +148,7 @@ def write_dashboard(out_dir: str | Path, feature_rows: list[dict], stats: Featur
         for ctx in det["contexts"]:
             ctx["cells"] = _context_cells(ctx)
         html = tpl.render(
-            row=row, det=det, meta=meta,
+            row=row, det=det, meta=meta, verdict=verdicts.get(i),
             region_bars=bars(det["region_rates"]),
             behaviour_bars=bars({k: v for k, v in det["behaviour_rates"].items() if k != "none"}),
             hist=histogram(det["hist"]),

@@ -1,0 +1,119 @@
+"""Options of `thinksae validate` (the field docstrings are the CLI help) and their checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ThinksaeError
+
+SCORES = ("reason_score", "think_rate_ratio", "think_mean_ratio")
+"""Rankings whose top ``--top`` content features are validated (plus ``--features``)."""
+METRICS = ("logprob", "logit")
+
+
+@dataclass
+class ValidateConfig:
+    """Options of `thinksae validate`."""
+
+    analysis: str = "runs/features"
+    """Analysis directory written by `thinksae analyze` (features.jsonl, stats.safetensors)."""
+    sae: str = "runs/sae"
+    """SAE directory (sparsify or SAELens layout), or a run directory holding SAEs per hookpoint."""
+    hookpoint: str | None = None
+    """Which SAE of a run directory / the hookpoint to splice at (default: the SAE's own)."""
+    store: str = "runs/store"
+    """Activation store of the SAE's hookpoint (context control; also the traces' token ids)."""
+    model: str | None = None
+    """Model for injection, causal and attribution tests (default: the store's model)."""
+    tokenizer: str | None = None
+    """Load the tokenizer from another spec (default: the model's)."""
+    corpus: str | None = None
+    """Read the held-out traces from this corpus instead of the store's token ids."""
+    out: str | None = None
+    """Output directory (default: <analysis>/validate): verdicts.jsonl, validation.json."""
+    top: int = 10
+    """Validate the top N content features (not dead, rare or formatting) of each score:
+    reason_score, think_rate_ratio, think_mean_ratio."""
+    features: str | None = None
+    """Also validate these features (comma-separated indices)."""
+    split: str = "heldout"
+    """Traces for the causal and attribution tests: heldout (the SAE's held-out traces, from its
+    report card), train or all (e.g. for an SAE trained on other data)."""
+    max_traces: int = 16
+    """At most this many traces of the split (causal and attribution tests)."""
+    max_length: int = 1024
+    """Tokens kept per trace (model tests)."""
+    batch_size: int = 4
+    """Traces (or injection texts) per model forward."""
+    trigger_mass: float = 0.8
+    """Trigger tokens: a feature's top tokens holding this share of its activation mass ..."""
+    max_triggers: int = 5
+    """... at most this many."""
+    targets: str | None = None
+    """Target tokens of the causal and attribution tests, comma-separated strings that must each
+    be one token (default: the behaviour vocabulary's first words, in the single-token forms
+    ' Wait', 'Wait', ' wait', ..., and </think>)."""
+    metric: str = "logprob"
+    """logprob: Σ log p(target) where a target token comes next; logit: Σ its logit (linear in
+    the last block's output when the final norm is the identity; for checks)."""
+    attribution_top: int = 20
+    """Features with the largest attribution whose real ablation effect is measured too."""
+    prompts: int = 8
+    """Injection texts taken from the traces' own prompts (besides the built-in passages)."""
+    min_context_ratio: float = 2.0
+    """Context test passes when the lower 95 percent bound of think/other mean activation on the
+    trigger tokens exceeds this."""
+    max_injection_ratio: float = 0.5
+    """Injection test passes when the mean activation on injected trigger tokens is below this
+    share of the mean on the same tokens in thinking."""
+    min_effect: float = 0.05
+    """Causal when the ablation or 2x-max clamp changes the mean log-probability of the next
+    target token by at least this (nats, 95 percent interval excluding 0) ..."""
+    min_kl: float = 0.01
+    """... or the mean KL(clean ‖ ablated) after the feature's first firing is at least this."""
+    clamp_factor: float = 2.0
+    """The clamp test sets the feature to this times its max activation (AIRI's recipe)."""
+    bootstrap: int = 1000
+    """Bootstrap resamples of traces (or texts) for the 95 percent intervals."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    refresh_dashboard: bool = True
+    """Rewrite the analysis dashboard with the verdict column and panels."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N or auto."""
+    dtype: str = "auto"
+    """Model dtype: auto, float32, bfloat16, float16."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def check_config(cfg: ValidateConfig) -> None:
+    """Numeric options and choices, before anything is read."""
+    for name in ("top", "max_traces", "max_length", "batch_size", "max_triggers", "bootstrap",
+                 "attribution_top"):
+        if getattr(cfg, name) < (0 if name in ("top", "attribution_top") else 1):
+            raise ThinksaeError(f"--{name} must be >= 1 (got {getattr(cfg, name)})")
+    if cfg.prompts < 0:
+        raise ThinksaeError(f"--prompts must be >= 0 (got {cfg.prompts})")
+    if not 0 < cfg.trigger_mass <= 1:
+        raise ThinksaeError(f"--trigger_mass must be in (0, 1] (got {cfg.trigger_mass})")
+    if cfg.metric not in METRICS:
+        raise ThinksaeError(f"unknown --metric {cfg.metric!r} (use {', '.join(METRICS)})")
+    if cfg.min_context_ratio <= 0 or cfg.max_injection_ratio <= 0 or cfg.clamp_factor <= 0:
+        raise ThinksaeError("--min_context_ratio, --max_injection_ratio and --clamp_factor "
+                            "must be > 0")
+    if cfg.min_effect < 0 or cfg.min_kl < 0:
+        raise ThinksaeError("--min_effect and --min_kl must be >= 0")
+
+
+def parse_features(text: str | None) -> list[int]:
+    """The indices of ``--features`` (comma-separated)."""
+    if not text:
+        return []
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise ThinksaeError(f"--features: {part!r} is not a feature index")
+        out.append(int(part))
+    return list(dict.fromkeys(out))

@@ -1,0 +1,277 @@
+"""`thinksae validate`: is each candidate a reasoning feature or a token detector?
+
+Reads an analysis (``thinksae analyze``), the SAE, its activation store and the model; runs the
+context control (a), token injection (b), causal ablation/clamp (c) and attribution (d) tests;
+writes ``verdicts.jsonl`` (one row per feature, every number that decided its verdict) and
+``validation.json`` (thresholds, counts per verdict, number of comparisons).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .. import atomic
+from ..config import to_dict
+from ..errors import ThinksaeError
+from .config import SCORES, ValidateConfig, check_config, parse_features
+from .verdicts import SUMMARY_FILE, VALIDATE_DIR, VERDICTS, VERDICTS_FILE, verdict
+
+FORMAT = "thinksae-validate/1"
+
+
+class ValidateResult(NamedTuple):
+    out: Path
+    rows: list[dict]
+    summary: dict
+
+
+class Inputs(NamedTuple):
+    sae: object
+    sae_dir: Path
+    card: dict
+    hookpoint: str
+    store: object
+    model: object
+    tokenizer: object
+    subset: np.ndarray | None
+    """Document indices of the split (None: every document of the store or corpus)."""
+
+
+def load_inputs(cfg: ValidateConfig, model=None, tokenizer=None) -> Inputs:
+    """The SAE, its hookpoint, store, model and tokenizer: every loading in one place."""
+    from ..evaluate.checks import check_tokenizers, resolve_eval_hookpoint
+    from ..models import capture, load_model, resolve_device
+    from ..sae import load_sae, read_report_card, resolve_sae_dir
+    from ..store import ActivationStore
+
+    sae_dir = resolve_sae_dir(cfg.sae, cfg.hookpoint)
+    card = read_report_card(sae_dir)
+    store = ActivationStore(cfg.store)
+    hookpoint = resolve_eval_hookpoint(cfg, sae_dir, card, store)
+    subset = _split(cfg, sae_dir, card, store)  # before the model: cheap to refuse
+    if model is None:
+        spec = cfg.model or store.manifest.get("model")
+        model, tok = load_model(spec, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
+                                progress=cfg.progress)
+        tokenizer = tokenizer or tok
+    if tokenizer is None:
+        raise ThinksaeError("a model was passed without its tokenizer")
+    device = next(model.parameters()).device if model is not None else resolve_device(cfg.device)
+    sae = load_sae(sae_dir, device=device, dtype=torch.float32)
+    width = capture(model, hookpoint, torch.zeros((1, 1), dtype=torch.long, device=device))
+    if width[hookpoint].shape[-1] != sae.d_in or store.d_in != sae.d_in:
+        raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but {hookpoint} has width "
+                            f"{width[hookpoint].shape[-1]} (store: {store.d_in})")
+    check_tokenizers(sae_dir, card, store, tokenizer)
+    return Inputs(sae, sae_dir, card, hookpoint, store, model, tokenizer, subset)
+
+
+def candidates(rows: list[dict], top: int, named: list[int]) -> dict[int, list[str]]:
+    """Feature → why it is validated (``top:<score>`` ranks, ``named``): the top ``top`` alive
+    features (not dead or rare) of each score in SCORES, then the named ones."""
+    why: dict[int, list[str]] = {}
+    alive = [r for r in rows if r.get("label") not in ("dead", "rare")]
+    for score in SCORES:
+        ranked = sorted((r for r in alive if r.get(score) is not None),
+                        key=lambda r: (-r[score], r["feature"]))
+        for rank, r in enumerate(ranked[:top], 1):
+            why.setdefault(r["feature"], []).append(f"{score}#{rank}")
+    for f in named:
+        why.setdefault(f, []).append("named")
+    return why
+
+
+def _split(cfg: ValidateConfig, sae_dir: Path, card: dict, store) -> np.ndarray | None:
+    """Document indices of ``cfg.split`` (as `thinksae eval --split` picks them)."""
+    from types import SimpleNamespace
+
+    from ..evaluate.checks import split_docs
+
+    if cfg.corpus is not None and not Path(cfg.corpus).is_file():
+        raise ThinksaeError(f"corpus not found: {cfg.corpus}")
+    subset = split_docs(SimpleNamespace(split=cfg.split, corpus=cfg.corpus), sae_dir, card,
+                        None if cfg.corpus else store)
+    if subset is not None and len(subset) == 0:
+        raise ThinksaeError(f"no {cfg.split} traces to test on (the SAE's report card lists none)")
+    return subset
+
+
+def _trace_docs(cfg: ValidateConfig, inp: Inputs):
+    """The documents of the split (at most ``max_traces``) as token-id Docs."""
+    from ..evaluate.sources import corpus_docs, store_docs
+
+    keep = None if inp.subset is None else inp.subset[: cfg.max_traces]
+    source = (corpus_docs(cfg.corpus, inp.tokenizer, cfg.max_length, keep) if cfg.corpus
+              else store_docs(inp.store, docs=keep))
+    docs = [d._replace(input_ids=d.input_ids[: cfg.max_length], regions=d.regions[: cfg.max_length],
+                       behaviours=d.behaviours[: cfg.max_length]) for d in source]
+    docs = docs[: cfg.max_traces]
+    if not docs:
+        raise ThinksaeError(f"no {cfg.split} traces to test on")
+    return docs
+
+
+def _analysis(cfg: ValidateConfig) -> tuple[dict, list[dict], object, list[str]]:
+    from ..features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
+    from ..features.stats import FeatureStats
+
+    out = Path(cfg.analysis)
+    meta = load_analysis(out)
+    rows = read_features(out)
+    try:
+        strings = json.loads((out / VOCAB_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ThinksaeError(f"cannot read {out / VOCAB_FILE}: {e}") from None
+    return meta, rows, FeatureStats.load(out / STATS_FILE), strings
+
+
+def _context_and_injection(cfg, inp, feats, stats, strings, docs) -> list[dict]:
+    """Tests (a) and (b) of ``feats``: one dict of numbers per feature."""
+    from .context import context_control, trigger_activations, trigger_tokens
+    from .injection import injection_test, insertions, neutral_texts, run_injections
+
+    trig = {f: trigger_tokens(stats.t, f, cfg.trigger_mass, cfg.max_triggers) for f in feats}
+    found = trigger_activations(inp.store, inp.sae, feats, {t for ts in trig.values() for t in ts})
+    ctx = [context_control(found, j, trig[f], cfg.min_context_ratio, cfg.bootstrap, cfg.seed)
+           for j, f in enumerate(feats)]
+    window = int(stats.meta["window"])
+    ins = {f: insertions(stats.t, window, f, trig[f]) for f in feats}
+    unique = list(dict.fromkeys(i for f in feats for i in ins[f]))
+    prompts = [d.input_ids[d.regions == 0] for d in docs[: cfg.prompts]]
+    texts = neutral_texts(inp.tokenizer, prompts)
+    pad = inp.tokenizer.pad_token_id if inp.tokenizer.pad_token_id is not None else 0
+    acts = run_injections(inp.model, inp.sae, inp.hookpoint, texts, unique, feats,
+                          cfg.batch_size, pad) if unique else np.zeros((len(texts), 0, len(feats)))
+    out = []
+    for j, f in enumerate(feats):
+        cols = [unique.index(i) for i in ins[f]]
+        inj = injection_test(acts[:, cols, j], ctx[j].think_mean, cfg.max_injection_ratio,
+                             cfg.bootstrap, cfg.seed)
+        out.append({**ctx[j].to_dict(strings), **inj.to_dict()})
+    return out
+
+
+def _causal(cfg, inp, feats, rows, batches, attr, extra) -> tuple[dict[int, dict], list[dict]]:
+    """Test (c) of ``feats`` (ablation and clamp) and the ablation of the ``extra`` features
+    with the largest attribution; returns per-feature numbers and the attribution check rows."""
+    from ..steer.spec import Intervention
+    from .causal import effect, intervene
+
+    out: dict[int, dict] = {}
+    ablated: dict[int, float] = {}
+    for f in list(feats) + [g for g in extra if g not in feats]:
+        sums, fired = intervene(inp.model, inp.sae, inp.hookpoint, batches,
+                                Intervention(f, "ablate"), cfg.metric)
+        abl = effect(sums, fired, cfg.bootstrap, cfg.seed)
+        ablated[f] = abl.dmetric
+        if f not in feats:
+            continue
+        value = cfg.clamp_factor * float(rows[f].get("max_act") or 0.0)
+        sums, fired = intervene(inp.model, inp.sae, inp.hookpoint, batches,
+                                Intervention(f, "clamp", value), cfg.metric)
+        clamp = effect(sums, fired, cfg.bootstrap, cfg.seed)
+        causal = (abl.significant(cfg.min_effect) or clamp.significant(cfg.min_effect)
+                  or abl.kl >= cfg.min_kl)
+        out[f] = {**abl.to_dict("ablate"), **clamp.to_dict("clamp"), "clamp_value": value,
+                  "target_positions": abl.targets, "causal": bool(causal)}
+    check = [{"feature": g, "attribution": float(attr[g]), "ablation": ablated[g]} for g in extra]
+    return out, check
+
+
+def validate(cfg: ValidateConfig, model=None, tokenizer=None) -> ValidateResult:
+    """Validate the candidates of ``cfg.analysis`` (module docstring); ``model``/``tokenizer``
+    optionally replace loading ``cfg.model`` (a pipeline passes its loaded model)."""
+    from .attribution import attribution
+    from .causal import prepare, target_ids
+    from .stats import finite, spearman
+
+    check_config(cfg)
+    meta, rows, stats, strings = _analysis(cfg)
+    n = int(meta["sae"]["num_latents"])
+    named = parse_features(cfg.features)
+    bad = [f for f in named if not 0 <= f < n]
+    if bad:
+        raise ThinksaeError(f"unknown feature {bad[0]}: the analysed SAE has {n} features (0..{n - 1})")
+    why = candidates(rows, cfg.top, named)
+    if not why:
+        raise ThinksaeError(f"no feature to validate in {cfg.analysis} (all dead or rare; name "
+                            "some with --features)")
+    t0 = time.perf_counter()
+    inp = load_inputs(cfg, model, tokenizer)
+    if inp.sae.num_latents != n:
+        raise ThinksaeError(f"the SAE in {inp.sae_dir} has {inp.sae.num_latents} features, the "
+                            f"analysis {cfg.analysis} {n}")
+    targets = target_ids(inp.tokenizer, cfg.targets)
+    docs = _trace_docs(cfg, inp)
+    feats = sorted(why)
+    tests = _context_and_injection(cfg, inp, feats, stats, strings, docs)
+    pad = inp.tokenizer.pad_token_id if inp.tokenizer.pad_token_id is not None else 0
+    batches = prepare(inp.model, docs, cfg.batch_size, pad, targets)
+    attr = attribution(inp.model, inp.sae, inp.hookpoint, batches, cfg.metric)
+    order = torch.argsort(attr.abs(), descending=True, stable=True)
+    extra = [int(g) for g in order[: cfg.attribution_top] if attr[g] != 0]
+    causal, check = _causal(cfg, inp, feats, rows, batches, attr, extra)
+    out_rows = []
+    for j, f in enumerate(feats):
+        r = {"feature": f, "label": rows[f].get("label"), "why": why[f], **tests[j], **causal[f],
+             "attribution": finite(float(attr[f]))}
+        r["verdict"] = verdict(r["label"], r["context_passed"], r["injection_passed"], r["causal"])
+        out_rows.append(r)
+    rho = spearman([c["attribution"] for c in check], [c["ablation"] for c in check])
+    summary = _summary(cfg, inp, out_rows, targets, docs, check, rho, attr, time.perf_counter() - t0)
+    return _write(cfg, out_rows, summary)
+
+
+def _summary(cfg, inp, out_rows, targets, docs, check, rho, attr, seconds) -> dict:
+    from .stats import finite
+
+    counts = {v: sum(r["verdict"] == v for r in out_rows) for v in VERDICTS}
+    top = torch.argsort(attr.abs(), descending=True, stable=True)[:50].tolist()
+    return {
+        "format": FORMAT, "config": to_dict(cfg), "sae": str(inp.sae_dir), "hookpoint": inp.hookpoint,
+        "store_hash": inp.store.hash, "traces": len(docs), "targets": targets,
+        "target_text": inp.tokenizer.convert_ids_to_tokens(targets),
+        "thresholds": {k: getattr(cfg, k) for k in ("min_context_ratio", "max_injection_ratio",
+                                                     "min_effect", "min_kl", "clamp_factor",
+                                                     "trigger_mass", "max_triggers")},
+        "features": len(out_rows), "counts": counts,
+        "passed_all": [r["feature"] for r in out_rows if r["verdict"] == "reasoning candidate"],
+        "comparisons": 4 * len(out_rows),
+        "comparisons_note": "4 interval tests per feature (context, injection, ablation, clamp); "
+                            "95% intervals, not corrected for multiple comparisons",
+        "attribution": {"metric": cfg.metric, "checked": check, 
+                        "spearman": finite(rho) if rho is not None else None,
+                        "top": [{"feature": int(g), "estimate": finite(float(attr[g]))} for g in top]},
+        "seconds": seconds,
+    }
+
+
+def _write(cfg: ValidateConfig, out_rows: list[dict], summary: dict) -> ValidateResult:
+    out = Path(cfg.out) if cfg.out else Path(cfg.analysis) / VALIDATE_DIR
+    with atomic.atomic_path(out / VERDICTS_FILE) as tmp:
+        Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows))
+    atomic.write_json(out / SUMMARY_FILE, summary)
+    if cfg.refresh_dashboard and cfg.out is None:
+        refresh_dashboard(cfg.analysis)
+    return ValidateResult(out, out_rows, summary)
+
+
+def refresh_dashboard(analysis: str | Path) -> Path | None:
+    """Rewrite the analysis dashboard (now with the verdicts); None when it has none."""
+    from ..features.dashboard import DASHBOARD_DIR, write_dashboard
+    from ..features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
+    from ..features.stats import FeatureStats
+
+    d = Path(analysis)
+    if not (d / DASHBOARD_DIR / "index.html").is_file():
+        return None
+    meta = load_analysis(d)
+    strings = json.loads((d / VOCAB_FILE).read_text())
+    return write_dashboard(d, read_features(d), FeatureStats.load(d / STATS_FILE), strings,
+                           meta.get("trace_ids"), int(meta["config"].get("max_pages", 3000)))
