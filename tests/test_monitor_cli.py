@@ -40,8 +40,12 @@ def test_terminal_run_prints_tokens_and_alerts(tmp_path, sae_dir, tiny_model_dir
     out = capsys.readouterr().out
     assert rc == 0
     assert "alerts (1)" in out and "f5-high" in out and "critical" in out
-    assert "watching [1, 2, 5]" in out and "4 tokens" in out and "done: max_tokens" in out
-    assert [a["rule"] for a in read_alerts(log)] == ["f5-high"]
+    assert "watching [1, 2, 5] · top-k activation · 4 tokens" in out and "done: max_tokens" in out
+    assert "alerts (1) · values: top-k activation" in out
+    assert [(a["rule"], a["value"]) for a in read_alerts(log)] == [("f5-high", "topk")]
+    rc = main(args(sae_dir, tiny_model_dir, "--prompt", QUESTION, "--features", "1,2",
+                   "--value", "pre", "--alert_log", "", "--live", "false"))
+    assert rc == 0 and "watching [1, 2] · relu(pre-activation) · 4 tokens" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -52,11 +56,16 @@ def test_terminal_run_prints_tokens_and_alerts(tmp_path, sae_dir, tiny_model_dir
     (("--features", "1"), "give --prompt (terminal view) or --serve"),
     (("--prompt", "hi", "--serve", "true", "--features", "1"), "one of them"),
     (("--prompt", "hi", "--features", "1", "--hookpoint", "layers.2"), "reads hookpoint layers.1"),
+    (("--prompt", "hi", "--features", "1", "--value", "act"), "--value must be one of topk, pre"),
+    (("--prompt", "hi", "--rules", "PRE"), "rule 'p' is written for value pre, but the monitor "
+                                          "watches topk (--value pre to watch it)"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, sae_dir, capsys, extra, needle):
     bad = tmp_path / "rules.yaml"
     bad.write_text("- name: bad\n  feature: 1\n  threshold: high\n")
-    extra = [str(bad) if e == "RULES" else e for e in extra]
+    pre = tmp_path / "pre.yaml"
+    pre.write_text("- name: p\n  feature: 1\n  threshold: 0.5\n  value: pre\n")
+    extra = [{"RULES": str(bad), "PRE": str(pre)}.get(e, e) for e in extra]
     # a model path that does not exist: the errors must come before the model is loaded
     rc = main(args(sae_dir, tmp_path / "no-model", *extra))
     err = capsys.readouterr().err

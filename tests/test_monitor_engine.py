@@ -34,26 +34,24 @@ def tokens(events):
     return [e for e in events if isinstance(e, TokenEvent)]
 
 
-def test_watch_list_equals_the_full_computation_exactly(sae):
-    """Token by token (as the monitor encodes), the watch-list's rows give bit for bit the values
-    of the full encoder GEMM, and of ``Sae.encode`` wherever the feature is in the top k."""
+def test_watch_list_values(sae):
+    """Token by token (as the monitor encodes): ``topk`` is ``Sae.encode`` at the watched
+    features; ``pre`` is relu of the watched rows' pre-activation, bit for bit the ``topk`` value
+    wherever the feature is in the top k."""
     torch.manual_seed(0)
-    watch = WatchList(sae, WATCH)
+    topk, pre = WatchList(sae, WATCH), WatchList(sae, WATCH, "pre")
     hits = 0
     with torch.no_grad():
         for _ in range(64):
             x = torch.randn(1, 64) * 3
             full_pre = preactivations(x, sae.encoder.weight, sae.encoder.bias, sae.b_dec,
                                       sae.dtype)
-            assert torch.equal(watch.acts(x), full_pre[:, WATCH].relu())
+            assert torch.equal(pre.values(x), full_pre[:, WATCH].relu())
             dense = sae.dense_acts(x)[:, WATCH]
-            acts, topk, top = watch.full(x)
-            assert torch.equal(acts, watch.acts(x))
-            assert torch.equal(topk, dense)
-            assert torch.equal(top.sort().values, sae.encode(x).latent_indices.sort().values)
+            assert torch.equal(topk.values(x), dense) and torch.equal(topk.topk(x), dense)
             active = dense > 0
             hits += int(active.sum())
-            assert torch.equal(watch.acts(x)[active], dense[active])
+            assert torch.equal(pre.values(x)[active], dense[active])
     assert hits > 0
 
 
@@ -63,7 +61,7 @@ def test_watch_list_refuses_unknown_features(sae):
 
 
 def test_greedy_tokens_and_activations_match_the_model(tiny_model, tokenizer, sae):
-    mon = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, WATCH, full_encode=True)
+    mon = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, WATCH)
     events = list(mon.watch(QUESTION, max_new_tokens=6))
     toks = tokens(events)
     assert isinstance(events[-1], DoneEvent) and events[-1].tokens == len(toks) == 6
@@ -75,12 +73,11 @@ def test_greedy_tokens_and_activations_match_the_model(tiny_model, tokenizer, sa
     assert [e.position for e in toks] == list(range(prompt.shape[1], prompt.shape[1] + 6))
     full = torch.cat([prompt[0], ref])[None]
     x = capture(tiny_model, HOOKPOINT, full)[HOOKPOINT][0, prompt.shape[1]:]
-    ref_acts = WatchList(sae, WATCH).acts(x)
     got = torch.tensor([[e.acts[f] for f in WATCH] for e in toks])
-    torch.testing.assert_close(got, ref_acts, atol=1e-4, rtol=1e-4)
-    dense = sae.dense_acts(x)[:, WATCH]
-    for e, row in zip(toks, dense):
-        assert e.active == [f for f, v in zip(WATCH, row.tolist()) if v > 0]
+    torch.testing.assert_close(got, sae.dense_acts(x)[:, WATCH], atol=1e-4, rtol=1e-4)
+    pre = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, WATCH, value="pre")
+    got = torch.tensor([[e.acts[f] for f in WATCH] for e in tokens(pre.watch(QUESTION, max_new_tokens=6))])
+    torch.testing.assert_close(got, WatchList(sae, WATCH, "pre").values(x), atol=1e-4, rtol=1e-4)
 
 
 def test_sampled_text_and_regions(tiny_model, tokenizer, sae):
@@ -190,8 +187,10 @@ def test_cancel_and_overrides(tiny_model, tokenizer, sae):
 
 def test_bad_arguments_fail_before_generating(tiny_model, tokenizer, sae):
     mon = Monitor(tiny_model, tokenizer, sae, HOOKPOINT, [1])
-    with pytest.raises(ThinksaeError, match="topk, which needs the full encode"):
-        mon.watch(QUESTION, rules=[{"name": "t", "feature": 1, "threshold": 1, "value": "topk"}])
+    with pytest.raises(ThinksaeError, match="written for value pre, but the monitor watches topk"):
+        mon.watch(QUESTION, rules=[{"name": "t", "feature": 1, "threshold": 1, "value": "pre"}])
+    with pytest.raises(ThinksaeError, match="--value must be one of topk, pre"):
+        mon.watch(QUESTION, value="acts")
     with pytest.raises(ThinksaeError, match="feature 300 is not a latent"):
         mon.watch(QUESTION, features=[300])
     with pytest.raises(ThinksaeError, match="rule 1 \\('x'\\): field 'threshold'"):

@@ -176,14 +176,18 @@ class Dom(HTMLParser):
 
 def test_page_streams_tokens_and_alerts(server, browser):
     url, log = server
-    query = urlencode({"prompt": QUESTION, "features": "1, 2", "max_new_tokens": 6,
+    query = urlencode({"prompt": QUESTION, "features": "1, 17", "max_new_tokens": 6,
                        "autostart": 1})
     dom = Dom(browser.open_and_wait(f"{url}/?{query}", FINISHED))
     toks = dom.find(tag="span", **{"class": "tok"})
     assert len(toks) == 6
     assert [t["data-step"] for t in toks] == [str(i) for i in range(6)]
     assert all("#1:" in t["title"] and "#5:" in t["title"] for t in toks)
+    assert all(t["title"].startswith("top-k activation\n") for t in toks)
     assert any("background" in t.get("style", "") for t in toks)  # highlighted by activation
+    shown = dom.find(id="shown")[0]
+    assert shown["data-value"] == "topk" and "values shown: top-k activation" in shown["text"]
+    assert "top-k activation" in dom.find(tag="li", **{"class": "alert"})[0]["text"]
     alerts = dom.find(tag="li", **{"class": "alert"})
     assert [a["data-rule"] for a in alerts] == ["feature-5-up"]
     assert "sev-critical" in alerts[0]["class"] and "critical" in alerts[0]["text"]
@@ -202,3 +206,14 @@ def test_page_shows_a_bad_rule_as_one_line(server, browser):
     error = dom.find(id="error")[0]["text"]
     assert "HTTP 422" in error and "rule 1 ('broken'): field 'threshold'" in error
     assert not dom.find(tag="span", **{"class": "tok"})
+
+
+def test_page_can_watch_the_pre_activation(server, browser):
+    url, _ = server
+    query = urlencode({"prompt": QUESTION, "features": "1, 17", "max_new_tokens": 3,
+                       "value": "pre", "autostart": 1})
+    dom = Dom(browser.open_and_wait(f"{url}/?{query}", FINISHED))
+    toks = dom.find(tag="span", **{"class": "tok"})
+    assert len(toks) == 3 and all(t["title"].startswith("relu(pre-activation)\n") for t in toks)
+    assert dom.find(id="shown")[0]["data-value"] == "pre"
+    assert "relu(pre-activation)" in dom.find(tag="li", **{"class": "alert"})[0]["text"]

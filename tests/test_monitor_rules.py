@@ -58,12 +58,13 @@ def test_region_filter_skips_and_resets():
     assert run([rule(region="any", consecutive=2)], stream) == [(1, "r")]
 
 
-def test_topk_values_need_the_full_encode():
-    engine = RuleEngine(parse_rules([rule(value="topk")]))
-    assert engine.step("think", {3: 5.0}, {3: 0.0}) == []
-    assert [r.name for r, _ in engine.step("think", {3: 5.0}, {3: 2.0})] == ["r"]
-    with pytest.raises(ThinksaeError, match="full encode"):
-        engine.step("think", {3: 5.0}, None)
+def test_value_field():
+    assert [r.value for r in parse_rules([rule(name="a"), rule(name="b", value="TopK"),
+                                          rule(name="c", value="pre")])] == [None, "topk", "pre"]
+    assert "value" not in parse_rules([rule()])[0].to_dict()
+    assert parse_rules([rule(value="pre")])[0].to_dict()["value"] == "pre"
+    with pytest.raises(ThinksaeError, match="field 'value': 'act' is now called 'pre'"):
+        parse_rules([rule(value="act")])
 
 
 def test_actions_parse():
@@ -91,6 +92,8 @@ def test_actions_parse():
     (rule(window=True), "field 'window'"),
     (rule(region="thinking"), "field 'region' must be one of any, think, answer"),
     (rule(severity="fatal"), "field 'severity'"),
+    (rule(value="acts"), "field 'value' must be one of topk, pre"),
+    (rule(value="act"), "field 'value': 'act' is now called 'pre'"),
     (rule(match="most"), "field 'match'"),
     (rule(once="yes"), "field 'once' must be true or false"),
     (rule(action="explode"), "field 'action' must be none, stop"),

@@ -52,6 +52,7 @@ def test_page_and_info(client):
     assert info["hookpoint"] == HOOKPOINT and info["num_latents"] == 256
     assert info["features"] == [1, 2, 5] and info["rules"][0]["name"] == "seen"
     assert info["busy"] is False
+    assert info["value"] == "topk" and info["values"]["pre"] == "relu(pre-activation)"
 
 
 def test_generate_streams_events_and_logs_alerts(client, app_and_log):
@@ -60,9 +61,9 @@ def test_generate_streams_events_and_logs_alerts(client, app_and_log):
     evs = events(r)
     kinds = [e["type"] for e in evs]
     assert kinds.count("token") == 4 and kinds[-1] == "done" and "alert" in kinds
-    assert set(evs[0]["acts"]) == {"1", "2", "5"}
+    assert set(evs[0]["acts"]) == {"1", "2", "5"} and evs[0]["value"] == "topk"
     alert = next(e for e in evs if e["type"] == "alert")
-    assert alert["rule"] == "seen"
+    assert alert["rule"] == "seen" and alert["value"] == "topk"
     assert any(a["run_id"] == alert["run_id"] for a in read_alerts(app_and_log[1]))
 
 
@@ -72,6 +73,17 @@ def test_request_features_and_rules(client):
     evs = events(generate(client, features="7, 8", rules=rules))
     assert set(evs[0]["acts"]) == {"7", "8", "3", "4"}
     assert evs[-1]["reason"] == "stopped" and evs[-1]["rule"] == "mine"
+
+
+def test_request_value(client):
+    feats = list(range(8))
+    pre = [e for e in events(generate(client, features=feats, value="pre")) if e["type"] != "done"]
+    topk = [e for e in events(generate(client, features=feats)) if e["type"] == "token"]
+    assert {e["value"] for e in pre} == {"pre"}
+    pre = [e for e in pre if e["type"] == "token"]
+    pairs = [(p["acts"][f], t["acts"][f]) for p, t in zip(pre, topk) for f in map(str, feats)]
+    assert all(t in (0.0, p) for p, t in pairs)  # the SAE keeps a latent (same value) or reads 0
+    assert any(p > 0 and t == 0 for p, t in pairs)
 
 
 @pytest.mark.parametrize("kwargs, status, needle", [
@@ -88,6 +100,10 @@ def test_request_features_and_rules(client):
     ({"json": {"prompt": "hi", "max_new_tokens": 0}}, 422, "max_new_tokens"),
     ({"json": {"prompt": "hi", "max_new_tokens": 17}}, 422, "1..16"),
     ({"json": {"prompt": "hi", "rules": "all"}}, 422, "rules: expected a list"),
+    ({"json": {"prompt": "hi", "value": "act"}}, 422, "value: expected one of topk, pre"),
+    ({"json": {"prompt": "hi", "value": ["pre"]}}, 422, "value: expected one of topk, pre"),
+    ({"json": {"prompt": "hi", "rules": [{"name": "p", "feature": 1, "threshold": 1,
+                                          "value": "pre"}]}}, 422, "written for value pre"),
     ({"json": {"prompt": "hi", "rules": [{"name": "b", "feature": 1, "threshold": "x"}]}}, 422,
      "rules: rule 1 ('b'): field 'threshold'"),
     ({"json": {"prompt": "x" * 5000}}, 413, "over 4096 bytes"),

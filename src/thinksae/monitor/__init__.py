@@ -12,15 +12,15 @@ app). See :mod:`.engine` for what the reported values are, :mod:`.rules` for the
 """
 
 from .alerts import AlertLog, read_alerts
-from .engine import Monitor, Plan, WatchList, preactivations
-from .events import AlertEvent, DoneEvent, Event, TokenEvent
+from .engine import Monitor, Plan, WatchList, check_value, preactivations
+from .events import VALUE_LABELS, VALUES, AlertEvent, DoneEvent, Event, TokenEvent
 from .rules import Rule, RuleEngine, load_rules, parse_rule, parse_rules, watched_features
 from .run import MonitorConfig, build_monitor, monitor
 from .tokens import RegionTracker
 
 __all__ = [
     "AlertEvent", "AlertLog", "DoneEvent", "Event", "Monitor", "MonitorConfig", "Plan",
-    "RegionTracker", "Rule", "RuleEngine", "TokenEvent", "WatchList", "build_monitor",
-    "load_rules", "monitor", "parse_rule", "parse_rules", "preactivations", "read_alerts",
-    "watched_features",
+    "RegionTracker", "Rule", "RuleEngine", "TokenEvent", "VALUES", "VALUE_LABELS", "WatchList",
+    "build_monitor", "check_value", "load_rules", "monitor", "parse_rule", "parse_rules",
+    "preactivations", "read_alerts", "watched_features",
 ]

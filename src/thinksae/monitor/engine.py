@@ -1,17 +1,17 @@
 """The monitor engine: generate token by token (KV cache) and report watched SAE features.
 
 Per generated token the hookpoint output x at that token's position is captured by a forward
-hook and the watched features' pre-activations are computed from just their encoder rows::
+hook, and the watched features' values are read from it. Which value (``value``, see
+:data:`thinksae.monitor.events.VALUES`):
 
-    pre = (x - b_dec) @ W_enc[watch].T + b_enc[watch]        (one addmm in the SAE's dtype)
-
-which is the arithmetic of :meth:`thinksae.sae.Sae.encode` restricted to those rows, so the
-reported ``relu(pre)`` equals, bit for bit, a full encode's activation of that token wherever the
-feature is among its k active latents (tests check this on CPU; tokens are encoded one at a time,
-as generated; a GEMM over many tokens at once may block its sums differently). A TopK SAE
-reports 0 for a feature outside the top k, which a watch-list cannot know without ranking all
-latents: with ``full_encode`` the engine runs the full encoder GEMM and top-k too and reports
-the actual TopK activations (``topk``) and which watched features are active.
+- ``topk`` (default): what the SAE says, :meth:`thinksae.sae.Sae.encode` of x on the SAE object
+  itself (the full encoder GEMM, one row of x times W_enc for all latents, then the top k),
+  scattered to all latents and gathered at the watched ones: a latent outside the token's top k
+  reads 0. Cost per token: one pass over W_enc (``python bench/monitor.py``).
+- ``pre``: ``relu(pre)`` with ``pre = (x - b_dec) @ W_enc[watch].T + b_enc[watch]`` from the
+  watched rows only (one small addmm): what a feature would read were it among the top k,
+  equal, bit for bit, to the ``topk`` value where it is (tests check this on CPU). Many latents
+  outside the top k have ``pre > 0``, so rules on this value alert where the SAE reads 0.
 
 The activation of token t is read when t is fed to the model (its own position), so the event for
 a token comes right after its forward pass, before the next token is chosen. End-of-sequence
@@ -37,51 +37,55 @@ from ..errors import ThinksaeError
 from ..models import resolve_hookpoint
 from .actions import switch_on_steering
 from .alerts import AlertLog
-from .events import AlertEvent, DoneEvent, Event, TokenEvent
+from .events import VALUES, AlertEvent, DoneEvent, Event, TokenEvent
 from .rules import Rule, RuleEngine, parse_rules, watched_features
 from .tokens import Detokenizer, RegionTracker
 
 
 def preactivations(x: Tensor, weight: Tensor, bias: Tensor, b_dec: Tensor,
                    compute_dtype: torch.dtype) -> Tensor:
-    """``(x - b_dec) @ weight.T + bias`` for rows ``x [n, d]``, float32 ``[n, rows]``; the same
-    operations, in the same order, as the SAE's encoder (:func:`thinksae.sae.kernels.topk_encode`)."""
+    """``(x - b_dec) @ weight.T + bias`` for rows ``x [n, d]``, float32 ``[n, rows]`` (the
+    ``pre`` value; ``weight``/``bias`` are the watched rows of the SAE's encoder)."""
     centred = x.float() - b_dec.float()
     return torch.addmm(bias.to(compute_dtype), centred.to(compute_dtype),
                        weight.to(compute_dtype).T).float()
 
 
-class WatchList:
-    """The encoder rows of the watched features, gathered once."""
+def check_value(value: str) -> str:
+    """``value`` if it is one of ``VALUES``, else a one-line error."""
+    if value not in VALUES:
+        raise ThinksaeError(f"--value must be one of {', '.join(VALUES)} (got {value!r})")
+    return value
 
-    def __init__(self, sae, features: Sequence[int]):
+
+class WatchList:
+    """The watched features of ``sae``, and how to read ``value`` (``topk`` or ``pre``) at them."""
+
+    def __init__(self, sae, features: Sequence[int], value: str = "topk"):
         self.features = [int(f) for f in features]
         bad = [f for f in self.features if not 0 <= f < sae.num_latents]
         if bad:
             raise ThinksaeError(f"feature {bad[0]} is not a latent of the SAE "
                                 f"(0..{sae.num_latents - 1})")
-        idx = torch.tensor(self.features, dtype=torch.long, device=sae.device)
-        self.sae = sae
-        self.index = idx
-        self.weight = sae.encoder.weight.detach()[idx].contiguous()
-        self.bias = sae.encoder.bias.detach()[idx].contiguous()
+        self.sae, self.value = sae, check_value(value)
+        self.index = torch.tensor(self.features, dtype=torch.long, device=sae.device)
+        self.weight = sae.encoder.weight.detach()[self.index].contiguous()  # for ``pre``
+        self.bias = sae.encoder.bias.detach()[self.index].contiguous()
 
-    def acts(self, x: Tensor) -> Tensor:
-        """``relu(pre)`` of the watched features for rows ``x [n, d]`` → ``[n, F]``."""
+    def values(self, x: Tensor) -> Tensor:
+        """The watched features' values for rows ``x [n, d]`` → float32 ``[n, F]``."""
+        return self.topk(x) if self.value == "topk" else self.pre(x)
+
+    def topk(self, x: Tensor) -> Tensor:
+        """``Sae.encode``'s activations at the watched features ``[n, F]`` (0 outside the top
+        k)."""
+        return self.sae.dense_acts(x.to(self.sae.device))[:, self.index].float()
+
+    def pre(self, x: Tensor) -> Tensor:
+        """``relu(pre)`` of the watched features ``[n, F]``, from their encoder rows only."""
         sae = self.sae
         return preactivations(x.to(sae.device), self.weight, self.bias, sae.b_dec.detach(),
                               sae.dtype).relu()
-
-    def full(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Full encode: watched ``relu(pre)`` ``[n, F]`` (taken from the full GEMM), the TopK
-        activations of the watched features ``[n, F]`` (0 outside the top k), and the top-k
-        latent indices ``[n, k]``."""
-        sae = self.sae
-        pre = preactivations(x.to(sae.device), sae.encoder.weight.detach(),
-                             sae.encoder.bias.detach(), sae.b_dec.detach(), sae.dtype)
-        vals, top = pre.topk(sae.cfg.k, dim=-1, sorted=False)
-        dense = torch.zeros_like(pre).scatter_(-1, top, vals.relu())
-        return pre[:, self.index].relu(), dense[:, self.index], top
 
 
 def _cache_kwarg(model) -> str:
@@ -103,30 +107,34 @@ def _sample(logits: Tensor, do_sample: bool, temperature: float, top_p: float,
 
 @dataclass
 class Plan:
-    """A checked request: the prompt's token ids, what to watch, the rules, the token limit."""
+    """A checked request: the prompt's token ids, what to watch, the rules, the token limit,
+    the value watched."""
 
     prompt: str
     ids: list[int]
     watch: WatchList | None
     rules: list[Rule]
     limit: int
+    value: str = "topk"
 
 
 class Monitor:
     """Watches ``features`` of ``sae`` at ``hookpoint`` while ``model`` generates, and applies
-    ``rules`` (a list of :class:`Rule` or their JSON objects)."""
+    ``rules`` (a list of :class:`Rule` or their JSON objects). ``value``: what is watched and
+    compared, ``topk`` (the SAE's activation, default) or ``pre`` (module docstring)."""
 
     def __init__(self, model, tokenizer, sae, hookpoint: str, features: Sequence[int] = (),
-                 rules: Sequence[Rule | dict] = (), *, full_encode: bool = False,
+                 rules: Sequence[Rule | dict] = (), *, value: str = "topk",
                  alert_log: str | Path | None = None, max_new_tokens: int = 256,
                  do_sample: bool = False, temperature: float = 0.6, top_p: float = 0.95,
                  seed: int = 0, system_prompt: str | None = None, think_prefill: bool = False):
         self.model, self.tokenizer, self.sae, self.hookpoint = model, tokenizer, sae, hookpoint
         self.module = resolve_hookpoint(model, hookpoint)
+        self.value = check_value(value)
         self.rules = self.check_rules(rules)
+        check_rule_values(self.rules, self.value)
         self.features = watched_features(self.rules, features)
         WatchList(sae, self.features)  # validates the indices
-        self.full_encode = full_encode
         self.log = AlertLog(alert_log) if alert_log else None
         if max_new_tokens < 1:
             raise ThinksaeError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
@@ -159,42 +167,40 @@ class Monitor:
 
     def prepare(self, prompt: str, *, features: Sequence[int] | None = None,
                 rules: Sequence[Rule | dict] | None = None, max_new_tokens: int | None = None,
-                templated: bool = False, source: str = "rules") -> Plan:
+                templated: bool = False, source: str = "rules", value: str | None = None) -> Plan:
         """Check a request and tokenise its prompt (errors now, not at the first token)."""
+        value = self.value if value is None else check_value(value)
         rule_list = self.rules if rules is None else self.check_rules(rules, source)
+        check_rule_values(rule_list, value)
         feats = self.features if features is None and rules is None else watched_features(
             rule_list, self.features if features is None else features)
-        if any(r.value == "topk" for r in rule_list) and not self.full_encode:
-            name = next(r.name for r in rule_list if r.value == "topk")
-            raise ThinksaeError(f"rule {name!r} reads value topk, which needs the full encode")
         limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ThinksaeError(f"max_new_tokens must be an integer >= 1 (got {limit!r})")
-        watch = WatchList(self.sae, feats) if feats else None
-        return Plan(prompt, self.prompt_ids(prompt, templated), watch, rule_list, limit)
+        watch = WatchList(self.sae, feats, value) if feats else None
+        return Plan(prompt, self.prompt_ids(prompt, templated), watch, rule_list, limit, value)
 
     def watch(self, prompt: str, *, features: Sequence[int] | None = None,
               rules: Sequence[Rule | dict] | None = None, max_new_tokens: int | None = None,
-              templated: bool = False, cancel=None) -> Iterator[Event]:
+              templated: bool = False, value: str | None = None, cancel=None) -> Iterator[Event]:
         """Generate from ``prompt`` (a question, chat-templated unless ``templated``) and yield a
         :class:`TokenEvent` per token, :class:`AlertEvent` s as rules fire, and a final
-        :class:`DoneEvent`. ``features``/``rules`` replace the monitor's for this call (the
-        rules' features are always watched); a set ``cancel`` (a ``threading.Event``) ends
+        :class:`DoneEvent`. ``features``/``rules``/``value`` replace the monitor's for this call
+        (the rules' features are always watched); a set ``cancel`` (a ``threading.Event``) ends
         generation after the current token. Bad arguments raise before generation starts."""
         plan = self.prepare(prompt, features=features, rules=rules,
-                            max_new_tokens=max_new_tokens, templated=templated)
+                            max_new_tokens=max_new_tokens, templated=templated, value=value)
         return self.run(plan, cancel)
 
     @torch.inference_mode()
     def run(self, plan: Plan, cancel=None) -> Iterator[Event]:
         """The events of a prepared generation (see :meth:`watch`)."""
-        yield from self._generate(plan.ids, plan.watch, RuleEngine(plan.rules), plan.limit,
-                                  cancel, plan.prompt)
+        yield from self._generate(plan, RuleEngine(plan.rules), cancel)
 
-    def _generate(self, ids: list[int], watch: WatchList | None, engine: RuleEngine, limit: int,
-                  cancel, prompt: str) -> Iterator[Event]:
+    def _generate(self, plan: Plan, engine: RuleEngine, cancel) -> Iterator[Event]:
         from transformers import DynamicCache
 
+        ids, watch, limit, prompt = plan.ids, plan.watch, plan.limit, plan.prompt
         model, device = self.model, next(self.model.parameters()).device
         run_id, t0 = uuid.uuid4().hex[:12], time.perf_counter()
         regions = RegionTracker(self.tokenizer, ids, self.special_ids)
@@ -234,13 +240,14 @@ class Monitor:
                                logits_to_keep=1).logits[0, -1]
                 generated.append(token)
                 event = self._token_event(token, detok.push(token), position, step,
-                                          regions.push(token), watch, captured)
+                                          regions.push(token), plan.value, watch, captured)
                 position += 1
                 yield event
-                for rule, values in engine.step(event.region, event.acts, event.topk):
+                for rule, values in engine.step(event.region, event.acts):
                     alert = AlertEvent(rule.name, rule.severity, step, event.position, event.text,
                                        event.region, values, rule.threshold, rule.action,
-                                       rule.message, run_id, time.time())
+                                       value=plan.value, message=rule.message, run_id=run_id,
+                                       time=time.time())
                     if self.log is not None:
                         self.log.append(alert, prompt)
                     yield alert
@@ -258,9 +265,9 @@ class Monitor:
         yield DoneEvent(reason, len(generated), text, fired_by, time.perf_counter() - t0, run_id)
 
     def _token_event(self, token: int, text: str, position: int, step: int, region: str,
-                     watch: WatchList | None, captured: list[Tensor]) -> TokenEvent:
+                     value: str, watch: WatchList | None, captured: list[Tensor]) -> TokenEvent:
         if watch is None:
-            return TokenEvent(token, text, position, step, region, {})
+            return TokenEvent(token, text, position, step, region, {}, value)
         if len(captured) != 1:
             raise ThinksaeError(f"hookpoint {self.hookpoint} ran {len(captured)} times for one "
                                 "token (expected once)")
@@ -268,12 +275,14 @@ class Monitor:
         if x.shape[-1] != self.sae.d_in:
             raise ThinksaeError(f"the SAE has d_in {self.sae.d_in}, but the model's "
                                 f"{self.hookpoint} output has width {x.shape[-1]}")
-        if not self.full_encode:
-            acts = watch.acts(x)[0].tolist()
-            return TokenEvent(token, text, position, step, region, dict(zip(watch.features, acts)))
-        acts_t, topk_t, _ = watch.full(x)
-        topk = topk_t[0].tolist()
-        return TokenEvent(token, text, position, step, region,
-                          dict(zip(watch.features, acts_t[0].tolist())),
-                          dict(zip(watch.features, topk)),
-                          [f for f, v in zip(watch.features, topk) if v > 0])
+        acts = watch.values(x)[0].tolist()
+        return TokenEvent(token, text, position, step, region, dict(zip(watch.features, acts)),
+                          value)
+
+
+def check_rule_values(rules: Sequence[Rule], value: str) -> None:
+    """A rule written for the other value would compare its threshold with the wrong quantity."""
+    for rule in rules:
+        if rule.value is not None and rule.value != value:
+            raise ThinksaeError(f"rule {rule.name!r} is written for value {rule.value}, but the "
+                                f"monitor watches {value} (--value {rule.value} to watch it)")

@@ -5,17 +5,22 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+VALUES = ("topk", "pre")
+"""What a monitor watches (``value``): ``topk`` (default), the SAE's activation exactly as
+:meth:`thinksae.sae.Sae.encode` gives it (0 for a latent outside the token's top k); ``pre``,
+``relu((x - b_dec) @ W_enc[f] + b_enc[f])``, what feature f would read were it among the top k
+(> 0 for many latents the SAE leaves inactive)."""
+
+VALUE_LABELS = {"topk": "top-k activation", "pre": "relu(pre-activation)"}
+"""How the terminal view and the web page name each value."""
+
 
 @dataclass
 class TokenEvent:
     """One generated token and the watched features' values at its position.
 
-    ``acts[f]`` is ``relu(pre_f)`` with ``pre = (x - b_dec) @ W_enc[f] + b_enc[f]``, x the
-    hookpoint output at this token: what feature f would read if it were among the token's k
-    active latents (the same arithmetic as a full encode, so bit for bit the value a full encode
-    gives where f is active). With the full encode on, ``topk[f]`` is the TopK SAE's actual
-    activation (0 where f is not among the k active latents) and ``active`` the watched features
-    that are.
+    ``acts[f]`` is the value ``value`` (see ``VALUES``) of feature f at this token, x the
+    hookpoint output at the token's position.
     """
 
     token_id: int
@@ -27,15 +32,13 @@ class TokenEvent:
     region: str
     """think, answer or special (``<think>``, ``</think>`` and other control tokens)."""
     acts: dict[int, float]
-    topk: dict[int, float] | None = None
-    active: list[int] | None = None
+    value: str = "topk"
+    """Which quantity ``acts`` holds: ``topk`` or ``pre`` (``VALUES``)."""
     type: str = field(default="token", init=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["acts"] = {str(k): v for k, v in self.acts.items()}
-        if self.topk is not None:
-            out["topk"] = {str(k): v for k, v in self.topk.items()}
         return out
 
 
@@ -53,6 +56,8 @@ class AlertEvent:
     """The values the rule compared with its threshold (means over its window)."""
     threshold: float
     action: str
+    value: str = "topk"
+    """Which quantity ``values`` are means of: ``topk`` or ``pre`` (``VALUES``)."""
     message: str = ""
     run_id: str = ""
     time: float = 0.0

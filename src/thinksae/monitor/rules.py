@@ -8,7 +8,8 @@ A rules file is a list of rules, or an object ``{"rules": [...]}``. One rule::
     consecutive: 3               # the condition holds on M consecutive tokens (default 1)
     window: 8                    # compare the mean over the last N tokens instead of each token
     region: think                # think | answer | any (default any)
-    value: act                   # act (ReLU pre-activation, default) or topk (needs full encode)
+    value: topk                  # optional: the value the rule expects the monitor to watch,
+                                 # topk (the SAE's activation) or pre (ReLU pre-activation)
     severity: warning            # info | warning | critical (default warning)
     once: false                  # fire at most once per generation (default: each time the
                                  # condition becomes true again after having been false)
@@ -18,6 +19,11 @@ A rules file is a list of rules, or an object ``{"rules": [...]}``. One rule::
 Tokens outside the rule's region are skipped and reset its consecutive count and window. A rule
 fires on the token where its condition has held for ``consecutive`` tokens in a row; it can fire
 again only after the condition was false once (``once: true``: never again).
+
+A rule compares the value the monitor watches (``thinksae monitor --value``, default ``topk``: the
+SAE's activation, 0 outside the top k; see :data:`thinksae.monitor.events.VALUES`). A rule that
+names a ``value`` is refused by a monitor watching the other one, since its threshold was meant
+for that quantity.
 """
 
 from __future__ import annotations
@@ -31,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ThinksaeError
+from .events import VALUES
 
 SEVERITIES = ("info", "warning", "critical")
 REGIONS = ("any", "think", "answer")
-VALUES = ("act", "topk")
 MATCHES = ("any", "all")
 _FIELDS = {"name", "feature", "features", "match", "threshold", "below", "consecutive", "window",
            "region", "value", "severity", "once", "action", "message"}
@@ -53,7 +59,8 @@ class Rule:
     consecutive: int = 1
     window: int = 1
     region: str = "any"
-    value: str = "act"
+    value: str | None = None
+    """The value (``topk`` or ``pre``) the rule was written for; None: whichever is watched."""
     severity: str = "warning"
     once: bool = False
     action: str = "none"
@@ -65,9 +72,11 @@ class Rule:
         out: dict[str, Any] = {"name": self.name, "features": list(self.features),
                                "match": self.match, "threshold": self.threshold,
                                "below": self.below, "consecutive": self.consecutive,
-                               "window": self.window, "region": self.region, "value": self.value,
+                               "window": self.window, "region": self.region,
                                "severity": self.severity, "once": self.once,
                                "action": {"steer": self.steer} if self.steer else self.action}
+        if self.value is not None:
+            out["value"] = self.value
         if self.message:
             out["message"] = self.message
         return out
@@ -93,6 +102,15 @@ def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value.lower() not in choices:
         raise _fail(where, f"field {key!r} must be one of {', '.join(choices)} (got {value!r})")
     return value.lower()
+
+
+def _value(where: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.lower() == "act":
+        raise _fail(where, "field 'value': 'act' is now called 'pre' (ReLU pre-activation); the "
+                           "default, topk, is the SAE's activation (0 outside the top k)")
+    return _choice(where, "value", value, VALUES)
 
 
 def _features(where: str, data: Mapping) -> tuple[int, ...]:
@@ -161,7 +179,7 @@ def parse_rule(data: Any, where: str, num_latents: int | None = None) -> Rule:
         consecutive=_int_field(where, "consecutive", data.get("consecutive", 1), 1),
         window=_int_field(where, "window", data.get("window", 1), 1),
         region=_choice(where, "region", data.get("region", "any"), REGIONS),
-        value=_choice(where, "value", data.get("value", "act"), VALUES),
+        value=_value(where, data.get("value")),
         severity=_choice(where, "severity", data.get("severity", "warning"), SEVERITIES),
         once=_bool_field(where, "once", data.get("once", False)),
         action=action, steer=steer, message=message)
@@ -240,8 +258,7 @@ class RuleEngine:
     def reset(self) -> None:
         self.states = [_State(history=deque(maxlen=r.window)) for r in self.rules]
 
-    def step(self, region: str, acts: Mapping[int, float], topk: Mapping[int, float] | None = None
-             ) -> list[tuple[Rule, dict[int, float]]]:
+    def step(self, region: str, acts: Mapping[int, float]) -> list[tuple[Rule, dict[int, float]]]:
         """Feed one token (its region and watched values); ``(rule, values that decided)`` for
         every rule that fires on it."""
         fired = []
@@ -250,11 +267,7 @@ class RuleEngine:
                 st.run, st.armed = 0, True
                 st.history.clear()
                 continue
-            source = topk if rule.value == "topk" else acts
-            if source is None:
-                raise ThinksaeError(f"rule {rule.name!r} reads value topk, which needs the full "
-                                    "encode (--full_encode)")
-            st.history.append([float(source.get(f, 0.0)) for f in rule.features])
+            st.history.append([float(acts.get(f, 0.0)) for f in rule.features])
             if len(st.history) < rule.window:
                 st.run = 0
                 continue

@@ -9,7 +9,7 @@ from simple_parsing import field
 
 from ..errors import ThinksaeError
 from ..models.loading import DEFAULT_MODEL
-from .engine import Monitor
+from .engine import Monitor, check_rule_values, check_value
 from .rules import load_rules
 
 
@@ -27,9 +27,10 @@ class MonitorConfig:
     """Features to watch, comma-separated (those the rules read are added)."""
     rules: str | None = None
     """Rules file (YAML or JSON; see thinksae.monitor.rules for the format)."""
-    full_encode: bool = False
-    """Also run the full TopK encode per token: report actual TopK activations (rules may read
-    them with value: topk), at the cost of the full encoder GEMM."""
+    value: str = "topk"
+    """Value watched and compared by the rules: topk (the SAE's activation as Sae.encode gives
+    it, 0 outside the top k; one full encoder GEMM per token) or pre (relu of the
+    pre-activation from the watched encoder rows: > 0 for many latents the SAE leaves off)."""
     hookpoint: str | None = None
     """Hookpoint the SAE reads (default: the SAE's own, from thinksae.json or its directory)."""
     model: str = DEFAULT_MODEL
@@ -98,6 +99,7 @@ def _check(cfg: MonitorConfig) -> None:
         raise ThinksaeError("--prompt is empty")
     if cfg.max_new_tokens < 1:
         raise ThinksaeError(f"--max_new_tokens must be at least 1 (got {cfg.max_new_tokens})")
+    check_value(cfg.value)
     if not 0 < cfg.port < 65536:
         raise ThinksaeError(f"--port must be in 1..65535 (got {cfg.port})")
 
@@ -112,6 +114,7 @@ def build_monitor(cfg: MonitorConfig, model=None, tokenizer=None) -> Monitor:
         raise ThinksaeError(f"--features: feature {bad[0]} is not a latent of the SAE "
                             f"(0..{sae.num_latents - 1})")
     rules = load_rules(cfg.rules, sae.num_latents) if cfg.rules else []
+    check_rule_values(rules, cfg.value)
     if not features and not rules and not cfg.serve:
         raise ThinksaeError("nothing to watch: give --features and/or --rules")
     if model is None:
@@ -123,7 +126,7 @@ def build_monitor(cfg: MonitorConfig, model=None, tokenizer=None) -> Monitor:
         raise ThinksaeError("a model was passed without its tokenizer")
     sae = sae.to(next(model.parameters()).device)
     return Monitor(model, tokenizer, sae, hookpoint, features, rules,
-                   full_encode=cfg.full_encode, alert_log=cfg.alert_log or None,
+                   value=cfg.value, alert_log=cfg.alert_log or None,
                    max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                    temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
                    system_prompt=cfg.system_prompt, think_prefill=cfg.think_prefill)

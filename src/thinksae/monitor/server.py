@@ -3,7 +3,8 @@
 - ``GET /`` the page; ``GET /api/info`` the SAE, hookpoint, default features and rules;
   ``GET /api/alerts?limit=N`` the last alerts of the JSONL log.
 - ``POST /api/generate`` with a JSON body ``{"prompt": str, "features": [int] | "1,2",
-  "rules": [rule, ...], "max_new_tokens": int}`` (all but the prompt optional) answers
+  "rules": [rule, ...], "max_new_tokens": int, "value": "topk" | "pre"}`` (all but the prompt
+  optional; ``value`` defaults to the monitor's) answers
   ``text/event-stream``: one ``token``, ``alert`` or ``done`` event per message (data: the event
   as JSON), or an ``error`` event if generation fails.
 
@@ -27,9 +28,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from ..errors import ThinksaeError
 from .alerts import read_alerts
+from .events import VALUE_LABELS, VALUES
 
 PAGE = Path(__file__).parent / "static" / "index.html"
-_FIELDS = {"prompt", "features", "rules", "max_new_tokens"}
+_FIELDS = {"prompt", "features", "rules", "max_new_tokens", "value"}
 
 
 def _finite(obj):
@@ -116,9 +118,12 @@ def parse_request(body: Any, monitor, max_prompt_chars: int, max_features: int):
     limit = body.get("max_new_tokens", monitor.max_new_tokens)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= monitor.max_new_tokens:
         raise RequestError(422, f"max_new_tokens: expected an integer in 1..{monitor.max_new_tokens}")
+    value = body.get("value", monitor.value)
+    if value not in VALUES:
+        raise RequestError(422, f"value: expected one of {', '.join(VALUES)} (got {value!r})")
     try:
         plan = monitor.prepare(prompt, features=features, rules=rules, max_new_tokens=limit,
-                               source="rules")
+                               source="rules", value=value)
     except ThinksaeError as e:
         raise RequestError(422, str(e)) from None
     if plan.watch is not None and len(plan.watch.features) > max_features:
@@ -152,7 +157,7 @@ def create_app(monitor, max_body: int = 64 * 1024, max_prompt_chars: int = 8000,
         sae = monitor.sae
         return {"hookpoint": monitor.hookpoint, "num_latents": sae.num_latents, "k": sae.cfg.k,
                 "features": monitor.features, "rules": [r.to_dict() for r in monitor.rules],
-                "full_encode": monitor.full_encode, "max_new_tokens": monitor.max_new_tokens,
+                "value": monitor.value, "values": VALUE_LABELS, "max_new_tokens": monitor.max_new_tokens,
                 "max_features": max_features, "max_prompt_chars": max_prompt_chars,
                 "busy": lock.locked()}
 

@@ -1,5 +1,6 @@
 """Terminal view of a monitored generation (rich): tokens coloured by the watched features'
-activation, and the alerts as they are raised."""
+values, and the alerts as they are raised; the status line and the alert table name the value
+shown (top-k activation or relu(pre-activation))."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .events import AlertEvent, DoneEvent, Event, TokenEvent
+from .events import VALUE_LABELS, AlertEvent, DoneEvent, Event, TokenEvent
 
 SEVERITY_STYLE = {"info": "cyan", "warning": "bold yellow", "critical": "bold white on red"}
 
@@ -25,8 +26,8 @@ def _shade(level: float) -> str:
 class View:
     """Accumulates events and renders them."""
 
-    def __init__(self, features: list[int], max_alerts: int = 12):
-        self.features = features
+    def __init__(self, features: list[int], max_alerts: int = 12, value: str = "topk"):
+        self.features, self.value = features, value
         self.tokens: list[TokenEvent] = []
         self.alerts: list[AlertEvent] = []
         self.done: DoneEvent | None = None
@@ -61,7 +62,9 @@ class View:
         return out
 
     def alert_table(self) -> Table:
-        table = Table(title=f"alerts ({len(self.alerts)})", expand=True, title_justify="left")
+        table = Table(title=f"alerts ({len(self.alerts)}) · values: "
+                            f"{VALUE_LABELS.get(self.value, self.value)}", expand=True,
+                      title_justify="left")
         for col in ("step", "rule", "severity", "region", "token", "values", "action"):
             table.add_column(col, overflow="fold")
         for a in self.alerts[-self.max_alerts:]:
@@ -72,7 +75,8 @@ class View:
 
     def status(self) -> Text:
         feats = ", ".join(map(str, self.features[:16])) + (" …" if len(self.features) > 16 else "")
-        line = f"watching [{feats}] · {len(self.tokens)} tokens"
+        line = (f"watching [{feats}] · {VALUE_LABELS.get(self.value, self.value)} · "
+                f"{len(self.tokens)} tokens")
         if self.done is not None:
             line += f" · done: {self.done.reason}"
             if self.done.rule:
@@ -88,7 +92,7 @@ def run_terminal(monitor, prompt: str, console: Console | None = None, live: boo
                  **watch_kwargs) -> list[Event]:
     """Generate from ``prompt`` showing the live view; returns all events."""
     console = console or Console()
-    view = View(monitor.features)
+    view = View(monitor.features, value=watch_kwargs.get("value") or monitor.value)
     events: list[Event] = []
     if live and console.is_terminal:
         with Live(view.render(), console=console, refresh_per_second=8) as screen:

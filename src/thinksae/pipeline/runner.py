@@ -260,7 +260,8 @@ class Pipeline:
         row = read_feature_row(self.paths.stage_dir("analyze"), feature)
         max_act = row.get("max_act") or 0.0
         threshold = rule.pop("threshold", "auto")
-        if threshold == "auto":  # clearly firing: half its mean activation when it fires
+        if threshold == "auto":  # half its mean top-k activation when it fires: the quantity
+            # the rule compares under the default value topk (value pre: refused by the spec)
             threshold = round(0.5 * (row.get("mean_act") or max_act), 4)
         threshold = float(threshold)
         rule = {"name": f"feature-{feature}", "feature": feature, "threshold": threshold,

@@ -159,6 +159,18 @@ def _check_stage(stage: str, options: Any, where: str) -> dict[str, Any] | None:
     return {k: v for k, v in options.items() if k != "enabled"}
 
 
+def _check_monitor_value(options: dict[str, Any], where: str) -> None:
+    """`threshold: auto` is half the feature's mean top-k activation when it fires (from the
+    analysis): a threshold for the monitor's default value, topk, and refused for value pre."""
+    rule, value = options.get("rule") or {}, options.get("value", "topk")
+    if rule.get("value") not in (None, value):
+        raise ThinksaeError(f"{where}: monitor.rule.value {rule['value']!r} differs from "
+                            f"monitor.value {value!r}; set monitor.value")
+    if value == "pre" and rule.get("threshold", "auto") == "auto":
+        raise ThinksaeError(f"{where}: monitor.rule.threshold auto is calibrated on top-k "
+                            "activations; with monitor.value pre give a number")
+
+
 def resolve(config: str | None = None, preset: str | None = None,
             overrides: dict[str, Any] | None = None) -> PipelineSpec:
     """The spec of a preset and/or a config file (whose own ``preset:`` key names its base),
@@ -198,4 +210,5 @@ def resolve(config: str | None = None, preset: str | None = None,
         if value.startswith("top:") and value.removeprefix("top:") not in FEATURE_SCORES:
             raise ThinksaeError(f"{where}: {stage}.feature {value!r}: use top:<score> with one of "
                                 f"{', '.join(FEATURE_SCORES)}")
+    _check_monitor_value(stages["monitor"] or {}, where)
     return PipelineSpec(stages=stages, **{k: data[k] for k in top if k in data})
