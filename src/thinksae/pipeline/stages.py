@@ -1,5 +1,5 @@
-"""Run the stages of a pipeline spec in order, skipping each one whose output is already complete
-for the same config hash.
+"""Run the stages of a pipeline spec (the records of `table.TABLE`) in order, skipping each one
+whose output is already complete for the same config hash.
 
 Every stage writes ``<out>/<stage dir>/stage.json``: ``running`` with its hash before it starts,
 ``done`` (plus its full config and wall time) after. A stage is skipped when its marker says
@@ -24,14 +24,11 @@ from typing import Any
 from .. import atomic
 from ..config import to_dict
 from ..errors import ThinksaeError
-from .spec import MANAGED, SHARED, PipelineSpec, stage_class
+from . import table
+from .spec import SHARED, PipelineSpec
+from .table import Stage
 
 MARKER = "stage.json"
-DIRS = {"corpus": "corpus", "harvest": "store", "train": "sae", "eval": "eval",
-        "splice": "splice", "analyze": "features", "steer": "steer", "monitor": "monitor"}
-DEPENDS = {"corpus": (), "harvest": ("corpus",), "train": ("harvest",), "eval": ("train", "harvest"),
-           "splice": ("train", "harvest"), "analyze": ("train", "harvest"),
-           "steer": ("train", "analyze"), "monitor": ("train", "analyze")}
 UNHASHED = ("progress",)
 """Config fields that do not change a stage's output."""
 
@@ -43,8 +40,8 @@ class Paths:
     root: Path
     hookpoint: str
 
-    def stage_dir(self, stage: str) -> Path:
-        return self.root / DIRS[stage]
+    def stage_dir(self, stage: str | Stage) -> Path:
+        return self.root / (stage if isinstance(stage, Stage) else table.stage(stage)).folder
 
     @property
     def traces(self) -> Path:
@@ -76,25 +73,26 @@ class Models:
         return self.cache[key]
 
 
-def build_config(stage: str, spec: PipelineSpec, progress: bool, extra: dict[str, Any] | None = None):
+def build_config(stage: str | Stage, spec: PipelineSpec, progress: bool,
+                 extra: dict[str, Any] | None = None):
     """The stage's config dataclass: shared keys, then the stage's section, then ``extra`` (the
     paths between stages)."""
-    cls = stage_class(stage)
+    st = stage if isinstance(stage, Stage) else table.stage(stage)
+    cls = st.config_class
     names = {f.name for f in dataclasses.fields(cls)}
     options: dict[str, Any] = {k: getattr(spec, k) for k in SHARED if k in names
-                               and k not in MANAGED[stage] and getattr(spec, k) is not None}
-    options.update({k: v for k, v in (spec.stages[stage] or {}).items() if k in names})
+                               and k not in st.managed and getattr(spec, k) is not None}
+    options.update({k: v for k, v in (spec.stages[st.name] or {}).items() if k in names})
     options.update(extra or {})
     if "progress" in names:
         options["progress"] = progress
-    if stage == "train":
-        from ..sae import SaeConfig
-
-        options["sae"] = SaeConfig(**(options.get("sae") or {}))
+    for key, sub in table.nested_configs(cls).items():  # train.sae: a mapping in the spec
+        if not isinstance(options.get(key), sub):
+            options[key] = sub(**(options.get(key) or {}))
     try:
         return cls(**options)
     except TypeError as e:
-        raise ThinksaeError(f"{stage}: {e}") from None
+        raise ThinksaeError(f"{st.name}: {e}") from None
 
 
 def stage_hash(stage: str, cfg, upstream: list[str], root: Path | None = None,
