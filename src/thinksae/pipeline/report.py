@@ -174,6 +174,23 @@ def _monitor_section(root: Path) -> dict | None:
             "events": _rel(folder / "events.jsonl", root)}
 
 
+def _validate_section(root: Path) -> dict | None:
+    from ..validate.verdicts import KEY_NUMBERS, SUMMARY_FILE, read_verdicts
+
+    folder = root / table.stage("validate").folder
+    summary = _load(folder / SUMMARY_FILE)
+    if not summary or (read_marker(folder) or {}).get("status") != "done":
+        return None
+    rows = [{"feature": f, "verdict": r["verdict"], "label": r.get("label"), "why": r.get("why"),
+             **{k: r.get(k) for k in KEY_NUMBERS}} for f, r in sorted(read_verdicts(folder).items())]
+    return {"counts": summary["counts"], "passed_all": summary["passed_all"],
+            "features": summary["features"], "traces": summary["traces"],
+            "targets": summary["target_text"], "thresholds": summary["thresholds"],
+            "comparisons": summary["comparisons"], "comparisons_note": summary["comparisons_note"],
+            "attribution": {k: summary["attribution"][k] for k in ("metric", "spearman")},
+            "rows": rows, "verdicts": _rel(folder / "verdicts.jsonl", root)}
+
+
 class Run(NamedTuple):
     """What the report's sections read: the run directory, its config, where its SAE is."""
 
@@ -208,6 +225,7 @@ SECTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "eval": lambda run: {"eval": _eval_section(run.at("eval") / "eval.json", run.root)},
     "splice": lambda run: {"splice": _eval_section(run.at("splice") / "eval.json", run.root)},
     "analyze": lambda run: {"features": _features_section(run.root)},
+    "validate": lambda run: {"validate": _validate_section(run.root)},
     "steer": lambda run: {"steer": _steer_section(run.root)},
     "monitor": lambda run: {"monitor": _monitor_section(run.root)},
 }

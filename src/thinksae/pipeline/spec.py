@@ -149,7 +149,8 @@ def resolve(config: str | None = None, preset: str | None = None,
     for key in ("name", "out", "model"):
         if not data.get(key):
             raise ThinksaeError(f"{where}: `{key}` is required")
-    stages = {st.name: _check_stage(st, data.get(st.name, {}), where) for st in table.TABLE}
+    stages = {st.name: _check_stage(st, data.get(st.name, {} if st.default_on else None), where)
+              for st in table.TABLE}
     _check_upstream(stages, where)
     for st in table.TABLE:
         if st.check is not None and stages[st.name] is not None:

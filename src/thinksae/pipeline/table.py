@@ -65,6 +65,8 @@ class Stage:
     """Under torchrun every rank runs it (after waiting for its upstream); others: rank 0 only."""
     check: Callable[[dict[str, Any], str], None] | None = None
     """More checks of its (resolved) section before anything runs: raise a ThinksaeError."""
+    default_on: bool = True
+    """Runs when a config has no section for it (False: only when a config gives one)."""
 
     @property
     def config_class(self) -> type:
@@ -159,6 +161,17 @@ def run_analyze(p: Pipeline, st: Stage) -> Step:
 
         model, tok = p.models.get(cfg) if cfg.logit_lens else (None, None)
         analyze(cfg, model, tok)
+    return Step(cfg, action)
+
+
+def run_validate(p: Pipeline, st: Stage) -> Step:
+    cfg = p.config(st, sae=str(p.sae_dir), store=str(p.paths.store), analysis=str(p.dir("analyze")),
+                   out=str(p.dir(st)), refresh_dashboard=False)
+
+    def action():
+        from ..validate import validate
+
+        validate(cfg, *p.models.get(cfg))
     return Step(cfg, action)
 
 
@@ -301,6 +314,9 @@ TABLE: tuple[Stage, ...] = (
           managed=("sae", "store", "corpus", "out", "update_card")),
     Stage("analyze", "features", "thinksae.features:AnalyzeConfig", run_analyze,
           upstream=("train", "harvest"), managed=("sae", "store", "corpus", "out")),
+    Stage("validate", "validate", "thinksae.validate:ValidateConfig", run_validate,
+          upstream=("train", "harvest", "analyze"), optional=True,
+          managed=("sae", "store", "analysis", "out", "refresh_dashboard"), default_on=False),
     Stage("steer", "steer", "thinksae.steer:SteerConfig", run_steer, upstream=("train", "analyze"),
           optional=True, managed=("sae", "out"), check=check_steer),
     Stage("monitor", "monitor", "thinksae.monitor:MonitorConfig", run_monitor,
