@@ -254,3 +254,29 @@ def test_cli_options():
     args = build_parser().parse_args(["corpus", "--engine", "llama.cpp", "--batch_size", "16"])
     assert (args.cfg.engine, args.cfg.batch_size) == ("llama.cpp", 16)
     assert build_parser().parse_args(["corpus"]).cfg.batch_size == "auto"
+
+
+def test_real_llama_cpp_on_a_tiny_gguf(tmp_path, model, r1_tokenizer):  # noqa: F811
+    pytest.importorskip("llama_cpp")  # optional extra: compiled from source
+    from helpers_corpus import R1_TOKENIZER_DIR
+    from helpers_gguf import write_tiny_gguf
+
+    gguf = write_tiny_gguf(model, R1_TOKENIZER_DIR, tmp_path / "tiny.gguf")
+    hf = generate_traces(model, r1_tokenizer, QUESTIONS, tmp_path / "hf.jsonl", batch_size=4,
+                         max_new_tokens=8, progress=False)
+    cfg = CorpusConfig(model=str(gguf), engine="llama.cpp", out=str(tmp_path / "ll.jsonl"),
+                       max_new_tokens=8, batch_size=3, progress=False)
+    engine = LlamaCppEngine(gguf, r1_tokenizer, Sampling())
+    try:  # float32 weights in both: greedy traces agree token for token
+        rows = engine.generate([t.prompt for t in hf], [t.id for t in hf], 8)
+        assert [r1_tokenizer.decode(r.ids) for r in rows] == [t.completion for t in hf]
+        sampled = LlamaCppEngine(gguf, r1_tokenizer, Sampling(True, 1.0, 1.0, 7), engine.backend)
+        one = sampled.generate([hf[0].prompt] * 2, ["a", "b"], 8)
+        assert one == sampled.generate([hf[0].prompt] * 2, ["a", "b"], 8)  # seeded
+        assert one[0] != one[1]  # a seed per question
+    finally:
+        engine.close()
+    build_corpus(cfg, tokenizer=r1_tokenizer)
+    got = read_traces(tmp_path / "ll.jsonl")[:4]
+    assert [t.id for t in got] == ["math-001", "math-002", "math-003", "math-004"]
+    assert all(t.meta["engine"] == "llama.cpp" and t.meta["model"] == str(gguf) for t in got)
