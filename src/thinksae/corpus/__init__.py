@@ -10,6 +10,7 @@ from pathlib import Path
 from ..config import save_config, to_dict
 from ..errors import ThinksaeError
 from ..models.loading import DEFAULT_MODEL
+from .engines import ENGINES, Sampling, check_batch_size, check_engine, open_engine
 from .generate import (
     SAMPLE_SEP,
     THINK_SYSTEM_PROMPT,
@@ -66,8 +67,13 @@ class CorpusConfig:
     samples: int = 1
     """Traces per question (sampled: needs --do_sample when above 1); trace ids become
     `<question id>#<n>`, so held-out splits keep all samples of a question together."""
-    batch_size: int = 8
-    """Questions generated together (left-padded)."""
+    batch_size: int | str = "auto"
+    """Questions generated together, or `auto`: on hf as many as fit half the free memory (KV
+    cache + prefill from the model config), at most 64 (CPU decoding is bound by reading the
+    weights, so big batches are nearly free); 8 on llama.cpp; 64 on vllm."""
+    engine: str = "hf"
+    """Generation engine: `hf` (transformers), `llama.cpp` (a GGUF run quantised on CPU; needs
+    `pip install 'thinksae[llamacpp]'`) or `vllm` (CUDA); traces record it in `meta.engine`."""
     max_new_tokens: int = 512
     """Most tokens generated per question (thinking + answer)."""
     do_sample: bool = False
@@ -171,21 +177,30 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
 
     if cfg.answer_tokens < 0:
         raise ThinksaeError(f"answer_tokens must be >= 0, got {cfg.answer_tokens}")
+    check_batch_size(cfg.batch_size)
+    check_engine(cfg.engine, cfg.model)
     _check_resumable(cfg)
     problems = repeat_problems(load_prompts(cfg.prompts, cfg.limit), cfg.samples, cfg.do_sample)
-    if model is None or tokenizer is None:
+    if cfg.engine != "hf":
+        tokenizer = tokenizer or _load_tokenizer(cfg.model)
+    elif model is None or tokenizer is None:
         from ..models import load_model
 
         model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                       progress=cfg.progress)
+    sampling = Sampling(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed)
+    engine = open_engine(cfg.engine, cfg.model, tokenizer, sampling, model, dtype=cfg.dtype)
     save_config(cfg, config_path(out))
-    generate_traces(
-        model, tokenizer, problems, out,
-        batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-        temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-        system_prompt=cfg.system_prompt, progress=cfg.progress,
-        think_prefill=cfg.think_prefill, answer_tokens=cfg.answer_tokens,
-    )
+    try:
+        generate_traces(
+            model, tokenizer, problems, out,
+            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+            system_prompt=cfg.system_prompt, progress=cfg.progress,
+            think_prefill=cfg.think_prefill, answer_tokens=cfg.answer_tokens, engine=engine,
+        )
+    finally:
+        getattr(engine, "close", lambda: None)()
     return out
 
 
@@ -194,6 +209,7 @@ __all__ = [
     "SAMPLE_SEP",
     "THINK_SYSTEM_PROMPT",
     "CorpusConfig",
+    "ENGINES",
     "Problem",
     "Region",
     "TokenizedTrace",
