@@ -69,7 +69,7 @@ class Pipeline:
         if step is not None:
             self.hashes[st.name] = stage_hash(st.name, step.cfg,
                                               [self.hashes[u] for u in st.upstream],
-                                              self.paths.root, step.extra)
+                                              self.paths.root, step.extra, st.version)
         return step
 
     def _wait_for(self, stage: str) -> None:

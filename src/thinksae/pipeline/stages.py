@@ -31,6 +31,14 @@ from .table import Stage
 MARKER = "stage.json"
 UNHASHED = ("progress",)
 """Config fields that do not change a stage's output."""
+ADDED_LATER: dict[str, dict[str, Any]] = {
+    "corpus": {"engine": "hf"},
+    "train": {"auxk_norm": "x"},
+}
+"""Config fields added after run directories were made, with the value that does what the
+stage did before them: left out of the stage's hash while they hold it, so such a run
+directory still skips its done stages (a field whose default changed the output is not here:
+its stage reruns)."""
 
 
 @dataclass
@@ -96,20 +104,25 @@ def build_config(stage: str | Stage, spec: PipelineSpec, progress: bool,
 
 
 def stage_hash(stage: str, cfg, upstream: list[str], root: Path | None = None,
-               extra: dict[str, Any] | None = None) -> str:
-    """Hash of a stage's config, its upstream stages' hashes and ``extra`` (what the stage uses
-    beside its config, e.g. the monitor's rule). Paths inside the run directory ``root`` count
-    relative to it, so a moved or copied run directory still resumes."""
+               extra: dict[str, Any] | None = None, version: int = 1) -> str:
+    """Hash of a stage's config, its upstream stages' hashes, ``extra`` (what the stage uses
+    beside its config, e.g. the monitor's rule) and its code ``version`` (counted from 2, so
+    version-1 hashes are those of before versions existed). Paths inside the run directory
+    ``root`` count relative to it, so a moved or copied run directory still resumes."""
     prefix = str(root) if root is not None else None
 
     def rel(v):
         if prefix and isinstance(v, str) and (v == prefix or v.startswith(prefix + "/")):
             return "$RUN" + v[len(prefix):]
         return v
-    d = {k: rel(v) for k, v in to_dict(cfg).items() if k not in UNHASHED}
+    legacy = ADDED_LATER.get(stage, {})
+    d = {k: rel(v) for k, v in to_dict(cfg).items()
+         if k not in UNHASHED and not (k in legacy and v == legacy[k])}
     parts = {"stage": stage, "config": d, "upstream": upstream}
     if extra is not None:
         parts["extra"] = extra
+    if version != 1:
+        parts["version"] = version
     blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -67,6 +67,9 @@ class Stage:
     """More checks of its (resolved) section before anything runs: raise a ThinksaeError."""
     default_on: bool = True
     """Runs when a config has no section for it (False: only when a config gives one)."""
+    version: int = 1
+    """Its code version: raise it when the stage writes something else for the same config
+    (its hash changes, so run directories redo it and what depends on it)."""
 
     @property
     def config_class(self) -> type:
@@ -308,20 +311,21 @@ TABLE: tuple[Stage, ...] = (
     Stage("train", "sae", "thinksae.train:TrainConfig", run_train, upstream=("harvest",),
           managed=("store", "model", "corpus", "hookpoint", "out"), all_ranks=True),
     Stage("eval", "eval", "thinksae.evaluate:EvalConfig", run_eval, upstream=("train", "harvest"),
-          managed=("sae", "store", "model", "corpus", "out", "update_card")),
+          managed=("sae", "store", "model", "corpus", "out", "update_card"), version=2),
     Stage("splice", "splice", "thinksae.evaluate:EvalConfig", run_splice,
           upstream=("train", "harvest"), optional=True, command="eval",
-          managed=("sae", "store", "corpus", "out", "update_card")),
+          managed=("sae", "store", "corpus", "out", "update_card"), version=2),
     Stage("analyze", "features", "thinksae.features:AnalyzeConfig", run_analyze,
-          upstream=("train", "harvest"), managed=("sae", "store", "corpus", "out")),
+          upstream=("train", "harvest"), managed=("sae", "store", "corpus", "out"), version=2),
     Stage("validate", "validate", "thinksae.validate:ValidateConfig", run_validate,
           upstream=("train", "harvest", "analyze"), optional=True,
           managed=("sae", "store", "analysis", "out", "refresh_dashboard"), default_on=False),
     Stage("steer", "steer", "thinksae.steer:SteerConfig", run_steer, upstream=("train", "analyze"),
-          optional=True, managed=("sae", "out"), check=check_steer),
+          optional=True, managed=("sae", "out"), check=check_steer, version=2),
     Stage("monitor", "monitor", "thinksae.monitor:MonitorConfig", run_monitor,
           upstream=("train", "analyze"), optional=True, extra=("question", "rule"),
-          managed=("sae", "serve", "live", "alert_log", "rules", "prompt"), check=check_monitor),
+          managed=("sae", "serve", "live", "alert_log", "rules", "prompt"), check=check_monitor,
+          version=2),
 )
 """Every stage, in running order. eval: reconstruction on every stored token; splice: the SAE
 spliced into the model (CE/KL) on the first tokens of the store."""
