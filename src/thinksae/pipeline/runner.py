@@ -218,7 +218,7 @@ class Pipeline:
 
             result = evaluate(cfg, *self.models.get(cfg))
             if not self.spec.sae:
-                update_report_card(self.sae_dir, "eval_spliced", result)
+                update_report_card(self.sae_dir, "eval_spliced", result.to_dict())
         self._run("splice", cfg, action)
 
     def analyze(self) -> None:
