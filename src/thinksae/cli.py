@@ -96,7 +96,8 @@ def _run(cfg) -> None:
 
 
 def _commands() -> dict[str, tuple[str, type, Callable]]:
-    """name → (help, config dataclass, runner). Stage modules are imported lazily."""
+    """name → (help, config dataclass, runner). Building it imports every stage package (for its
+    config); a runner imports its stage's code when it runs."""
     from .corpus import CorpusConfig
     from .store import HarvestConfig
 
