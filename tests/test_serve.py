@@ -277,7 +277,8 @@ def test_client_going_away_stops_generation(client, app, tiny_model):
     assert events(steer(client, features="3=off"))[-1]["type"] == "done"
 
 
-def test_save_as_sweep_writes_the_cli_steer_json(client, run_dir, tiny_model, tokenizer, tmp_path):
+def test_save_as_sweep_writes_the_cli_steer_json(client, run_dir, tiny_model, tokenizer, tmp_path,
+                                                 monkeypatch):
     from thinksae.steer.run import SteerConfig
     from thinksae.steer.run import steer as steer_cli
 
@@ -296,6 +297,12 @@ def test_save_as_sweep_writes_the_cli_steer_json(client, run_dir, tiny_model, to
     assert [x["traces"] for x in saved["runs"]] == [x["traces"] for x in ref["runs"]]
     assert {k: v for k, v in saved["config"].items() if k != "out"} == \
         {k: v for k, v in ref["config"].items() if k != "out"} | {"hookpoint": HOOKPOINT}
+    import thinksae.serve.app as app_module
+
+    monkeypatch.setattr(app_module.time, "strftime", lambda fmt: "steer-same-second")
+    first, again = (client.post("/api/steer/save", json=body).json()["path"] for _ in range(2))
+    assert again != first and json.loads(open(first).read())["runs"][0]["traces"] == \
+        json.loads(open(again).read())["runs"][0]["traces"]
     bad = client.post("/api/steer/save", json={**body, "sweep": "0,nope"})
     assert bad.status_code == 422 and "nope" in bad.json()["error"]
 
@@ -306,3 +313,20 @@ def test_cli(tmp_path, capsys):
     assert main(["serve", str(tmp_path)]) == 2
     assert "is not a run directory (no run_config.json)" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--port", "0"]) == 2
+
+
+def test_cli_serves_the_run_and_warns_when_exposed(run_dir, monkeypatch, capsys):
+    import uvicorn
+
+    import thinksae.serve.app as app_module
+
+    served = {}
+    monkeypatch.setattr(app_module, "create_app", lambda run, cfg: served.setdefault("cfg", cfg))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(kw))
+    assert main(["serve", str(run_dir), "--host", "0.0.0.0", "--port", "9001"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: serving on 0.0.0.0" in out and "http://0.0.0.0:9001/" in out
+    assert served["host"] == "0.0.0.0" and served["port"] == 9001
+    assert served["cfg"].run == str(run_dir)
+    assert main(["serve", str(run_dir)]) == 0
+    assert "warning" not in capsys.readouterr().out and served["host"] == "127.0.0.1"

@@ -170,19 +170,56 @@ def _feature_routes(app: FastAPI, wb: Workbench) -> None:
         return {"traces": read_traces(wb.info, limit)}
 
 
+def _steer_request(wb: Workbench, body):
+    """A checked :class:`~.steering.SteerRequest` (422 with the reason otherwise)."""
+    try:
+        req = parse_steer(body, wb.sae.num_latents, wb.cfg.max_new_tokens, MAX_PROMPT_CHARS,
+                          wb.max_act)
+    except ThinksaeError as e:
+        raise RequestError(422, str(e)) from None
+    if not wb.markers().single_token and (req.window.start, req.window.end) != ("prompt", "none"):
+        raise RequestError(422, "this tokenizer has no single <think>/</think> tokens: use "
+                                "start prompt, end none")
+    return req
+
+
+def _event_stream(wb: Workbench, work) -> StreamingResponse:
+    """Run ``work(emit, cancel)`` in a thread holding the model lock (already acquired) and
+    stream what it emits as server-sent events; the client going away sets ``cancel``."""
+    cancel = threading.Event()
+    queue: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def put(item) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone: nobody listens
+            cancel.set()
+
+    def worker() -> None:
+        try:
+            work(put, cancel)
+        except Exception as e:  # reported to the client; the server goes on
+            put({"type": "error", "message": f"{type(e).__name__}: {e}".splitlines()[0]})
+        finally:
+            wb.lock.release()
+            put(None)
+
+    threading.Thread(target=worker, name="thinksae-serve", daemon=True).start()
+
+    async def stream():
+        try:
+            while (item := await queue.get()) is not None:
+                yield sse(item)
+        finally:
+            cancel.set()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 def _generation_routes(app: FastAPI, wb: Workbench) -> None:
     cfg = wb.cfg
-
-    def steer_request(body):
-        try:
-            req = parse_steer(body, wb.sae.num_latents, cfg.max_new_tokens, MAX_PROMPT_CHARS,
-                              wb.max_act)
-        except ThinksaeError as e:
-            raise RequestError(422, str(e)) from None
-        if not wb.markers().single_token and (req.window.start, req.window.end) != ("prompt", "none"):
-            raise RequestError(422, "this tokenizer has no single <think>/</think> tokens: use "
-                                    "start prompt, end none")
-        return req
 
     @app.post("/api/encode")
     async def encode(request: Request):
@@ -204,47 +241,22 @@ def _generation_routes(app: FastAPI, wb: Workbench) -> None:
 
     @app.post("/api/steer")
     async def steer(request: Request):
-        req = steer_request(await _read_json(request, cfg.max_body))
+        req = _steer_request(wb, await _read_json(request, cfg.max_body))
         if not wb.lock.acquire(blocking=False):
             return _busy()
-        cancel = threading.Event()
-        queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def put(item) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone: nobody listens
-                cancel.set()
-
-        def worker() -> None:
-            try:
-                stream_steer(wb.model, wb.tokenizer, wb.sae, wb.info.hookpoint, req, wb.markers(),
-                             put, cancel)
-            except Exception as e:  # reported to the client; the server goes on
-                put({"type": "error", "message": f"{type(e).__name__}: {e}".splitlines()[0]})
-            finally:
-                wb.lock.release()
-                put(None)
-
-        threading.Thread(target=worker, name="thinksae-steer", daemon=True).start()
-
-        async def stream():
-            try:
-                while (item := await queue.get()) is not None:
-                    yield sse(item)
-            finally:
-                cancel.set()
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _event_stream(wb, lambda emit, cancel: stream_steer(
+            wb.model, wb.tokenizer, wb.sae, wb.info.hookpoint, req, wb.markers(), emit, cancel))
 
     @app.post("/api/steer/save")
     async def save(request: Request):
-        req = steer_request(await _read_json(request, cfg.max_body))
+        req = _steer_request(wb, await _read_json(request, cfg.max_body))
         if not wb.lock.acquire(blocking=False):
             return _busy()
-        out = wb.info.root / "serve" / time.strftime("steer-%Y%m%d-%H%M%S")
+        out = base = wb.info.root / "serve" / time.strftime("steer-%Y%m%d-%H%M%S")
+        for n in range(1, 1000):  # never over an earlier save
+            if not out.exists():
+                break
+            out = base.with_name(f"{base.name}-{n}")
         try:
             return await run_in_threadpool(save_sweep, wb.info.sae_dir, wb.info.hookpoint,
                                            wb.model, wb.tokenizer, req, out)
