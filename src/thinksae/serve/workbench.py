@@ -64,19 +64,23 @@ def load_run(info: RunInfo, model=None, tokenizer=None, sae=None, overrides: dic
     """``(model, tokenizer, sae)`` of the run: the given ones, else loaded once from the run's
     config (``overrides`` replace its model/device/dtype). The SAE runs in float32 on the
     model's device."""
-    from ..sae import load_sae, resolve_sae_dir
+    from ..sae.bound import SaeAtHookpoint
 
-    if sae is None:
-        sae = load_sae(resolve_sae_dir(info.sae_dir, info.hookpoint), dtype=torch.float32)
+    bound = SaeAtHookpoint.find(info.sae_dir, info.hookpoint)
+    own_sae = sae is None
+    if own_sae:
+        sae = bound.load(dtype=torch.float32)
     if model is None:
-        from ..models import load_model, precheck_model
+        from ..models import load_model
 
         cfg = {**info.config, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        precheck_model(cfg["model"], info.hookpoint, d_in=sae.d_in)
+        bound.precheck(cfg["model"])
         model, tokenizer = load_model(cfg["model"], cfg.get("device") or "auto",
                                       cfg.get("dtype") or "auto", tokenizer=cfg.get("tokenizer"))
     elif tokenizer is None:
         raise ThinksaeError("a model was passed without its tokenizer")
+    if own_sae:
+        bound.check_model(model)
     return model, tokenizer, sae.to(next(model.parameters()).device)
 
 
