@@ -74,7 +74,7 @@ def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: in
             if k in ("think_rate_ratio", "think_mean_ratio") and row.get(k) is not None:
                 value += f"  95% CI [{_num(row[k + '_lo'])}, {_num(row[k + '_hi'])}]"
             head.add_row(k, escape(value))
-    parts = [head]
+    parts = [head, *_explanation(analysis, index, row)]
     ctx_lines = Text()
     for ctx in det["contexts"][:contexts]:
         ctx_lines.append(f"{_num(ctx['act']):>8}  ", style="dim")
@@ -93,6 +93,28 @@ def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: in
             lens.add_row(escape(repr(show_token(a["text"]))), escape(repr(show_token(b["text"]))))
         parts.append(lens)
     return Panel(Group(*parts), title=f"feature {index}", expand=False)
+
+
+def _explanation(analysis, index: int, row: dict) -> list:
+    """The `thinksae explain` panel: explanation and its scores next to the baseline's."""
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..explain import read_explanations
+
+    ex = read_explanations(analysis).get(index) or row
+    if not ex.get("explanation"):
+        return []
+    table = Table("", "explanation", "detection AUROC", "bal. acc.", "fuzzing AUROC", "bal. acc.",
+                  title="explanation (held-out scores)", title_justify="left")
+    for src in ("llm", "baseline", "delphi"):
+        if f"{src}_detection_auroc" in ex and (src == "llm" or ex.get(src)):
+            text = ex["explanation"] if src == "llm" else ex[src]
+            table.add_row(src, escape(text), *(_num(ex.get(f"{src}_{m}")) for m in (
+                "detection_auroc", "detection_balanced_accuracy", "fuzzing_auroc",
+                "fuzzing_balanced_accuracy")))
+    return [Text(f"\nexplanation: {ex['explanation']}", style="bold"), table]
 
 
 def print_feature(cfg: FeatureCardConfig) -> None:
