@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from ..errors import ThinksaeError
 
-PROMPT_VERSION = "thinksae-explain/1"
+PROMPT_VERSION = "thinksae-explain/2"
 """Names the prompt texts below; part of every cache key."""
 
 MARK_L, MARK_R = "<<", ">>"
@@ -162,17 +162,15 @@ class ScorerPrompt(NamedTuple):
 
 
 def detection_prompt(explanation: str, texts: list[str]) -> ScorerPrompt:
-    prefix = ("A feature of a language model is described below. Decide whether it fires "
-              "somewhere in a text excerpt.\n\n"
+    prefix = ("A feature of a language model is described below. For each excerpt, answer yes if "
+              "the feature fires somewhere in it (the description matches), else no.\n\n"
               f"Description: {explanation}\n\n")
-    return ScorerPrompt(prefix, [f"Excerpt: {t}\nDoes the description match this excerpt? "
-                                 "Answer yes or no.\nAnswer:" for t in texts])
+    return ScorerPrompt(prefix, [f"Excerpt: {t}\nAnswer (yes/no):" for t in texts])
 
 
 def fuzzing_prompt(explanation: str, texts: list[str]) -> ScorerPrompt:
-    prefix = ("A feature of a language model is described below. In an excerpt some tokens are "
-              f"marked with {MARK_L} {MARK_R}. Decide whether the marked tokens are the ones the "
-              "description is about.\n\n"
+    prefix = ("A feature of a language model is described below. In each excerpt some tokens are "
+              f"marked with {MARK_L} {MARK_R}; answer yes if the marked tokens are the ones the "
+              "description is about, else no.\n\n"
               f"Description: {explanation}\n\n")
-    return ScorerPrompt(prefix, [f"Excerpt: {t}\nAre the marked tokens the right ones? "
-                                 "Answer yes or no.\nAnswer:" for t in texts])
+    return ScorerPrompt(prefix, [f"Excerpt: {t}\nAnswer (yes/no):" for t in texts])
