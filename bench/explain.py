@@ -6,8 +6,8 @@ feature, for `thinksae explain` on an analysis.
 
 Without --analysis a tiny setup is built in a temporary directory (a random 4-layer Qwen2 with the
 real R1 tokenizer, the test corpus, a harvested store, a random SAE, an analysis) and the tiny
-model is both explainer (real greedy generation) and scorer. With --analysis and --model the given
-model does both on that analysis (the offline GGUF: `--model offline`). Printed: the timing of
+model is both explainer (real greedy generation) and scorer; `--model offline` has the offline GGUF
+do both instead (on the tiny setup, or on --analysis). Printed: the timing of
 ExplainResult (explain and score seconds per feature, explainer decode steps, scorer forwards per
 feature) and the projected wall time for 20 features.
 """
@@ -52,7 +52,8 @@ def tiny_analysis(root: Path):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--analysis", help="an analysis directory (default: build a tiny one)")
-    p.add_argument("--model", default=None, help="explainer and scorer model spec (with --analysis)")
+    p.add_argument("--model", default=None, help="explainer and scorer model spec (default: tiny, "
+                   "or offline with --analysis)")
     p.add_argument("--features", type=int, default=20)
     p.add_argument("--by", default="fires")
     p.add_argument("--max_new_tokens", type=int, default=64)
@@ -67,10 +68,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.analysis:
             analysis, model, tok = Path(args.analysis), None, None
-            spec = args.model or "offline"
         else:
             analysis, model, tok = tiny_analysis(Path(tmp))
-            spec = "tiny"
+        spec = args.model or ("offline" if args.analysis else "tiny")
+        if spec != "tiny":  # load the named model (the tiny setup's text is just text to it)
+            model = tok = None
         cfg = ExplainConfig(analysis=str(analysis), top=args.features, by=args.by, min_fires=1,
                             explainer=spec, max_new_tokens=args.max_new_tokens,
                             n_score=args.n_score, batch_size=args.batch_size,
@@ -88,6 +90,7 @@ def main() -> None:
           f"(decode steps {t['explainer_decode_steps']}, batched)")
     print(f"score    {t['score_s_per_feature']:.2f} s/feature  (held-out draw {t['heldout_s']:.1f} s; "
           f"{t['scorer_forwards_per_feature']:.0f} scorer forwards/feature, LLM + baseline)")
+    print(f"load     {t['load_s']:.1f} s (models, not in the per-feature figures)")
     print(f"wall     {wall:.1f} s in all (model load included); 20 features ≈ "
           f"{20 * (t['explain_s_per_feature'] + t['score_s_per_feature']):.0f} s + load")
 

@@ -168,7 +168,8 @@ def test_heldout_contexts_avoid_shown_ones_and_match_the_sae(built, analysis):
     shown = [(c.doc, c.position) for c in ctxs]
     held = heldout_contexts(store, sae, [f], {f: shown}, _strings(analysis), 3, 6, 3, 0)[f]
     assert len(held.activating) == 6 and len(held.non_activating) == 6
-    assert {c.quantile for c in held.activating} == {1, 2, 3}
+    assert [c.quantile for c in held.activating] == [1, 1, 2, 2, 3, 3]  # 2 per activation bin
+    assert min(c.act for c in held.activating[:2]) >= max(c.act for c in held.activating[4:])
     doc, pos = store.labels("doc_index"), store.labels("positions")
     with torch.no_grad():
         dense = sae.dense_acts(store.gather(np.arange(store.num_tokens)))[:, f]

@@ -96,16 +96,15 @@ def draw_heldout(lab: _Labels, strings, rows: np.ndarray, vals: np.ndarray,
                  rng: np.random.Generator) -> HeldOut:
     """``n`` activating contexts stratified over ``bins`` activation bins and ``n`` non-activating
     ones of one feature, none near a ``shown`` (doc, position)."""
-    cand = rows[~_near_shown(lab, rows, shown, window)]
-    act_of = dict(zip(rows.tolist(), vals.tolist()))
-    order = cand[np.argsort([-act_of[int(c)] for c in cand], kind="stable")]
-    activating = []
+    keep = ~_near_shown(lab, rows, shown, window)
+    cand, cvals = rows[keep], vals[keep]
+    order = cand[np.argsort(-cvals, kind="stable")]
     groups = [g for g in np.array_split(order, bins) if len(g)]
-    per = -(-n // max(len(groups), 1))
-    for q, g in enumerate(groups, 1):
-        for i in rng.choice(g, size=min(per, len(g)), replace=False):
+    activating = []
+    for q, g in enumerate(groups, 1):  # n split evenly over the bins, the top bins take the rest
+        want = n // len(groups) + (q <= n % len(groups))
+        for i in rng.choice(g, size=min(want, len(g)), replace=False):
             activating.append(_context(lab, strings, rows, vals, int(i), window, q))
-    activating = activating[:n] if len(activating) > n else activating
     fired = np.zeros(len(lab.doc) + 1, np.int64)
     fired[rows + 1] = 1
     cum = np.cumsum(fired)  # cum[i] = firings before token i

@@ -54,9 +54,12 @@ def load_inputs(cfg: ExplainConfig, meta: dict, model=None, tokenizer=None):
         if model is not None:
             return model, tokenizer
         if spec not in loaded:
+            t0 = time.perf_counter()
             loaded[spec] = load_model(spec, cfg.device, cfg.dtype, progress=cfg.progress)
+            get_model.load_s += time.perf_counter() - t0
         return loaded[spec]
 
+    get_model.load_s = 0.0  # seconds spent loading models (kept out of the per-feature timings)
     return sae, store, get_model
 
 
@@ -133,7 +136,10 @@ def _fmt(x) -> str:
 
 
 def _sae_key(meta: dict) -> str:
-    blob = json.dumps({"sae": meta["sae"], "store": meta["source"].get("store_hash")}, sort_keys=True)
+    """Names the SAE, its store and the analysis' context settings (what the prompts are made of)."""
+    blob = json.dumps({"sae": meta["sae"], "store": meta["source"].get("store_hash"),
+                       "top_n": meta["meta"].get("top_n"), "window": meta["meta"].get("window")},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -222,6 +228,7 @@ def explain(cfg: ExplainConfig, model=None, tokenizer=None) -> ExplainResult:
         prompts[f] = explainer_prompt(f, ctxs, rows[f] if f < len(rows) else {}, dets[f])
     t0 = time.perf_counter()
     texts, errors, steps = _explain_all(cfg, feats, prompts, cache, key, get_model, say)
+    explain_s, load_explain = time.perf_counter() - t0 - get_model.load_s, get_model.load_s
     t1 = time.perf_counter()
     sources = {"llm": texts}
     if cfg.baseline:
@@ -236,11 +243,12 @@ def explain(cfg: ExplainConfig, model=None, tokenizer=None) -> ExplainResult:
                 "window": window, "seed": cfg.seed,
                 "scorer": cfg.scorer or ("offline" if cfg.endpoint else cfg.explainer)}
     forwards = _score_all(cfg, feats, sources, held, cache, base_key, scorer_names, get_model, say)
-    t3 = time.perf_counter()
+    score_s = time.perf_counter() - t2 - (get_model.load_s - load_explain)  # loading on its own
     out_rows = _summary(feats, sources, cache, base_key, scorer_names, ekey)
     n = len(feats)
-    timing = {"features": n, "explain_s": t1 - t0, "heldout_s": t2 - t1, "score_s": t3 - t2,
-              "explain_s_per_feature": (t1 - t0) / n, "score_s_per_feature": (t3 - t1) / n,
+    timing = {"features": n, "load_s": get_model.load_s, "explain_s": explain_s, "heldout_s": t2 - t1,
+              "score_s": score_s, "explain_s_per_feature": explain_s / n,
+              "score_s_per_feature": (t2 - t1 + score_s) / n,
               "explainer_decode_steps": steps, "scorer_forwards": forwards,
               "scorer_forwards_per_feature": forwards / n}
     atomic.write_json(cache.dir / SUMMARY_FILE, {"features": out_rows, "timing": timing,
