@@ -49,6 +49,10 @@ def tiny_analysis(root: Path):
     return out, model, tok
 
 
+def _f(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--analysis", help="an analysis directory (default: build a tiny one)")
@@ -90,6 +94,10 @@ def main() -> None:
           f"(decode steps {t['explainer_decode_steps']}, batched)")
     print(f"score    {t['score_s_per_feature']:.2f} s/feature  (held-out draw {t['heldout_s']:.1f} s; "
           f"{t['scorer_forwards_per_feature']:.0f} scorer forwards/feature, LLM + baseline)")
+    for r in res.rows:
+        scores = "  ".join(f"{src} det {_f(r.get(src + '_detection_auroc'))} fuzz "
+                           f"{_f(r.get(src + '_fuzzing_auroc'))}" for src in ("llm", "baseline"))
+        print(f"  feature {r['feature']}: {r['explanation']!r}  AUROC {scores}")
     print(f"load     {t['load_s']:.1f} s (models, not in the per-feature figures)")
     print(f"wall     {wall:.1f} s in all (model load included); 20 features ≈ "
           f"{20 * (t['explain_s_per_feature'] + t['score_s_per_feature']):.0f} s + load")
