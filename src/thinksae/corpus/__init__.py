@@ -11,6 +11,7 @@ from ..config import save_config, to_dict
 from ..errors import ThinksaeError
 from ..generation import GenerationConfig, generation_field
 from ..models.loading import DEFAULT_MODEL
+from ..models.tokenizer import load_tokenizer
 from .engines import ENGINES, check_batch_size, check_engine, open_engine
 from .generate import (
     SAMPLE_SEP,
@@ -119,20 +120,6 @@ def _check_resumable(cfg: CorpusConfig) -> None:
         )
 
 
-def _load_tokenizer(spec: str):
-    """Only the tokenizer of a model spec (importing traces needs no weights)."""
-    from transformers import AutoTokenizer
-
-    from ..models.loading import _pretrained_kwargs
-
-    source, kwargs = _pretrained_kwargs(spec)
-    try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ThinksaeError(f"cannot load the tokenizer of {spec}: {reason}") from None
-
-
 def repeat_problems(problems: list[Problem], samples: int, do_sample: bool) -> list[Problem]:
     """Each problem ``samples`` times, as ``<id>#0``, ``<id>#1``, ... (question-major order);
     the problems as they are for one sample."""
@@ -157,7 +144,7 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
         except ThinksaeError as e:
             if tokenizer is not None or "chat template" not in str(e):
                 raise
-            tokenizer = _load_tokenizer(cfg.model)  # the records need templating after all
+            tokenizer = load_tokenizer(cfg.model)  # the records need templating after all
             traces = load_traces(cfg.traces, tokenizer, split=cfg.split, limit=cfg.limit)
         if not traces:
             raise ThinksaeError(f"{cfg.traces} holds no traces")
@@ -174,7 +161,7 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
     _check_resumable(cfg)
     problems = repeat_problems(load_prompts(cfg.prompts, cfg.limit), cfg.samples, gen.do_sample)
     if cfg.engine != "hf":
-        tokenizer = tokenizer or _load_tokenizer(cfg.model)
+        tokenizer = tokenizer or load_tokenizer(cfg.model)
     elif model is None or tokenizer is None:
         from ..models import load_model
 

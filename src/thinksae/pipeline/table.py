@@ -153,7 +153,7 @@ def run_splice(p: Pipeline, st: Stage) -> Step:
 
         result = evaluate(cfg, *p.models.get(cfg))
         if not p.spec.sae:
-            update_report_card(p.sae_dir, "eval_spliced", result)
+            update_report_card(p.sae_dir, "eval_spliced", result.to_dict())
     return Step(cfg, action)
 
 
