@@ -8,8 +8,10 @@ that tokenizer: prompts, stop tokens and decoding are the same whatever the engi
 
 An engine is any object with ``name``, ``model_name``, ``generate(prompts, keys, budget,
 stage="") -> list[Row]`` and ``auto_batch_size(max_len) -> int``. ``keys`` (the question ids)
-and ``stage`` seed the sampling (see :class:`Sampling`), so that a resumed run samples like an
-uninterrupted one.
+and ``stage`` seed the sampling (see :meth:`GenerationConfig.row_seeds
+<thinksae.generation.GenerationConfig.row_seeds>`), so that a resumed run samples like an
+uninterrupted one. An engine reads the sampling options of the
+:class:`~thinksae.generation.GenerationConfig` it is opened with; the token budget comes per call.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import ThinksaeError
-from .base import Row, Sampling, installed
+from ...generation import GenerationConfig
+from .base import Row, installed
 from .hf import AUTO_BATCH_CAP, HFEngine
 
 ENGINES = ("hf", "llama.cpp", "vllm")
@@ -75,7 +78,7 @@ def auto_batch_size(engine, tokenizer, prompts: list[str], new_tokens: int) -> i
     return max(1, min(engine.auto_batch_size(longest + new_tokens), len(prompts) or 1))
 
 
-def open_engine(name: str, model: str, tokenizer, sampling: Sampling, hf_model=None,
+def open_engine(name: str, model: str, tokenizer, sampling: GenerationConfig, hf_model=None,
                 device: str = "auto", dtype: str = "auto"):
     """The engine ``name`` for ``model``; ``hf`` uses the already loaded ``hf_model``."""
     check_engine(name, model)
@@ -90,5 +93,5 @@ def open_engine(name: str, model: str, tokenizer, sampling: Sampling, hf_model=N
     return VLLMEngine.load(model, tokenizer, sampling, dtype=dtype)
 
 
-__all__ = ["AUTO_BATCH_CAP", "ENGINES", "HFEngine", "Row", "Sampling", "auto_batch_size",
+__all__ = ["AUTO_BATCH_CAP", "ENGINES", "HFEngine", "Row", "auto_batch_size",
            "check_batch_size", "check_engine", "gguf_file", "installed", "open_engine"]
