@@ -294,6 +294,7 @@ def test_save_as_sweep_writes_the_cli_steer_json(client, run_dir, tiny_model, to
                                 prompt=[QUESTION], start="prompt", end="none",
                                 generation=GenerationConfig(max_new_tokens=4),
                                 out=str(tmp_path), show=0, progress=False), tiny_model, tokenizer)
+    ref = ref.to_dict()
     assert saved["format"] == ref["format"] and saved["mode"] == "sweep"
     assert [x["label"] for x in saved["runs"]] == ["0", "x2"]
     assert saved["baseline"]["traces"] == ref["baseline"]["traces"]

@@ -211,5 +211,5 @@ def save_sweep(sae_dir: Path, hookpoint: str, model, tokenizer, req: SteerReques
                                                   think_prefill=req.think_prefill),
                       out=str(out), show=0, progress=False)
     result = steer(cfg, model=model, tokenizer=tokenizer)
-    return {"path": str(out / "steer.json"), "mode": result["mode"],
-            "runs": [{"label": r["label"], "summary": r["summary"]} for r in result["runs"]]}
+    return {"path": str(out / "steer.json"), "mode": result.mode,
+            "runs": [{"label": r["label"], "summary": r["summary"]} for r in result.runs]}
