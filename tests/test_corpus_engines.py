@@ -281,3 +281,19 @@ def test_real_llama_cpp_on_a_tiny_gguf(tmp_path, model, r1_tokenizer):  # noqa: 
     got = read_traces(tmp_path / "ll.jsonl")[:4]
     assert [t.id for t in got] == ["math-001", "math-002", "math-003", "math-004"]
     assert all(t.meta["engine"] == "llama.cpp" and t.meta["model"] == str(gguf) for t in got)
+
+
+def test_engine_auto_is_llama_cpp_for_a_gguf_only_when_it_is_installed(tmp_path, monkeypatch):
+    import thinksae.corpus.engines as engines
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    other = tmp_path / "model_dir"
+    other.mkdir()
+    monkeypatch.setattr(engines, "installed", lambda module: True)
+    assert engines.resolve_engine("auto", str(gguf)) == "llama.cpp"
+    assert engines.resolve_engine("auto", "offline") == "llama.cpp"
+    assert engines.resolve_engine("auto", str(other)) == "hf"
+    assert engines.resolve_engine("hf", str(gguf)) == "hf"
+    monkeypatch.setattr(engines, "installed", lambda module: False)
+    assert engines.resolve_engine("auto", str(gguf)) == "hf"

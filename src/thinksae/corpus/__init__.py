@@ -12,7 +12,7 @@ from ..errors import ThinksaeError
 from ..generation import GenerationConfig, generation_field
 from ..models.loading import DEFAULT_MODEL
 from ..models.tokenizer import load_tokenizer
-from .engines import ENGINES, check_batch_size, check_engine, open_engine
+from .engines import ENGINES, check_batch_size, check_engine, open_engine, resolve_engine
 from .generate import (
     SAMPLE_SEP,
     THINK_SYSTEM_PROMPT,
@@ -75,7 +75,8 @@ class CorpusConfig:
     weights, so big batches are nearly free); 8 on llama.cpp; 64 on vllm."""
     engine: str = "hf"
     """Generation engine: `hf` (transformers), `llama.cpp` (a GGUF run quantised on CPU; needs
-    `pip install 'thinksae[llamacpp]'`) or `vllm` (CUDA); traces record it in `meta.engine`."""
+    `pip install 'thinksae[llamacpp]'`), `vllm` (CUDA), or `auto` (llama.cpp for a GGUF when it
+    is installed, else hf); traces record the engine used in `meta.engine`."""
     generation: GenerationConfig = generation_field()
     """How to generate (flat options: --max_new_tokens, --do_sample, ...)."""
     answer_tokens: int = 0
@@ -157,17 +158,20 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
     gen = cfg.generation
     gen.check()
     check_batch_size(cfg.batch_size)
-    check_engine(cfg.engine, cfg.model)
+    engine_name = resolve_engine(cfg.engine, cfg.model)
+    check_engine(engine_name, cfg.model)
     _check_resumable(cfg)
     problems = repeat_problems(load_prompts(cfg.prompts, cfg.limit), cfg.samples, gen.do_sample)
-    if cfg.engine != "hf":
+    if engine_name != "hf":
         tokenizer = tokenizer or load_tokenizer(cfg.model)
     elif model is None or tokenizer is None:
         from ..models import load_model
 
         model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                       progress=cfg.progress)
-    engine = open_engine(cfg.engine, cfg.model, tokenizer, gen, model, dtype=cfg.dtype)
+    if engine_name != cfg.engine:
+        print(f"thinksae: corpus engine auto: {engine_name}", flush=True)
+    engine = open_engine(engine_name, cfg.model, tokenizer, gen, model, dtype=cfg.dtype)
     save_config(cfg, config_path(out))
     try:
         generate_traces(model, tokenizer, problems, out, gen, batch_size=cfg.batch_size,

@@ -24,7 +24,20 @@ from .base import Row, installed
 from .hf import AUTO_BATCH_CAP, HFEngine
 
 ENGINES = ("hf", "llama.cpp", "vllm")
-"""Engine names accepted by ``--engine``."""
+"""Engine names a trace records (``--engine`` also takes ``auto``: see :func:`resolve_engine`)."""
+
+
+def resolve_engine(engine: str, model: str) -> str:
+    """``auto`` → ``llama.cpp`` for a GGUF model (or ``offline``) when llama-cpp-python is
+    installed, else ``hf``; any other name as it is."""
+    if engine != "auto":
+        return engine
+    from ...models.loading import OFFLINE_ALIAS
+    from ...models.offline import is_gguf
+
+    path = Path(model).expanduser()
+    gguf = model == OFFLINE_ALIAS or (path.is_file() and is_gguf(path))
+    return "llama.cpp" if gguf and installed("llama_cpp") else "hf"
 
 
 def check_batch_size(batch_size: int | str) -> None:
@@ -39,7 +52,7 @@ def check_engine(engine: str, model: str) -> None:
     """Refuse, in one line and before anything loads, an unknown engine, an engine whose package
     is missing, llama.cpp with a model that is not a GGUF file, and vLLM without CUDA."""
     if engine not in ENGINES:
-        raise ThinksaeError(f"unknown engine {engine!r} (use {', '.join(ENGINES)})")
+        raise ThinksaeError(f"unknown engine {engine!r} (use {', '.join(ENGINES)} or auto)")
     if engine == "llama.cpp":
         if not installed("llama_cpp"):
             raise ThinksaeError("--engine llama.cpp needs llama-cpp-python: "
@@ -94,4 +107,5 @@ def open_engine(name: str, model: str, tokenizer, sampling: GenerationConfig, hf
 
 
 __all__ = ["AUTO_BATCH_CAP", "ENGINES", "HFEngine", "Row", "auto_batch_size",
-           "check_batch_size", "check_engine", "gguf_file", "installed", "open_engine"]
+           "check_batch_size", "check_engine", "gguf_file", "installed", "open_engine",
+           "resolve_engine"]
