@@ -5,8 +5,14 @@
 # Run it again after an interruption: finished stages are skipped, the others resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+. scripts/env.sh
 "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e .
+# llama.cpp runs the quantised GGUF for the corpus, ~4x faster than transformers here. Its first
+# install compiles it (about 9 minutes on 2 cores; pip keeps the wheel, later installs take
+# seconds). THINKSAE_LLAMACPP=0 skips it: the corpus then runs in transformers (engine auto).
+if [ "${THINKSAE_LLAMACPP:-1}" != "0" ]; then
+  "$PY" -m pip install -q -e ".[llamacpp]" || echo "thinksae: llama-cpp-python did not install; the corpus runs in transformers"
+fi
 "$PY" -m thinksae models fetch-offline
 "$PY" -m thinksae run --preset offline-demo "$@"

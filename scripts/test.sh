@@ -3,7 +3,7 @@
 # apart from the PyPI installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+. scripts/env.sh
 # The CPU wheel of torch 2.13.0 first: an unpinned torch would pull a multi-GB CUDA build.
 "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e ".[dev]"

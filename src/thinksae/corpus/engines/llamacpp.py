@@ -22,7 +22,6 @@ from .base import Row
 AUTO_BATCH = 32
 """Sequences decoded together by `batch_size: auto`. Measured on the offline GGUF (2-core AMD EPYC,
 bench/generate.py): 25, 45 and 53 tok/s with 8, 16 and 32 together."""
-"""``batch_size: auto`` on llama.cpp: sequences decoded together (see README, bench/generate.py)."""
 
 PREFILL_CHUNK = 512
 """Most prompt tokens per ``llama_decode`` call (``n_batch``)."""
