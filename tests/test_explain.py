@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers_explain import ScriptedModel
 
+from thinksae.annotations import find_annotations, refresh_dashboard
 from thinksae.cli import main
 from thinksae.errors import ThinksaeError
 from thinksae.explain import ExplainConfig, explain, read_explanations
@@ -187,6 +188,7 @@ def _lines(path):
 
 
 def test_explain_end_to_end_caches_and_resumes(analysis, tiny_model, tokenizer):
+    before = (analysis / "features.jsonl").read_bytes()
     stub = ScriptedModel(tiny_model, tokenizer, fail_after=2)
     with pytest.raises(KeyboardInterrupt):  # interrupted after the first batch of two
         explain(_cfg(analysis), stub, tokenizer)
@@ -215,10 +217,8 @@ def test_explain_end_to_end_caches_and_resumes(analysis, tiny_model, tokenizer):
     assert stub.prompts == [] and again.timing["scorer_forwards"] == 0
     assert len(_lines(analysis / "explain" / "scores.jsonl")) == len(scores)
     assert again.rows == res.rows
-    # rows of features.jsonl carry the columns; read_explanations serves the dashboard/report
-    merged = {r["feature"]: r for r in _lines(analysis / "features.jsonl")}
-    assert merged[top[0]]["explanation"] == f"says {top[0]}"
-    assert all("explanation" in r for r in merged.values())
+    # the analysis is only read: read_explanations serves the dashboard, card and report
+    assert (analysis / "features.jsonl").read_bytes() == before
     assert read_explanations(analysis)[top[1]]["llm_detection_auroc"] == res.rows[1]["llm_detection_auroc"]
 
 
@@ -241,6 +241,8 @@ def test_dashboard_and_card_show_the_explanation(analysis, tiny_model, tokenizer
     res = explain(_cfg(analysis, top=2, scorers="detection"), ScriptedModel(tiny_model, tokenizer),
                   tokenizer)  # no fuzzing columns: the page shows "–" for them
     f = res.rows[0]["feature"]
+    assert f"says {f}" not in (analysis / "dashboard" / "index.html").read_text()  # explain: own files
+    assert refresh_dashboard(analysis) == analysis / "dashboard" / "index.html"  # what the CLI does
     index = (analysis / "dashboard" / "index.html").read_text()
     assert '["explanation", "explanation"]' in index and f"says {f}" in index
     page = (analysis / "dashboard" / f"feature-{f}.html").read_text()
@@ -248,6 +250,66 @@ def test_dashboard_and_card_show_the_explanation(analysis, tiny_model, tokenizer
     assert main(["feature", str(f), "--analysis", str(analysis)]) == 0
     out = capsys.readouterr().out
     assert f"explanation: says {f}" in out and "baseline" in out
+
+
+def test_out_folder_leaves_the_analysis_alone(analysis, tiny_model, tokenizer, tmp_path):
+    files = {p: p.read_bytes() for p in analysis.rglob("*") if p.is_file()}
+    out = tmp_path / "run" / "explain"
+    res = explain(_cfg(analysis, top=1, scorers="", out=str(out)), ScriptedModel(tiny_model, tokenizer),
+                  tokenizer)
+    assert res.out == out and (out / "summary.json").is_file()
+    assert {p: p.read_bytes() for p in analysis.rglob("*") if p.is_file()} == files
+    f = res.rows[0]["feature"]
+    assert read_explanations(out)[f]["explanation"] == f"says {f}" and read_explanations(analysis) == {}
+    assert find_annotations(analysis, explain_dir=out).explanations[f]["explanation"] == f"says {f}"
+
+
+def test_dashboard_and_card_show_annotations_passed_as_data(analysis, capsys):
+    """write_dashboard and feature_card read no later stage's files: the verdict and the
+    explanation come in as arguments."""
+    from rich.console import Console
+
+    from thinksae.features.card import feature_card
+    from thinksae.features.dashboard import write_dashboard
+    from thinksae.features.report import read_features
+    from thinksae.features.stats import FeatureStats
+
+    rows = read_features(analysis)
+    f = max(rows, key=lambda r: r["fires"])["feature"]
+    numbers = [f"{t}{end}" for t in ("context_ratio", "injection_ratio", "ablate_dlogp", "clamp_dlogp")
+               for end in ("", "_lo", "_hi")] + ["ablate_kl", "clamp_kl", "clamp_value", "attribution"]
+    verdicts = {f: {**dict.fromkeys(numbers, 0.5), "feature": f, "verdict": "token detector",
+                    "context_ratio": 1.25, "trigger_text": [" the"], "context_passed": False}}
+    explanations = {f: {"feature": f, "explanation": "the word the", "baseline": "fires on: ' the'",
+                        "llm_detection_auroc": 0.875, "baseline_detection_auroc": 0.625}}
+    write_dashboard(analysis, rows, FeatureStats.load(analysis / "stats.safetensors"),
+                    _strings(analysis), verdicts=verdicts, explanations=explanations)
+    index = (analysis / "dashboard" / "index.html").read_text()
+    assert '["verdict", "verdict"]' in index and '"verdict": "token detector"' in index
+    assert '["explanation", "explanation"]' in index and "the word the" in index
+    page = (analysis / "dashboard" / f"feature-{f}.html").read_text()
+    assert 'id="verdict"' in page and "Validation: token detector" in page
+    assert 'id="explanation"' in page and "<b>the word the</b>" in page and "0.875" in page
+    console = Console(width=200, record=True)
+    console.print(feature_card(analysis, f, verdicts=verdicts, explanations=explanations))
+    text = console.export_text()
+    assert "verdict: token detector" in text and "context_ratio 1.25" in text
+    assert "explanation: the word the" in text and "0.625" in text
+    bare = Console(width=200, record=True)
+    bare.print(feature_card(analysis, f))
+    assert "verdict" not in bare.export_text() and "explanation" not in bare.export_text()
+
+
+def test_llm_vs_baseline_by_hand():
+    from thinksae.pipeline.report import llm_vs_baseline
+
+    rows = [{"llm_detection_auroc": 0.9, "baseline_detection_auroc": 0.5},
+            {"llm_detection_auroc": 0.5, "baseline_detection_auroc": 0.7},
+            {"llm_detection_auroc": None, "baseline_detection_auroc": 0.1}]  # not both: left out
+    got = llm_vs_baseline(rows, "detection")
+    assert got["n"] == 2 and got["llm"] == pytest.approx(0.7) and got["baseline"] == pytest.approx(0.6)
+    assert got["llm_better"] is True
+    assert llm_vs_baseline(rows, "fuzzing") == {"n": 0, "llm": None, "baseline": None, "llm_better": None}
 
 
 def test_delphi_files_round_trip(analysis, tiny_model, tokenizer, tmp_path):

@@ -308,3 +308,54 @@ def test_pipeline_api_matches_the_cli(reference, tmp_path):
     path.write_text(yaml.safe_dump({**config, "out": str(copy)}))
     index = Pipeline(resolve(str(path)), progress=False).run()
     assert index == copy / "index.html" and index.read_text().count("<h2") >= 5
+
+
+def test_validate_and_explain_stages_reach_the_report_and_the_dashboard(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """A run with `validate:` and `explain:` sections (a scripted explainer around the tiny model,
+    the tiny model as scorer): both sections in report.json and summary.md, the run's verdicts
+    and explanations on the analysis dashboard, and features.jsonl untouched by them."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers_explain import ScriptedModel
+
+    from thinksae.explain import run as explain_run
+    from thinksae.explain.explainers import LocalExplainer
+
+    def scripted(cfg, get_model):
+        model, tok = get_model(cfg.explainer)
+        return LocalExplainer(ScriptedModel(model, tok), tok, name=cfg.explainer,
+                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+
+    monkeypatch.setattr(explain_run, "_explainer", scripted)
+    config = {**tiny_config(tmp_path / "run", tiny_model_dir), "splice": None, "steer": None,
+              "monitor": None,
+              "validate": {"top": 2, "bootstrap": 20, "batch_size": 2, "max_traces": 2},
+              "explain": {"explainer": str(tiny_model_dir), "top": 2, "by": "fires", "min_fires": 1,
+                          "n_score": 4, "bins": 2, "batch_size": 2, "scorers": "detection"}}
+    run_config(tmp_path / "run.yaml", config)
+    out = tmp_path / "run"
+    report = json.loads((out / "report.json").read_text())
+    verdicts = report["validate"]["rows"]
+    assert len(verdicts) == report["validate"]["features"] > 0
+    x = report["explain"]
+    assert x["features"] == 2 and x["scorers"] == ["detection"]
+    for row in x["rows"]:
+        assert row["explanation"] == f"says {row['feature']}" and row["baseline"].startswith("fires on")
+        assert 0 <= row["llm_detection_auroc"] <= 1 and 0 <= row["baseline_detection_auroc"] <= 1
+    c = x["compare"]["detection"]
+    mean = sum(r["llm_detection_auroc"] for r in x["rows"]) / 2
+    assert c["n"] == 2 and c["llm"] == pytest.approx(mean) and c["llm_better"] == (c["llm"] > c["baseline"])
+    summary = (out / "summary.md").read_text()
+    assert "## Explanations: LLM vs the no-LLM baseline" in summary
+    assert ("the LLM beat the baseline" if c["llm_better"] else "did not beat") in summary
+    assert 'id="explain"' in (out / "index.html").read_text()
+    index = (out / "features/dashboard/index.html").read_text()
+    assert f'"verdict": "{verdicts[0]["verdict"]}"' in index
+    assert f"says {x['rows'][0]['feature']}" in index
+    page = out / f"features/dashboard/feature-{x['rows'][0]['feature']}.html"
+    assert page.is_file() and 'id="explanation"' in page.read_text()
+    assert not (out / "features/explain").exists() and not (out / "features/validate").exists()
+    assert all("explanation" not in json.loads(line)
+               for line in (out / "features/features.jsonl").read_text().splitlines())

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from thinksae.annotations import refresh_dashboard
 from thinksae.cli import main
 from thinksae.features import AnalyzeConfig, analyze
 from thinksae.sae import Sae, SaeConfig
@@ -126,7 +127,10 @@ def test_outputs_summary_and_reader(result, world):
     assert summary["thresholds"]["min_context_ratio"] == 2.0
     verdicts = read_verdicts(world["analysis"])
     assert set(verdicts) == {0, 1, 2} and verdicts[0]["verdict"] == "token detector"
-    index = (world["analysis"] / "dashboard" / "index.html").read_text()
+    index = world["analysis"] / "dashboard" / "index.html"
+    assert '"verdict": "token detector"' not in index.read_text()  # validate: only its folder
+    assert refresh_dashboard(world["analysis"]) == index  # what `thinksae validate` does after it
+    index = index.read_text()
     assert '"verdict": "token detector"' in index
     page = (world["analysis"] / "dashboard" / f"feature-{CAUSAL}.html").read_text()
     assert 'id="verdict"' in page

@@ -66,15 +66,20 @@ def _analyze(cfg) -> None:
 
 
 def _feature(cfg) -> None:
+    from .annotations import find_annotations
     from .features.card import print_feature
 
-    print_feature(cfg)
+    print_feature(cfg, *find_annotations(cfg.analysis))
 
 
 def _explain(cfg) -> None:
+    from .annotations import refresh_dashboard
     from .explain import explain
 
-    print(explain(cfg).out)
+    out = explain(cfg).out
+    if cfg.out is None:  # the dashboard shows the new columns (explain writes only its folder)
+        refresh_dashboard(cfg.analysis)
+    print(out)
 
 
 def _steer(cfg) -> None:
@@ -90,9 +95,13 @@ def _monitor(cfg) -> None:
 
 
 def _validate(cfg) -> None:
+    from .annotations import refresh_dashboard
     from .validate import validate
 
-    print(validate(cfg).out)
+    out = validate(cfg).out
+    if cfg.refresh_dashboard and cfg.out is None:  # the dashboard shows the verdicts
+        refresh_dashboard(cfg.analysis)
+    print(out)
 
 
 def _serve(cfg) -> None:

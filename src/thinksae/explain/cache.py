@@ -1,5 +1,6 @@
-"""The explanation and score cache of an analysis directory (``explain/``): JSON lines appended as
-each result comes (``atomic.append_line``), so an interrupted run resumes where it stopped.
+"""The explanation and score cache of a results folder (default: the analysis' ``explain/``):
+JSON lines appended as each result comes (``atomic.append_line``), so an interrupted run resumes
+where it stopped.
 
 ``explanations.jsonl``: one line per (feature, key) with ``key`` = {sae, explainer, prompt};
 ``scores.jsonl``: one line per (feature, key, source, scorer) with the scoring settings in ``key``.
@@ -36,8 +37,8 @@ def _k(obj) -> str:
 class ExplainCache:
     """Results keyed by feature and settings; ``put_*`` appends a line at once."""
 
-    def __init__(self, analysis_dir: str | Path):
-        self.dir = Path(analysis_dir) / EXPLAIN_DIR
+    def __init__(self, folder: str | Path):
+        self.dir = Path(folder)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.expl = {(r["feature"], _k(r["key"])): r for r in _lines(self.dir / EXPLANATIONS_FILE)}
         self.scores = {(r["feature"], _k(r["key"]), r["source"], r["scorer"]): r
@@ -58,11 +59,22 @@ class ExplainCache:
         self.scores[(row["feature"], _k(row["key"]), row["source"], row["scorer"])] = row
 
 
-def read_explanations(analysis_dir: str | Path) -> dict[int, dict]:
+def summary_path(directory: str | Path) -> Path | None:
+    """``summary.json`` of an explain results folder or of an analysis directory's ``explain/``
+    (None when there is none)."""
+    d = Path(directory)
+    for path in (d / SUMMARY_FILE, d / EXPLAIN_DIR / SUMMARY_FILE):
+        if path.is_file():
+            return path
+    return None
+
+
+def read_explanations(directory: str | Path) -> dict[int, dict]:
     """feature → {explanation, explainer, <source>_<scorer>_<metric>…} from the latest
-    ``thinksae explain`` run of an analysis directory (``summary.json``); {} when none ran."""
-    path = Path(analysis_dir) / EXPLAIN_DIR / SUMMARY_FILE
-    if not path.is_file():
+    ``thinksae explain`` run (``summary.json``) of an explain results folder or an analysis
+    directory; {} when none ran."""
+    path = summary_path(directory)
+    if path is None:
         return {}
     try:
         rows = json.loads(path.read_text())["features"]

@@ -13,6 +13,8 @@ class ExplainConfig:
 
     analysis: str = "runs/features"
     """Analysis directory written by `thinksae analyze` (results go to its explain/ folder)."""
+    out: str | None = None
+    """Results folder (default: the analysis' explain/ folder); the analysis is only read."""
     features: str | None = None
     """Comma-separated feature indices to explain (default: the --top features by --by)."""
     top: int = 10

@@ -1,5 +1,6 @@
 """`thinksae explain`: explain chosen features of an analysis with an LLM, score the explanations
-(and the no-LLM baseline) on held-out contexts, cache everything, and show it on the dashboard."""
+(and the no-LLM baseline) on held-out contexts, cache everything. It writes only its own folder
+(default ``<analysis>/explain``); the command line redraws the dashboard (``annotations``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import NamedTuple
 
 from .. import atomic
 from ..errors import ThinksaeError
-from ..features.report import FEATURES_FILE, STATS_FILE, VOCAB_FILE, load_analysis, read_features
-from .cache import SUMMARY_FILE, ExplainCache
+from ..features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
+from .cache import EXPLAIN_DIR, SUMMARY_FILE, ExplainCache
 from .config import ExplainConfig, check_config, choose_features
 from .contexts import heldout_contexts, shown_contexts
 from .prompts import PROMPT_VERSION, baseline_explanation, explainer_prompt, parse_explanation
@@ -24,7 +25,7 @@ METRICS = ("auroc", "balanced_accuracy")
 
 class ExplainResult(NamedTuple):
     out: Path
-    """The analysis' explain/ folder."""
+    """The results folder (``--out``, default the analysis' explain/ folder)."""
     rows: list[dict]
     """Per feature: explanation, baseline, and ``<source>_<scorer>_<metric>`` scores."""
     timing: dict
@@ -159,18 +160,6 @@ def _summary(feats, sources, cache, base_key, scorer_names, explainer_key) -> li
     return rows
 
 
-def _merge_features(analysis: Path, rows: list[dict]) -> None:
-    """Add the explanation columns to every row of features.jsonl (None where not explained)."""
-    by_f = {r["feature"]: r for r in rows}
-    cols = [k for k in rows[0] if k not in ("feature", "explainer")] if rows else []
-    feats = read_features(analysis)
-    with atomic.atomic_path(analysis / FEATURES_FILE) as tmp, open(tmp, "w") as fh:
-        for r in feats:
-            extra = by_f.get(r["feature"], {})
-            r.update({k: extra.get(k) for k in cols})
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def _write_delphi(cfg, meta, feats, sources, cache, base_key, scorer_names) -> None:
     from .delphi import write_delphi
 
@@ -202,17 +191,6 @@ def _read_inputs(cfg: ExplainConfig) -> tuple[Path, dict, list[dict], list[str],
     return analysis, meta, rows, strings, feats, delphi
 
 
-def _publish(cfg, analysis, meta, feats, sources, cache, base_key, scorer_names, out_rows) -> None:
-    """features.jsonl columns, delphi files and the dashboard, from the cache."""
-    _merge_features(analysis, out_rows)
-    if cfg.delphi_out:
-        _write_delphi(cfg, meta, feats, sources, cache, base_key, scorer_names)
-    if (analysis / "dashboard").is_dir():
-        from ..features.dashboard import rewrite_dashboard
-
-        rewrite_dashboard(analysis)
-
-
 def explain(cfg: ExplainConfig, model=None, tokenizer=None) -> ExplainResult:
     """Explain and score the chosen features of ``cfg.analysis``. ``model``/``tokenizer``, when
     given, serve as both the local explainer and the scorer."""
@@ -221,7 +199,8 @@ def explain(cfg: ExplainConfig, model=None, tokenizer=None) -> ExplainResult:
     window = cfg.window if cfg.window is not None else int(meta["meta"]["window"])
     sae, store, get_model = load_inputs(cfg, meta, model, tokenizer)
     say = print if cfg.progress else (lambda *_: None)
-    cache, sae_key, ekey = ExplainCache(analysis), _sae_key(meta), _explainer_key(cfg)
+    folder = Path(cfg.out) if cfg.out else analysis / EXPLAIN_DIR
+    cache, sae_key, ekey = ExplainCache(folder), _sae_key(meta), _explainer_key(cfg)
     key = {"sae": sae_key, "explainer": ekey, "prompt": PROMPT_VERSION, "contexts": cfg.contexts}
     shown, prompts, dets = {}, {}, {}
     for f in feats:
@@ -255,5 +234,6 @@ def explain(cfg: ExplainConfig, model=None, tokenizer=None) -> ExplainResult:
               "scorer_forwards_per_feature": forwards / n}
     atomic.write_json(cache.dir / SUMMARY_FILE, {"features": out_rows, "timing": timing,
                                                  "errors": errors, "scorers": scorer_names})
-    _publish(cfg, analysis, meta, feats, sources, cache, base_key, scorer_names, out_rows)
+    if cfg.delphi_out:
+        _write_delphi(cfg, meta, feats, sources, cache, base_key, scorer_names)
     return ExplainResult(cache.dir, out_rows, timing, errors)

@@ -51,8 +51,10 @@ def _num(x) -> str:
     return fmt(x)
 
 
-def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: int = 10):
-    """A rich renderable of feature ``index``'s card."""
+def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: int = 10,
+                 verdicts: dict[int, dict] | None = None, explanations: dict[int, dict] | None = None):
+    """A rich renderable of feature ``index``'s card; ``verdicts`` and ``explanations`` (feature →
+    row, from later stages; see ``thinksae.annotations``) add the verdict and explanation parts."""
     from rich.console import Group
     from rich.markup import escape
     from rich.panel import Panel
@@ -76,7 +78,8 @@ def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: in
             if k == "think_rate_ratio" and "think_q" in row:
                 value += f"  q {_num(row['think_q'])} (trace-level, BH)"
             head.add_row(k, escape(value))
-    parts = [head, *_verdict_part(analysis, index), *_explanation(analysis, index, row)]
+    parts = [head, *_verdict_part((verdicts or {}).get(index)),
+             *_explanation((explanations or {}).get(index))]
     ctx_lines = Text()
     for ctx in det["contexts"][:contexts]:
         ctx_lines.append(f"{_num(ctx['act']):>8}  ", style="dim")
@@ -97,29 +100,25 @@ def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: in
     return Panel(Group(*parts), title=f"feature {index}", expand=False)
 
 
-def _verdict_part(analysis: str | Path, index: int) -> list:
-    """The validation verdict and its key numbers, when the analysis was validated."""
+def _verdict_part(v: dict | None) -> list:
+    """The validation verdict and its key numbers, when the feature was validated."""
     from rich.text import Text
 
-    from ..validate.verdicts import KEY_NUMBERS, read_verdicts
+    from .dashboard import VERDICT_NUMBERS
 
-    v = read_verdicts(analysis).get(index)
     if v is None:
         return []
-    numbers = ", ".join(f"{k} {_num(v.get(k))}" for k in KEY_NUMBERS if k in v)
+    numbers = ", ".join(f"{k} {_num(v.get(k))}" for k in VERDICT_NUMBERS if k in v)
     return [Text(f"\nverdict: {v['verdict']}", style="bold"), Text(numbers)]
 
 
-def _explanation(analysis, index: int, row: dict) -> list:
+def _explanation(ex: dict | None) -> list:
     """The `thinksae explain` panel: explanation and its scores next to the baseline's."""
     from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
-    from ..explain import read_explanations
-
-    ex = read_explanations(analysis).get(index) or row
-    if not ex.get("explanation"):
+    if not ex or not ex.get("explanation"):
         return []
     table = Table("", "explanation", "detection AUROC", "bal. acc.", "fuzzing AUROC", "bal. acc.",
                   title="explanation (held-out scores)", title_justify="left")
@@ -132,8 +131,10 @@ def _explanation(analysis, index: int, row: dict) -> list:
     return [Text(f"\nexplanation: {ex['explanation']}", style="bold"), table]
 
 
-def print_feature(cfg: FeatureCardConfig) -> None:
-    """Print the card of ``cfg.index`` from ``cfg.analysis``."""
+def print_feature(cfg: FeatureCardConfig, verdicts: dict[int, dict] | None = None,
+                  explanations: dict[int, dict] | None = None) -> None:
+    """Print the card of ``cfg.index`` from ``cfg.analysis`` (with the annotations given)."""
     from rich.console import Console
 
-    Console().print(feature_card(cfg.analysis, cfg.index, cfg.contexts, cfg.tokens))
+    Console().print(feature_card(cfg.analysis, cfg.index, cfg.contexts, cfg.tokens, verdicts,
+                                 explanations))

@@ -24,10 +24,13 @@ INDEX_COLUMNS = [
     ("think_mean_ratio", "think/other mean"), ("format_share", "format share"),
     ("tokens_90", "tokens 90%"), ("token_entropy", "token entropy"),
     ("top_token_share", "top share"), ("top_token_text", "top token"), ("max_act", "max act"),
-    ("verdict", "verdict"),  # only after `thinksae validate` (see _with_verdicts)
+    ("verdict", "verdict"),  # only with verdicts (see with_annotations)
     ("explanation", "explanation"), ("llm_detection_auroc", "detection AUROC"),
-    ("baseline_detection_auroc", "baseline AUROC"),  # from `thinksae explain`
+    ("baseline_detection_auroc", "baseline AUROC"),  # only with explanations
 ]
+VERDICT_NUMBERS = ("context_ratio", "context_ratio_lo", "injection_ratio", "injection_ratio_hi",
+                   "ablate_dlogp", "ablate_kl", "clamp_dlogp", "attribution")
+"""The numbers of a verdict row shown next to the verdict (dashboard index, feature page, card)."""
 
 
 def _env() -> Environment:
@@ -110,16 +113,25 @@ def page_features(feature_rows: list[dict], max_pages: int) -> list[int]:
     return sorted(chosen)
 
 
-def _with_verdicts(out_dir: str | Path, feature_rows: list[dict]) -> tuple[list[dict], dict]:
-    """Rows with a ``verdict`` key when the analysis was validated (else unchanged), and the
-    verdict rows by feature (for the feature pages' panel)."""
-    from ..validate.verdicts import read_verdicts
-
-    verdicts = read_verdicts(out_dir)
-    if not verdicts:
-        return feature_rows, {}
-    return [{**r, "verdict": verdicts.get(r["feature"], {}).get("verdict")}
-            for r in feature_rows], verdicts
+def with_annotations(feature_rows: list[dict], verdicts: dict[int, dict] | None = None,
+                     explanations: dict[int, dict] | None = None) -> list[dict]:
+    """The rows with a ``verdict`` column when ``verdicts`` (feature → verdict row) are given and
+    the explanation columns (explanation, baseline, ``<source>_<scorer>_<metric>``) when
+    ``explanations`` (feature → explain row) are; None where a feature has none."""
+    if not verdicts and not explanations:
+        return feature_rows
+    cols = list(dict.fromkeys(k for r in (explanations or {}).values() for k in r
+                              if k not in ("feature", "explainer")))
+    out = []
+    for r in feature_rows:
+        r = dict(r)
+        if verdicts:
+            r["verdict"] = verdicts.get(r["feature"], {}).get("verdict")
+        if explanations:
+            extra = explanations.get(r["feature"], {})
+            r.update({k: extra.get(k) for k in cols})
+        out.append(r)
+    return out
 
 
 def feature_page(row: dict, det: dict, meta: dict, verdict: dict | None = None,
@@ -138,11 +150,15 @@ def feature_page(row: dict, det: dict, meta: dict, verdict: dict | None = None,
 
 def write_dashboard(out_dir: str | Path, feature_rows: list[dict], stats: FeatureStats,
                     strings: list[str], trace_ids: list[str] | None = None,
-                    max_pages: int = 3000) -> Path:
-    """Write the dashboard into ``out_dir/dashboard``; returns the index path."""
+                    max_pages: int = 3000, verdicts: dict[int, dict] | None = None,
+                    explanations: dict[int, dict] | None = None) -> Path:
+    """Write the dashboard into ``out_dir/dashboard``; returns the index path. ``verdicts`` and
+    ``explanations`` (feature → row, from later stages; see ``thinksae.annotations``) add their
+    columns and panels."""
     env = _env()
     folder = Path(out_dir) / DASHBOARD_DIR
-    feature_rows, verdicts = _with_verdicts(out_dir, feature_rows)
+    verdicts = verdicts or {}
+    feature_rows = with_annotations(feature_rows, verdicts, explanations)
     pages = page_features(feature_rows, max_pages)
     has_page = set(pages)
     first = feature_rows[0] if feature_rows else {}
@@ -166,18 +182,3 @@ def write_dashboard(out_dir: str | Path, feature_rows: list[dict], stats: Featur
         if old.name not in keep:
             old.unlink()
     return folder / "index.html"
-
-
-def rewrite_dashboard(out_dir: str | Path) -> Path:
-    """Write the dashboard of an analysis directory again from its files (e.g. after
-    `thinksae explain` added columns to features.jsonl)."""
-    import json
-
-    from .report import ANALYSIS_FILE, STATS_FILE, VOCAB_FILE, read_features
-
-    out = Path(out_dir)
-    meta = json.loads((out / ANALYSIS_FILE).read_text())
-    stats = FeatureStats.load(out / STATS_FILE)
-    strings = json.loads((out / VOCAB_FILE).read_text())
-    return write_dashboard(out, read_features(out), stats, strings, meta.get("trace_ids"),
-                           meta.get("config", {}).get("max_pages", 3000))

@@ -191,6 +191,39 @@ def _validate_section(root: Path) -> dict | None:
             "rows": rows, "verdicts": _rel(folder / "verdicts.jsonl", root)}
 
 
+def llm_vs_baseline(rows: list[dict], scorer: str) -> dict:
+    """The LLM's explanations against the no-LLM baseline on one scorer, over the n features
+    where both have an AUROC: ``llm = Σ_f llm_<scorer>_auroc(f) / n``, ``baseline`` likewise
+    with ``baseline_<scorer>_auroc``, ``llm_better = llm > baseline`` (None, None, None when
+    n = 0)."""
+    both = [r for r in rows if r.get(f"llm_{scorer}_auroc") is not None
+            and r.get(f"baseline_{scorer}_auroc") is not None]
+    if not both:
+        return {"n": 0, "llm": None, "baseline": None, "llm_better": None}
+    llm = sum(r[f"llm_{scorer}_auroc"] for r in both) / len(both)
+    base = sum(r[f"baseline_{scorer}_auroc"] for r in both) / len(both)
+    return {"n": len(both), "llm": llm, "baseline": base, "llm_better": llm > base}
+
+
+def _explain_section(root: Path) -> dict | None:
+    from ..explain.cache import SUMMARY_FILE
+
+    folder = root / table.stage("explain").folder
+    summary = _load(folder / SUMMARY_FILE)
+    if not summary or (read_marker(folder) or {}).get("status") != "done":
+        return None
+    keys = [f"{src}_{name}_auroc" for name in ("detection", "fuzzing") for src in ("llm", "baseline")]
+    rows = [{"feature": r["feature"], "explanation": r.get("explanation"),
+             "baseline": r.get("baseline"), **{k: r.get(k) for k in keys}}
+            for r in summary["features"]]
+    scorers = summary.get("scorers", [])
+    return {"features": len(rows), "scorers": scorers,
+            "explainer": next((r.get("explainer") for r in summary["features"]), None),
+            "errors": len(summary.get("errors", [])), "rows": rows,
+            "compare": {name: llm_vs_baseline(summary["features"], name) for name in scorers},
+            "summary": _rel(folder / SUMMARY_FILE, root)}
+
+
 class Run(NamedTuple):
     """What the report's sections read: the run directory, its config, where its SAE is."""
 
@@ -226,6 +259,7 @@ SECTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "splice": lambda run: {"splice": _eval_section(run.at("splice") / "eval.json", run.root)},
     "analyze": lambda run: {"features": _features_section(run.root)},
     "validate": lambda run: {"validate": _validate_section(run.root)},
+    "explain": lambda run: {"explain": _explain_section(run.root)},
     "steer": lambda run: {"steer": _steer_section(run.root)},
     "monitor": lambda run: {"monitor": _monitor_section(run.root)},
 }
@@ -277,10 +311,15 @@ def _token(text: str) -> str:
 
 
 def write_report(root: str | Path, sae_dir: str | Path | None = None) -> Path:
-    """Write index.html, report.json and summary.md into the run directory ``root``."""
+    """Write index.html, report.json and summary.md into the run directory ``root``; redraw the
+    analysis dashboard with the run's verdicts and explanations first."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
+    from ..annotations import refresh_dashboard
+
     root = Path(root)
+    # the analysis dashboard with the run's verdicts and explanations (analyze drew it without)
+    refresh_dashboard(root / table.stage("analyze").folder, run=root)
     data = collect(root, Path(sae_dir) if sae_dir else None)
     atomic.write_json(root / "report.json", data)
     env = Environment(loader=PackageLoader("thinksae.pipeline", "templates"),

@@ -179,6 +179,17 @@ def run_validate(p: Pipeline, st: Stage) -> Step:
     return Step(cfg, action)
 
 
+def run_explain(p: Pipeline, st: Stage) -> Step:
+    cfg = p.config(st, sae=str(p.sae_dir), store=str(p.paths.store), analysis=str(p.dir("analyze")),
+                   out=str(p.dir(st)))
+
+    def action():
+        from ..explain import explain
+
+        explain(cfg)  # loads its explainer/scorer by name (not the run's model)
+    return Step(cfg, action)
+
+
 def pick_feature(rows: list[dict], rule: str = "auto") -> tuple[int, str]:
     """The feature the steer/monitor stages use when the spec says `auto` or `top:<score>`.
 
@@ -321,6 +332,9 @@ TABLE: tuple[Stage, ...] = (
     Stage("validate", "validate", "thinksae.validate:ValidateConfig", run_validate,
           upstream=("train", "harvest", "analyze"), optional=True,
           managed=("sae", "store", "analysis", "out", "refresh_dashboard"), default_on=False),
+    Stage("explain", "explain", "thinksae.explain:ExplainConfig", run_explain,
+          upstream=("train", "harvest", "analyze"), optional=True,
+          managed=("sae", "store", "analysis", "out"), default_on=False),
     Stage("steer", "steer", "thinksae.steer:SteerConfig", run_steer, upstream=("train", "analyze"),
           optional=True, managed=("sae", "out"), check=check_steer, version=2),
     Stage("monitor", "monitor", "thinksae.monitor:MonitorConfig", run_monitor,

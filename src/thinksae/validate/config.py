@@ -78,7 +78,8 @@ class ValidateConfig:
     seed: int = 0
     """Seed of the bootstrap."""
     refresh_dashboard: bool = True
-    """Rewrite the analysis dashboard with the verdict column and panels."""
+    """Rewrite the analysis dashboard with the verdict column and panels (the command line does,
+    after the tests ran; only when --out is not given)."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     dtype: str = "auto"

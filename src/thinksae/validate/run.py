@@ -252,21 +252,4 @@ def _write(cfg: ValidateConfig, out_rows: list[dict], summary: dict) -> Validate
     with atomic.atomic_path(out / VERDICTS_FILE) as tmp:
         Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows))
     atomic.write_json(out / SUMMARY_FILE, summary)
-    if cfg.refresh_dashboard and cfg.out is None:
-        refresh_dashboard(cfg.analysis)
     return ValidateResult(out, out_rows, summary)
-
-
-def refresh_dashboard(analysis: str | Path) -> Path | None:
-    """Rewrite the analysis dashboard (now with the verdicts); None when it has none."""
-    from ..features.dashboard import DASHBOARD_DIR, write_dashboard
-    from ..features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
-    from ..features.stats import FeatureStats
-
-    d = Path(analysis)
-    if not (d / DASHBOARD_DIR / "index.html").is_file():
-        return None
-    meta = load_analysis(d)
-    strings = json.loads((d / VOCAB_FILE).read_text())
-    return write_dashboard(d, read_features(d), FeatureStats.load(d / STATS_FILE), strings,
-                           meta.get("trace_ids"), int(meta["config"].get("max_pages", 3000)))

@@ -1,5 +1,5 @@
-"""(e) One verdict per validated feature, the rule that gives it, and the reader that the
-dashboard, the feature card and the run report use (``read_verdicts``).
+"""(e) One verdict per validated feature, the rule that gives it, and the reader that
+``thinksae.annotations`` (dashboard, feature card) and the run report use (``read_verdicts``).
 
 Rule (first that applies):
 
@@ -23,13 +23,11 @@ import json
 from pathlib import Path
 
 from ..errors import ThinksaeError
+from ..features.dashboard import VERDICT_NUMBERS as KEY_NUMBERS  # noqa: F401 (re-exported)
 
 VERDICTS = ("reasoning candidate", "token detector", "formatting", "no measurable effect",
             "inconclusive")
 VERDICTS_FILE, SUMMARY_FILE, VALIDATE_DIR = "verdicts.jsonl", "validation.json", "validate"
-KEY_NUMBERS = ("context_ratio", "context_ratio_lo", "injection_ratio", "injection_ratio_hi",
-               "ablate_dlogp", "ablate_kl", "clamp_dlogp", "attribution")
-"""The numbers shown next to a verdict (dashboard index, feature page, card)."""
 
 
 def verdict(label: str | None, context_passed: bool | None, injection_passed: bool | None,
