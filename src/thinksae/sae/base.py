@@ -138,15 +138,16 @@ class SparseAutoencoder(nn.Module):
         centred = x.reshape(-1, self.d_in).float() - self.b_dec.float()
         return torch.addmm(bias.to(cd), centred.to(cd), weight.to(cd).T).float()
 
-    def select(self, x: Tensor, dead_mask: Tensor | None, k_aux: int
+    def select(self, x: Tensor, dead_mask: Tensor | None, k_aux: int, train: bool = False
                ) -> tuple[TopKSelection, TopKSelection | None]:
-        """The active latents of rows ``x [B, d_in]`` (with gradient when training) and, given
-        ``dead_mask``, the top ``k_aux`` dead latents per row for AuxK."""
+        """The active latents of rows ``x [B, d_in]`` and, given ``dead_mask``, the top ``k_aux``
+        dead latents per row for AuxK. ``train``: a training step's selection where it differs
+        from inference (BatchTopK)."""
         raise NotImplementedError
 
     def encode(self, x: Tensor) -> EncoderOutput:
         """Active latents of ``x [..., d_in]`` (inference semantics of the architecture)."""
-        sel, _ = self.select(x.reshape(-1, self.d_in), None, 0)
+        sel, _ = self.select(x.reshape(-1, self.d_in), None, 0, train=False)
         shape = (*x.shape[:-1], sel.acts.shape[-1])
         return EncoderOutput(sel.acts.reshape(shape), sel.indices.reshape(shape))
 
@@ -169,7 +170,8 @@ class SparseAutoencoder(nn.Module):
 
     def forward(self, x: Tensor, dead_mask: Tensor | None = None,
                 aux_k: int | None = None, auxk_norm: str = "x") -> ForwardOutput:
-        """Encode, decode and the losses of a batch ``x [B, d_in]``.
+        """Encode, decode and the losses of a batch ``x [B, d_in]`` (the training selection in
+        training mode with gradients on, else the inference one).
 
         ``dead_mask [num_latents]`` (bool) switches on the AuxK loss: the ``aux_k`` (default
         d_in // 2) dead latents with the largest pre-activations reconstruct the residual
@@ -182,7 +184,8 @@ class SparseAutoencoder(nn.Module):
         num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
         k_aux = min(aux_k or self.d_in // 2, num_dead)
         compute_dtype = self._compute_dtype(x)
-        sel, aux = self.select(x, dead_mask if num_dead else None, k_aux)
+        train = self.training and torch.is_grad_enabled()
+        sel, aux = self.select(x, dead_mask if num_dead else None, k_aux, train)
         w_dec = self.W_dec.to(compute_dtype)  # the gathers and scatters run in the compute dtype
         sae_out = sparse_decode(sel.acts, sel.indices, w_dec).float() + self.b_dec
         residual = x.float() - sae_out.float()

@@ -1,7 +1,7 @@
 """BatchTopK SAE (Bussmann, Leask & Nanda 2024): TopK over the whole batch while training, a
 learned threshold at inference.
 
-Training (grad enabled and ``module.training``): of the B·num_latents values relu(pre) of a batch
+Training (``forward`` in training mode with gradients on): of the B·num_latents values relu(pre) of a batch
 of B tokens, keep the k·B largest (so a token has k active latents on average, more or fewer
 each), the rest 0. After each such forward the threshold θ moves towards the smallest kept
 activation m of the batch: θ ← m on the first batch, then θ ← (1 − r) θ + r m with
@@ -36,12 +36,12 @@ class BatchTopKSae(SparseAutoencoder):
         self.register_buffer("threshold", torch.tensor(-1.0, device=device, dtype=torch.float32))
         """θ; negative until the first training batch has set it."""
 
-    def select(self, x: Tensor, dead_mask: Tensor | None, k_aux: int
+    def select(self, x: Tensor, dead_mask: Tensor | None, k_aux: int, train: bool = False
                ) -> tuple[TopKSelection, TopKSelection | None]:
         """Batch top-k·B while training (and update θ), else ``relu(pre) > θ``."""
         pre = self.pre_acts(x)
         acts = pre.relu()
-        if self.training and torch.is_grad_enabled():
+        if train:
             flat = acts.flatten()
             kept = flat.topk(min(self.cfg.k * len(x), flat.numel()), sorted=False)
             dense = torch.zeros_like(flat).scatter(0, kept.indices, kept.values).view_as(acts)

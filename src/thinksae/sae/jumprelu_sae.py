@@ -35,7 +35,7 @@ class JumpReLUSae(SparseAutoencoder):
     def check_config(cls, cfg: SaeConfig, num_latents: int) -> None:
         """No k to check: the thresholds decide how many latents fire."""
 
-    def select(self, x: Tensor, dead_mask: Tensor | None, k_aux: int
+    def select(self, x: Tensor, dead_mask: Tensor | None, k_aux: int, train: bool = False
                ) -> tuple[TopKSelection, TopKSelection | None]:
         """``relu(pre) · (pre > θ)`` per row; AuxK latents as for every architecture."""
         pre = self.pre_acts(x)

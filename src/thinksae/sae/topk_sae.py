@@ -30,7 +30,7 @@ class Sae(SparseAutoencoder):
 
     architecture = "topk"
 
-    def select(self, x: Tensor, dead_mask: Tensor | None, k_aux: int
+    def select(self, x: Tensor, dead_mask: Tensor | None, k_aux: int, train: bool = False
                ) -> tuple[TopKSelection, TopKSelection | None]:
         """The top k of ``relu(pre)`` per row (sparse backward) and the AuxK latents."""
         return topk_encode(x, self.encoder.weight, self.encoder.bias, self.b_dec, self.cfg.k,
