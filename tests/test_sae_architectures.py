@@ -215,3 +215,31 @@ def test_pre_acts_subset_equals_the_full_pre_activations():
         with torch.no_grad():
             assert torch.allclose(sae.pre_acts(x, feats), _pre(sae, x)[:, feats], atol=1e-5)
             assert torch.allclose(sae.pre_acts(x), _pre(sae, x), atol=1e-5)
+
+
+def test_checkpoints_written_before_the_architecture_option_still_match():
+    from thinksae.train.config import differing_fields, identity, with_later_fields
+
+    now = identity(TrainConfig(store="s"))
+    old = {**now, "sae": {k: v for k, v in now["sae"].items() if k != "architecture"}}
+    assert differing_fields(with_later_fields(old), now) == []
+
+
+def test_run_directories_from_before_the_architecture_option_keep_their_train_hash():
+    """`thinksae run` skips a finished train stage by its config hash: the default architecture
+    hashes as the SAE config without the field did."""
+    from dataclasses import dataclass
+
+    from thinksae.pipeline.stages import stage_hash
+
+    @dataclass
+    class OldSaeConfig:  # SaeConfig's fields before `architecture`
+        expansion_factor: int = 32
+        num_latents: int = 0
+        k: int = 32
+        normalize_decoder: bool = True
+
+    old = stage_hash("train", TrainConfig(store="s", sae=OldSaeConfig(k=8)), ["x"])
+    assert stage_hash("train", TrainConfig(store="s", sae=SaeConfig(k=8)), ["x"]) == old
+    assert stage_hash("train", TrainConfig(store="s", sae=SaeConfig(k=8, architecture="batchtopk")),
+                      ["x"]) != old

@@ -144,3 +144,14 @@ def test_batchtopk_trains_end_to_end_through_run(tmp_path, tiny_model_dir, tiny_
         l0 = float((sae.dense_acts(x) > 0).sum(-1).float().mean())
     assert report["eval"]["groups"][0]["l0"] == pytest.approx(l0, rel=1e-5)
     _monitor_reads_encode(sae, tiny_model, tokenizer)
+
+
+def test_cli_train_architecture_batchtopk(tmp_path, store_dir):
+    out = tmp_path / "sae"
+    assert main(["train", "--store", str(store_dir), "--architecture", "batchtopk",
+                 "--num_latents", str(NUM), "-k", "4", "--batch_size", "32", "--lr_warmup_steps",
+                 "2", "--device", "cpu", "--dtype", "float32", "--out", str(out), *OFF]) == 0
+    sae = load_sae(out / HOOKPOINT)
+    assert isinstance(sae, BatchTopKSae) and sae.cfg.k == 4 and float(sae.threshold) > 0
+    assert json.loads((out / HOOKPOINT / "train_config.json").read_text())["sae"][
+        "architecture"] == "batchtopk"

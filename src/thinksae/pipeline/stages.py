@@ -109,6 +109,8 @@ def stage_hash(stage: str, cfg, upstream: list[str], root: Path | None = None,
             return "$RUN" + v[len(prefix):]
         return v
     d = {k: rel(v) for k, v in to_dict(cfg).items() if k not in UNHASHED}
+    if isinstance(d.get("sae"), dict) and d["sae"].get("architecture") == "topk":
+        d["sae"] = {k: v for k, v in d["sae"].items() if k != "architecture"}  # hash as before it
     parts = {"stage": stage, "config": d, "upstream": upstream}
     if extra is not None:
         parts["extra"] = extra

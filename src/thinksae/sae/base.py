@@ -112,6 +112,11 @@ class SparseAutoencoder(nn.Module):
         if not 1 <= cfg.k <= num_latents:
             raise ThinksaeError(f"k must be in 1..{num_latents} (got {cfg.k})")
 
+    @classmethod
+    def extra_tensors(cls, num_latents: int) -> dict[str, tuple[int, ...]]:
+        """Name → shape of the tensors (buffers) saved beside encoder, W_dec and b_dec."""
+        return {}
+
     @property
     def device(self) -> torch.device:
         return self.encoder.weight.device

@@ -36,6 +36,10 @@ class BatchTopKSae(SparseAutoencoder):
         self.register_buffer("threshold", torch.tensor(-1.0, device=device, dtype=torch.float32))
         """θ; negative until the first training batch has set it."""
 
+    @classmethod
+    def extra_tensors(cls, num_latents: int) -> dict[str, tuple[int, ...]]:
+        return {"threshold": ()}
+
     def select(self, x: Tensor, dead_mask: Tensor | None, k_aux: int, train: bool = False
                ) -> tuple[TopKSelection, TopKSelection | None]:
         """Batch top-k·B while training (and update θ), else ``relu(pre) > θ``."""

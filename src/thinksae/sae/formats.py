@@ -93,7 +93,7 @@ def _int(path: Path, key: str, value: Any, minimum: int = 1) -> int:
 
 def _extra_tensors(architecture: str, n: int) -> dict[str, tuple[int, ...]]:
     """Tensors an architecture keeps beside encoder, W_dec and b_dec (its thresholds)."""
-    return {"batchtopk": {"threshold": ()}, "jumprelu": {"threshold": (n,)}}.get(architecture, {})
+    return sae_class(architecture).extra_tensors(n)
 
 
 def _build(d_in: int, cfg: SaeConfig, tensors: dict[str, Tensor], device,

@@ -32,6 +32,10 @@ class JumpReLUSae(SparseAutoencoder):
                                                       dtype=dtype))
 
     @classmethod
+    def extra_tensors(cls, num_latents: int) -> dict[str, tuple[int, ...]]:
+        return {"threshold": (num_latents,)}
+
+    @classmethod
     def check_config(cls, cfg: SaeConfig, num_latents: int) -> None:
         """No k to check: the thresholds decide how many latents fire."""
 
