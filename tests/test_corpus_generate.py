@@ -18,7 +18,7 @@ from thinksae.corpus import (
     generate_traces,
     read_traces,
 )
-from thinksae.corpus.generate import _trim
+from thinksae.corpus.generate import trim_at_stop
 from thinksae.errors import ThinksaeError
 
 QUESTIONS = [
@@ -194,8 +194,8 @@ def test_eos_and_padding_stripped(tmp_path, r1_tokenizer):  # noqa: F811
     assert a.completion == "Hello there" and a.meta["finished"] is True
     assert b.completion == "Hello there and more!" and b.meta["finished"] is False
     assert a.id != b.id and a.id.startswith("q-")
-    assert _trim([5, 6, 0, 0], {9}, 0) == ([5, 6], False)
-    assert _trim([5, 9, 6], {9}, 0) == ([5], True)
+    assert trim_at_stop([5, 6, 0, 0], {9}, 0) == ([5, 6], False)
+    assert trim_at_stop([5, 9, 6], {9}, 0) == ([5], True)
 
 
 def test_bad_arguments(tmp_path, model, r1_tokenizer):  # noqa: F811

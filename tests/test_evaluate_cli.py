@@ -113,7 +113,7 @@ def test_model_rerun_on_store_matches_store_mode(tmp_path, store_dir, tiny_model
     rerun = evaluate(EvalConfig(**base, out=str(tmp_path / "b.json"), batch_size=3),
                      tiny_model, tokenizer)
     assert not (sae_dir / "thinksae.json").exists()
-    a, b = on_store["metrics"], rerun["metrics"]
+    a, b = on_store.metrics, rerun.metrics
     assert b["all"]["ce_clean"] is not None and "ce_clean" not in a["all"]
     for group in ("all", "regions", "behaviours"):
         pairs = [(a[group], b[group])] if group == "all" else [
@@ -131,7 +131,7 @@ def test_saelens_format_gives_the_same_numbers(tmp_path, store_dir):
     sae.save_to_disk(tmp_path / "sparsify" / "layers.1")
     save_saelens(sae, tmp_path / "saelens" / "layers.1", hook_name="layers.1")
     results = [evaluate(EvalConfig(sae=str(tmp_path / kind / "layers.1"), store=str(store_dir),
-                                   progress=False))["metrics"] for kind in ("sparsify", "saelens")]
+                                   progress=False)).metrics for kind in ("sparsify", "saelens")]
     assert results[1]["all"]["fvu"] == pytest.approx(results[0]["all"]["fvu"], rel=1e-5)
     assert results[1]["regions"]["think"] == pytest.approx(results[0]["regions"]["think"], rel=1e-5)
 
@@ -250,7 +250,7 @@ def test_split_on_the_corpus_equals_split_on_the_store(tmp_path, store_dir, corp
                                     **common), tiny_model, tokenizer)
     store = ActivationStore(store_dir)
     docs = [i for i, t in enumerate(store.trace_ids) if t in held]
-    a, b = on_store["metrics"]["all"], on_corpus["metrics"]["all"]
+    a, b = on_store.metrics["all"], on_corpus.metrics["all"]
     assert a["tokens"] == b["tokens"] == len(store.token_indices(docs=docs))
     assert a["fvu"] == pytest.approx(b["fvu"], rel=1e-5)
     assert a["ce_spliced"] == pytest.approx(b["ce_spliced"], rel=1e-5)

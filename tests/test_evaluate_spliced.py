@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from thinksae.evaluate import add_error_back, replace_with, splice, spliced_batch
-from thinksae.evaluate.spliced import SplicedStats, final_hidden, output_head, token_losses
+from thinksae.evaluate import add_error_back, replace_with, spliced_batch
+from thinksae.evaluate.spliced import SplicedStats, token_losses
 from thinksae.models import resolve_hookpoint
+from thinksae.models.splice import final_hidden, output_head, splice
 from thinksae.sae import Sae, SaeConfig
 
 D = 64

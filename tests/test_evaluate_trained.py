@@ -79,7 +79,7 @@ def test_mean_ablation_uses_the_mean_of_the_replaced_tokens_only(tmp_path, store
                                  batch_size=4, update_card=False, progress=False), model, tokenizer)
     assert len(used) == 2 and all(m is used[0] for m in used)
     torch.testing.assert_close(used[0].double(), by_hand, rtol=1e-5, atol=1e-5)
-    assert result["metrics"]["trained"]["ce_mean_ablated"] is not None
+    assert result.metrics["trained"]["ce_mean_ablated"] is not None
 
 
 def test_headline_is_the_trained_regions_one_ratio_over_their_tokens(tmp_path, store_dir, capsys):
@@ -120,11 +120,11 @@ def test_headline_is_all_tokens_when_trained_on_all_or_unknown(tmp_path, store_d
                                                                label):
     sae_dir = _sae(tmp_path / "layers.1", regions, card)
     result = evaluate(EvalConfig(sae=str(sae_dir), store=str(store_dir), progress=False))
-    assert result["headline"]["group"] == "all" and result["headline"]["label"] == label
-    assert result["headline"]["known"] is card and "trained" not in result["metrics"]
+    assert result.headline["group"] == "all" and result.headline["label"] == label
+    assert result.headline["known"] is card and "trained" not in result.metrics
     # the card written by this eval (an `eval` section only) still says nothing about training
     again = evaluate(EvalConfig(sae=str(sae_dir), store=str(store_dir), progress=False))
-    assert again["headline"] == result["headline"]
+    assert again.headline == result.headline
 
 
 def test_unknown_trained_region_is_one_clear_error(tmp_path, store_dir):

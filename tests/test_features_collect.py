@@ -67,7 +67,7 @@ def dense(stream) -> torch.Tensor:
 def test_streaming_equals_brute_force(tokenizer, info, matcher, chunk):
     s = synthetic_stream(tokenizer)
     stats, _ = run(s, info, matcher, chunk, token_slots=64)
-    t, x = stats.t, dense(s)
+    t, x = stats.tensors, dense(s)
     tok, docs, reg = s["token_ids"], s["doc_index"], s["regions"]
     fired = x > 0
     assert stats.meta["num_tokens"] == len(tok) and stats.meta["num_docs"] == len(TEXTS)
@@ -150,14 +150,14 @@ def test_memory_does_not_grow_with_tokens(tokenizer, info, matcher):
     s2, c2 = run(big, info, matcher, 16)
     assert s2.meta["num_tokens"] > 10 * s1.meta["num_tokens"]
     assert c1.state_nbytes() == c2.state_nbytes()
-    fixed = [k for k in s1.t if k not in TRACE_TENSORS]
-    assert {k: s1.t[k].shape for k in fixed} == {k: s2.t[k].shape for k in fixed}
+    fixed = [k for k in s1.tensors if k not in TRACE_TENSORS]
+    assert {k: s1.tensors[k].shape for k in fixed} == {k: s2.tensors[k].shape for k in fixed}
     # every tensor's first dimension is the feature count or a fixed label count, none the tokens
-    assert all(s2.t[k].shape[0] in (F, 4, 3, 10) for k in fixed)
+    assert all(s2.tensors[k].shape[0] in (F, 4, 3, 10) for k in fixed)
     # ...but for the per-trace counts: one row per trace, one per (trace, feature) pair fired
     docs = len(TEXTS) * 12
-    assert s2.t["trace_tokens"].shape == (docs, 2) and s2.t["trace_ptr"].shape == (docs + 1,)
-    assert len(s2.t["trace_feature"]) == int(s2.t["trace_ptr"][-1]) <= docs * F
+    assert s2.tensors["trace_tokens"].shape == (docs, 2) and s2.tensors["trace_ptr"].shape == (docs + 1,)
+    assert len(s2.tensors["trace_feature"]) == int(s2.tensors["trace_ptr"][-1]) <= docs * F
     # the held-back tokens never exceed the lag
     c = FeatureCollector(F, info, matcher, top_n=TOP_N, window=W, behaviours=["none", "a", "b"])
     for a in range(0, len(big["token_ids"]), 16):
@@ -169,7 +169,7 @@ def test_memory_does_not_grow_with_tokens(tokenizer, info, matcher):
 def test_token_table_overflow_keeps_total_exact(tokenizer, info):
     s = synthetic_stream(tokenizer)
     stats, _ = run(s, info, None, 9, token_slots=2)
-    t = stats.t
+    t = stats.tensors
     x = dense(s)
     torch.testing.assert_close(t["tok_mass"].sum(1) + t["tail_mass"], x.double().sum(0))
     assert torch.equal(t["tok_count"].sum(1) + t["tail_count"], (x > 0).sum(0))
@@ -198,14 +198,14 @@ def test_max_and_top_contexts_only_over_the_training_regions(tokenizer, info):
     f_big = int(s["idx"][torch.nonzero(special)[1], 0])
     x = dense(s)
     stats, _ = run(s, info, None, 7, max_regions=["prompt", "think", "answer"])
-    t = stats.t
+    t = stats.tensors
     torch.testing.assert_close(t["act_max"], x[~special].max(0).values)
     assert float(t["act_max"][f_big]) < 1000 and float(x[:, f_big].max()) == 1000
     assert not special[t["top_index"][t["top_index"] >= 0]].any()
     assert stats.meta["max_regions"] == ["prompt", "think", "answer"]
     # the default stays every token; an unknown region is refused
     everything, _ = run(s, info, None, 7)
-    assert float(everything.t["act_max"][f_big]) == 1000 and everything.meta["max_regions"] is None
+    assert float(everything.tensors["act_max"][f_big]) == 1000 and everything.meta["max_regions"] is None
     with pytest.raises(ThinksaeError, match="max_regions"):
         run(s, info, None, 7, max_regions=["thinking"])
 
@@ -217,7 +217,7 @@ def test_per_trace_counts_are_the_same_when_merged_while_streaming(tokenizer, in
     whole, _ = run(s, info, None, 9)
     monkeypatch.setattr(traces, "MERGE_AT", 10)  # merge the pending tables almost every chunk
     merged, _ = run(s, info, None, 9)
-    assert all(torch.equal(whole.t[k], merged.t[k]) for k in TRACE_TENSORS)
+    assert all(torch.equal(whole.tensors[k], merged.tensors[k]) for k in TRACE_TENSORS)
 
 
 def _narrowed(stream: dict[str, torch.Tensor], chunk: int) -> list[dict[str, torch.Tensor]]:
@@ -245,6 +245,6 @@ def test_chunks_of_different_widths_give_the_same_statistics(tokenizer, info, ma
     for part in chunks:
         c.update(part)
     got = c.finish()
-    assert got.t.keys() == ref.t.keys()
-    for key in ref.t:
-        assert torch.equal(got.t[key], ref.t[key]), key
+    assert got.tensors.keys() == ref.tensors.keys()
+    for key in ref.tensors:
+        assert torch.equal(got.tensors[key], ref.tensors[key]), key

@@ -142,7 +142,7 @@ def test_clustered_null_features_are_rarely_think_specific(tokenizer):
     # the trace-level p-values are roughly calibrated before any correction...
     assert float((s["think_p"][null] < 0.05).double().mean()) <= 0.10
     # ...where the token-level Katz interval flags many: the simulation is the hard case
-    t = stats.t
+    t = stats.tensors
     c1, c2 = t["fires_region"][:, 1], t["fires_region"][:, [0, 2]].sum(1)
     n1, n2 = float(t["region_tokens"][1]), float(t["region_tokens"][[0, 2]].sum())
     _, lo, hi = rate_ratio(c1, n1, c2, n2)

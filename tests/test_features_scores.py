@@ -119,7 +119,7 @@ def test_think_specificity_from_a_pass(tokenizer):
     stats.meta["regions"] = ["all", "b", "c", "d"]
     assert think_specificity(stats) is None
     stats.meta["regions"] = ["prompt", "think", "answer", "special"]
-    del stats.t["trace_fires"]  # statistics from before the per-trace counts: one clear line
+    del stats.tensors["trace_fires"]  # statistics from before the per-trace counts: one clear line
     with pytest.raises(ThinksaeError, match="analyze` again"):
         think_specificity(stats)
 

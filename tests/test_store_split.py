@@ -172,14 +172,14 @@ def test_eval_on_the_held_out_traces_only(trained):
     for split in ("heldout", "train"):
         docs = store.split_docs(0.25, split)
         indices = store.token_indices(docs=docs)
-        got = results[split]["metrics"]["all"]
+        got = results[split].metrics["all"]
         assert got["tokens"] == len(indices)
         assert got["fvu"] == pytest.approx(_fvu(sae, store.gather(indices)), rel=1e-6)
-        assert results[split]["data"]["split"] == split
-        assert results[split]["data"]["traces"] == len(docs)
-    tokens = {s: r["metrics"]["all"]["tokens"] for s, r in results.items()}
+        assert results[split].data.split == split
+        assert results[split].data.traces == len(docs)
+    tokens = {s: r.metrics["all"]["tokens"] for s, r in results.items()}
     assert tokens["heldout"] + tokens["train"] == tokens["all"] == store.num_tokens
-    assert results["all"]["data"]["traces"] is None
+    assert results["all"].data.traces is None
 
 
 def test_split_refused_on_other_data_or_without_a_holdout(trained, tmp_path):
@@ -207,8 +207,8 @@ def test_split_refused_on_other_data_or_without_a_holdout(trained, tmp_path):
     try:
         for split, result in want.items():
             got = split_eval(split)
-            assert got["metrics"] == result["metrics"]
-            assert got["data"]["traces"] == result["data"]["traces"]
+            assert got.metrics == result.metrics
+            assert got.data.traces == result.data.traces
     finally:
         card_path.write_text(saved)
     (tmp_path / "heldout.json").unlink()

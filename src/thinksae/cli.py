@@ -89,6 +89,12 @@ def _validate(cfg) -> None:
     print(validate(cfg).out)
 
 
+def _serve(cfg) -> None:
+    from .serve import serve
+
+    serve(cfg)
+
+
 def _run(cfg) -> None:
     from .pipeline import run
 
@@ -96,7 +102,8 @@ def _run(cfg) -> None:
 
 
 def _commands() -> dict[str, tuple[str, type, Callable]]:
-    """name → (help, config dataclass, runner). Stage modules are imported lazily."""
+    """name → (help, config dataclass, runner). Building it imports every stage package (for its
+    config); a runner imports its stage's code when it runs."""
     from .corpus import CorpusConfig
     from .store import HarvestConfig
 
@@ -135,6 +142,10 @@ def _commands() -> dict[str, tuple[str, type, Callable]]:
 
     commands["validate"] = ("test candidate features: context control, token injection, causal "
                             "ablation/clamp, attribution; a verdict each", ValidateConfig, _validate)
+    from .serve import ServeConfig
+
+    commands["serve"] = ("the workbench: a local web app over a run (features, try text, steer, "
+                         "monitor)", ServeConfig, _serve)
     from .pipeline import RunConfig
 
     commands["run"] = ("run the whole pipeline (corpus → … → report) from a config or preset; "

@@ -6,12 +6,9 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from . import atomic
-from .errors import ThinksaeError
-
-T = TypeVar("T")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -28,19 +25,3 @@ def config_hash(cfg: Any, exclude: tuple[str, ...] = ()) -> str:
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a config dataclass to ``path`` as JSON, atomically."""
     atomic.write_json(path, to_dict(cfg))
-
-
-def load_config(cls: type[T], path: str | Path) -> T:
-    """Read a config dataclass from JSON; unknown or missing keys are a clear error."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ThinksaeError(f"cannot read config {path}: {e}") from None
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ThinksaeError(f"{path}: unknown config keys {unknown}")
-    try:
-        return cls(**data)
-    except TypeError as e:
-        raise ThinksaeError(f"{path}: {e}") from None

@@ -10,6 +10,8 @@ from pathlib import Path
 from ..config import save_config, to_dict
 from ..errors import ThinksaeError
 from ..models.loading import DEFAULT_MODEL
+from ..models.tokenizer import load_tokenizer
+from .engines import ENGINES, Sampling, check_batch_size, check_engine, open_engine
 from .generate import (
     SAMPLE_SEP,
     THINK_SYSTEM_PROMPT,
@@ -66,8 +68,13 @@ class CorpusConfig:
     samples: int = 1
     """Traces per question (sampled: needs --do_sample when above 1); trace ids become
     `<question id>#<n>`, so held-out splits keep all samples of a question together."""
-    batch_size: int = 8
-    """Questions generated together (left-padded)."""
+    batch_size: int | str = "auto"
+    """Questions generated together, or `auto`: on hf as many as fit half the free memory (KV
+    cache + prefill from the model config), at most 64 (CPU decoding is bound by reading the
+    weights, so big batches are nearly free); 8 on llama.cpp; 64 on vllm."""
+    engine: str = "hf"
+    """Generation engine: `hf` (transformers), `llama.cpp` (a GGUF run quantised on CPU; needs
+    `pip install 'thinksae[llamacpp]'`) or `vllm` (CUDA); traces record it in `meta.engine`."""
     max_new_tokens: int = 512
     """Most tokens generated per question (thinking + answer)."""
     do_sample: bool = False
@@ -123,20 +130,6 @@ def _check_resumable(cfg: CorpusConfig) -> None:
         )
 
 
-def _load_tokenizer(spec: str):
-    """Only the tokenizer of a model spec (importing traces needs no weights)."""
-    from transformers import AutoTokenizer
-
-    from ..models.loading import _pretrained_kwargs
-
-    source, kwargs = _pretrained_kwargs(spec)
-    try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ThinksaeError(f"cannot load the tokenizer of {spec}: {reason}") from None
-
-
 def repeat_problems(problems: list[Problem], samples: int, do_sample: bool) -> list[Problem]:
     """Each problem ``samples`` times, as ``<id>#0``, ``<id>#1``, ... (question-major order);
     the problems as they are for one sample."""
@@ -161,7 +154,7 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
         except ThinksaeError as e:
             if tokenizer is not None or "chat template" not in str(e):
                 raise
-            tokenizer = _load_tokenizer(cfg.model)  # the records need templating after all
+            tokenizer = load_tokenizer(cfg.model)  # the records need templating after all
             traces = load_traces(cfg.traces, tokenizer, split=cfg.split, limit=cfg.limit)
         if not traces:
             raise ThinksaeError(f"{cfg.traces} holds no traces")
@@ -171,21 +164,30 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
 
     if cfg.answer_tokens < 0:
         raise ThinksaeError(f"answer_tokens must be >= 0, got {cfg.answer_tokens}")
+    check_batch_size(cfg.batch_size)
+    check_engine(cfg.engine, cfg.model)
     _check_resumable(cfg)
     problems = repeat_problems(load_prompts(cfg.prompts, cfg.limit), cfg.samples, cfg.do_sample)
-    if model is None or tokenizer is None:
+    if cfg.engine != "hf":
+        tokenizer = tokenizer or load_tokenizer(cfg.model)
+    elif model is None or tokenizer is None:
         from ..models import load_model
 
         model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                       progress=cfg.progress)
+    sampling = Sampling(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed)
+    engine = open_engine(cfg.engine, cfg.model, tokenizer, sampling, model, dtype=cfg.dtype)
     save_config(cfg, config_path(out))
-    generate_traces(
-        model, tokenizer, problems, out,
-        batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-        temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-        system_prompt=cfg.system_prompt, progress=cfg.progress,
-        think_prefill=cfg.think_prefill, answer_tokens=cfg.answer_tokens,
-    )
+    try:
+        generate_traces(
+            model, tokenizer, problems, out,
+            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+            system_prompt=cfg.system_prompt, progress=cfg.progress,
+            think_prefill=cfg.think_prefill, answer_tokens=cfg.answer_tokens, engine=engine,
+        )
+    finally:
+        getattr(engine, "close", lambda: None)()
     return out
 
 
@@ -194,6 +196,7 @@ __all__ = [
     "SAMPLE_SEP",
     "THINK_SYSTEM_PROMPT",
     "CorpusConfig",
+    "ENGINES",
     "Problem",
     "Region",
     "TokenizedTrace",

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 from ..errors import ThinksaeError
-from ..sae.formats import SPARSIFY_CFG, detect_format
-
-_HOOKPOINT = re.compile(r"^(embed_tokens|norm|layers\.\d+(\.[A-Za-z_][\w.]*)?)$")
 
 
 def check_options(cfg, have_model: bool) -> None:
@@ -46,58 +41,7 @@ def splice_region_names(text: str) -> list[str]:
     return wanted
 
 
-def sae_hookpoint(sae_dir: Path, card: dict) -> str | None:
-    """The hookpoint an SAE reads: its report card's, else its directory name, else SAELens
-    metadata, when these look like a hookpoint name; None when nothing says."""
-    candidates = [card.get("hookpoint"), sae_dir.name]
-    if detect_format(sae_dir) == "saelens":
-        meta = _json_or_empty(sae_dir / SPARSIFY_CFG).get("metadata") or {}
-        candidates.append(meta.get("hook_name"))
-    return next((c for c in candidates if isinstance(c, str) and _HOOKPOINT.match(c)), None)
-
-
-def _json_or_empty(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def resolve_eval_hookpoint(cfg, sae_dir: Path, card: dict, store) -> str:
-    """The hookpoint to evaluate at: the SAE's own, which --hookpoint and the store must match."""
-    own = sae_hookpoint(sae_dir, card)
-    if cfg.hookpoint and own and cfg.hookpoint != own:
-        raise ThinksaeError(f"the SAE in {sae_dir} reads hookpoint {own}, not {cfg.hookpoint}")
-    hookpoint = cfg.hookpoint or own
-    if store is not None:
-        if hookpoint and store.hookpoint != hookpoint:
-            raise ThinksaeError(f"store {store.path} holds hookpoint {store.hookpoint}, but the "
-                                f"SAE in {sae_dir} reads {hookpoint}")
-        hookpoint = hookpoint or store.hookpoint
-    if not hookpoint:
-        raise ThinksaeError(f"cannot tell which hookpoint the SAE in {sae_dir} reads; pass "
-                            "--hookpoint")
-    return hookpoint
-
-
-def check_tokenizers(sae_dir: Path, card: dict, store, tokenizer) -> str | None:
-    """The eval data's tokenizer hash, after checking it against the model's and the SAE's."""
-    from ..store import tokenizer_hash
-
-    model_hash = tokenizer_hash(tokenizer) if tokenizer is not None else None
-    data_hash = store.manifest.get("tokenizer_hash") if store is not None else model_hash
-    if store is not None and model_hash and data_hash != model_hash:
-        raise ThinksaeError(f"store {store.path} was tokenised with another tokenizer (hash "
-                            f"{data_hash}) than the model's (hash {model_hash})")
-    trained = (card.get("data") or {}).get("tokenizer_hash")
-    if trained and data_hash and trained != data_hash:
-        raise ThinksaeError(f"the SAE in {sae_dir} was trained on tokens of another tokenizer "
-                            f"(hash {trained}) than the eval data's (hash {data_hash})")
-    return data_hash
-
-
-def split_docs(cfg, sae_dir: Path, card: dict, store):
+def docs_of_split(cfg, sae_dir: Path, card: dict, store):
     """Document indices of ``cfg.split`` (None for all): the traces the SAE's training held out
     (``heldout``, as its report card lists them) or trained on (``train``). Only on the very data
     it was trained on: the same store, or the corpus that store was harvested from."""

@@ -19,13 +19,15 @@ from tqdm.auto import tqdm
 from .. import atomic
 from ..config import to_dict
 from ..errors import ThinksaeError
-from ..sae import load_sae, read_report_card, resolve_sae_dir, update_report_card
+from ..sae import update_report_card
+from ..sae.bound import SaeAtHookpoint
 from ..sae.formats import detect_format
-from .checks import check_options, check_tokenizers, resolve_eval_hookpoint, splice_region_names, split_docs
+from .checks import check_options, docs_of_split, splice_region_names
 from .headline import headline
 from .metrics import ALL, TRAINED, Grouped, Moments, ReconstructionStats, TokenGroups
 from .metrics import latent_frequency_histogram as frequency_histogram
 from .report import print_table, write_histogram_png
+from .result import EvalData, EvalResult
 from .sources import batches, corpus_docs, pad_right, store_docs, take_chunks, take_tokens
 from .spliced import SplicedStats, spliced_batch
 
@@ -170,48 +172,8 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
-    """Evaluate the SAE ``cfg.sae`` as ``cfg`` says; returns the result that is also written to
-    the JSON (``cfg.out``), printed as a table and merged into the report card.
-
-    ``model``/``tokenizer`` optionally replace loading ``cfg.model``.
-    """
-    from ..models import capture, load_model, precheck_model, resolve_device, resolve_hookpoint
-    from ..store import ActivationStore
-
-    have_model = model is not None or cfg.model is not None
-    check_options(cfg, have_model)
-    sae_dir = resolve_sae_dir(cfg.sae, cfg.hookpoint)
-    card = read_report_card(sae_dir)
-    store = ActivationStore(cfg.store) if cfg.store is not None else None
-    hookpoint = resolve_eval_hookpoint(cfg, sae_dir, card, store)
-    docs = split_docs(cfg, sae_dir, card, store)  # before any model is loaded: cheap to refuse
-    region_names, behaviour_names = _label_names(store)
-    head = headline(card, region_names, sae_dir)
-    sae = load_sae(sae_dir, dtype=torch.float32)
-    if store is not None and store.d_in != sae.d_in:
-        raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but store {store.path} "
-                            f"holds activations of width {store.d_in}")
-    precheck_model(cfg.model, hookpoint, d_in=sae.d_in, loaded=model)
-    if have_model and model is None:
-        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
-                                      progress=cfg.progress)
-    if model is not None:
-        if tokenizer is None:
-            raise ThinksaeError("a model was passed without its tokenizer")
-        resolve_hookpoint(model, hookpoint)
-        device = next(model.parameters()).device
-        probe = torch.zeros((1, 1), dtype=torch.long, device=device)
-        width = capture(model, hookpoint, probe)[hookpoint].shape[-1]
-        if width != sae.d_in:
-            raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but the model's "
-                                f"{hookpoint} output has width {width}")
-    else:
-        device = resolve_device(cfg.device)
-    data_hash = check_tokenizers(sae_dir, card, store, tokenizer)
-    sae = sae.to(device)
-    groups = TokenGroups(region_names, behaviour_names, trained=head.regions)
-
+def _run(cfg, model, tokenizer, store, docs, hookpoint, sae, groups, device):
+    """Stream the eval set (``docs`` of the store or corpus) through the SAE (and the model)."""
     total = None
     if store is not None:
         total = store.num_tokens if docs is None else len(store.token_indices(docs=docs))
@@ -223,6 +185,45 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
                                          groups, bar)
         else:
             recon, spliced = _eval_store(cfg, store, docs, sae, groups, device, bar), None
+    return recon, spliced
+
+
+def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> EvalResult:
+    """Evaluate the SAE ``cfg.sae`` as ``cfg`` says; returns the result that is also written to
+    the JSON (``cfg.out``), printed as a table and merged into the report card.
+
+    ``model``/``tokenizer`` optionally replace loading ``cfg.model``.
+    """
+    from ..models import load_model, resolve_device
+    from ..store import ActivationStore
+
+    have_model = model is not None or cfg.model is not None
+    check_options(cfg, have_model)
+    store = ActivationStore(cfg.store) if cfg.store is not None else None
+    bound = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint, store)
+    sae_dir, card, hookpoint = bound.dir, bound.card, bound.hookpoint
+    docs = docs_of_split(cfg, sae_dir, card, store)  # before any model is loaded: cheap to refuse
+    region_names, behaviour_names = _label_names(store)
+    head = headline(card, region_names, sae_dir)
+    sae = bound.load()
+    if store is not None:
+        bound.check_store(store)
+    bound.precheck(cfg.model, loaded=model)
+    if have_model and model is None:
+        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
+                                      progress=cfg.progress)
+    if model is not None:
+        if tokenizer is None:
+            raise ThinksaeError("a model was passed without its tokenizer")
+        bound.check_model(model)
+        device = next(model.parameters()).device
+    else:
+        device = resolve_device(cfg.device)
+    data_hash = bound.check_tokenizers(tokenizer, store)
+    sae = sae.to(device)
+    groups = TokenGroups(region_names, behaviour_names, trained=head.regions)
+
+    recon, spliced = _run(cfg, model, tokenizer, store, docs, hookpoint, sae, groups, device)
     all_stats: ReconstructionStats = recon.stats[ALL]
     if all_stats.tokens == 0:
         source = cfg.corpus or cfg.store
@@ -234,34 +235,20 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> dict:
     out = Path(cfg.out) if cfg.out else sae_dir / "eval.json"
     png = out.with_name(f"{out.stem}.latent_frequency.png")
     histogram = frequency_histogram(all_stats.fire_counts, all_stats.tokens)
-    result = {
-        "sae": str(sae_dir),
-        "format": detect_format(sae_dir),
-        "hookpoint": hookpoint,
-        "d_in": sae.d_in,
-        "num_latents": sae.num_latents,
-        "k": sae.cfg.k,
-        "data": {
-            "mode": "model" if model is not None else "store",
-            "store": cfg.store,
-            "corpus": cfg.corpus,
-            "model": cfg.model or getattr(getattr(model, "config", None), "_name_or_path", None),
-            "tokens": all_stats.tokens,
-            "split": cfg.split,
-            "traces": None if docs is None else len(docs),
-            "tokenizer_hash": data_hash,
-            "store_hash": store.hash if store is not None else None,
-            "corpus_hash": atomic.sha256_file(cfg.corpus)[:16] if cfg.corpus else None,
-        },
-        "headline": head.to_dict(),
-        "metrics": metrics,
-        "latent_frequency": {"png": str(png), **histogram},
-        "config": to_dict(cfg),
-    }
+    data = EvalData(
+        mode="model" if model is not None else "store", store=cfg.store, corpus=cfg.corpus,
+        model=cfg.model or getattr(getattr(model, "config", None), "_name_or_path", None),
+        tokens=all_stats.tokens, split=cfg.split, traces=None if docs is None else len(docs),
+        tokenizer_hash=data_hash, store_hash=store.hash if store is not None else None,
+        corpus_hash=atomic.sha256_file(cfg.corpus)[:16] if cfg.corpus else None)
+    result = EvalResult(str(sae_dir), detect_format(sae_dir), hookpoint, sae.d_in, sae.num_latents,
+                        sae.cfg.k, data, head.to_dict(), metrics, {"png": str(png), **histogram},
+                        to_dict(cfg))
     title = f"{sae_dir.parent.name}/{sae_dir.name} ({hookpoint}), {all_stats.tokens} tokens"
     write_histogram_png(png, histogram, title)
-    atomic.write_json(out, result)
+    written = result.to_dict()
+    atomic.write_json(out, written)
     if cfg.update_card:
-        update_report_card(sae_dir, "eval", result)
-    print_table(result)
+        update_report_card(sae_dir, "eval", written)
+    print_table(written)
     return result

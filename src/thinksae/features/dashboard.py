@@ -120,6 +120,20 @@ def _with_verdicts(out_dir: str | Path, feature_rows: list[dict]) -> tuple[list[
             for r in feature_rows], verdicts
 
 
+def feature_page(row: dict, det: dict, meta: dict, verdict: dict | None = None,
+                 env: Environment | None = None) -> str:
+    """The HTML of one feature's page (its scores ``row`` and ``feature_details``)."""
+    for ctx in det["contexts"]:
+        ctx["cells"] = _context_cells(ctx)
+    return (env or _env()).get_template("feature.html").render(
+        row=row, det=det, meta=meta, verdict=verdict,
+        region_bars=bars(det["region_rates"]),
+        behaviour_bars=bars({k: v for k, v in det["behaviour_rates"].items() if k != "none"}),
+        hist=histogram(det["hist"]),
+        scores=[(k, v) for k, v in row.items() if not isinstance(v, list)],
+        top_mass=max([t["mass"] or 0 for t in det["tokens"]], default=0) or 1)
+
+
 def write_dashboard(out_dir: str | Path, feature_rows: list[dict], stats: FeatureStats,
                     strings: list[str], trace_ids: list[str] | None = None,
                     max_pages: int = 3000) -> Path:
@@ -141,19 +155,9 @@ def write_dashboard(out_dir: str | Path, feature_rows: list[dict], stats: Featur
         columns=columns, sortable=sortable, rows=table, labels=LABELS, counts=counts, meta=meta,
         num_pages=len(pages))
     atomic.write_bytes(folder / "index.html", index.encode())
-    tpl = env.get_template("feature.html")
     for i in pages:
-        row = feature_rows[i]
-        det = feature_details(stats, i, strings, trace_ids)
-        for ctx in det["contexts"]:
-            ctx["cells"] = _context_cells(ctx)
-        html = tpl.render(
-            row=row, det=det, meta=meta, verdict=verdicts.get(i),
-            region_bars=bars(det["region_rates"]),
-            behaviour_bars=bars({k: v for k, v in det["behaviour_rates"].items() if k != "none"}),
-            hist=histogram(det["hist"]),
-            scores=[(k, v) for k, v in row.items() if not isinstance(v, list)],
-            top_mass=max([t["mass"] or 0 for t in det["tokens"]], default=0) or 1)
+        html = feature_page(feature_rows[i], feature_details(stats, i, strings, trace_ids), meta,
+                            verdicts.get(i), env)
         atomic.write_bytes(folder / f"feature-{i}.html", html.encode())
     keep = {f"feature-{i}.html" for i in pages}
     for old in folder.glob("feature-*.html"):  # pages left from an earlier analysis

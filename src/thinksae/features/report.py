@@ -45,7 +45,7 @@ def feature_details(stats: FeatureStats, i: int, strings: list[str],
                     trace_ids: list[str] | None = None, row: int | None = None) -> dict:
     """Contexts, top tokens, histogram, per-region and per-behaviour rates and logit lens of
     feature ``i`` (``row`` is its row in ``stats``: ``i`` for whole stats, 0 for one loaded row)."""
-    t, meta = stats.t, stats.meta
+    t, meta = stats.tensors, stats.meta
     r = i if row is None else row
     w = meta["window"]
     contexts = []

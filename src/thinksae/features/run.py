@@ -3,7 +3,6 @@ logit lens, ``features.jsonl``, ``stats.safetensors`` and the HTML dashboard."""
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from tqdm.auto import tqdm
 from .. import atomic
 from ..config import to_dict
 from ..errors import ThinksaeError
+from ..sae.bound import SaeAtHookpoint
 from .collect import FeatureCollector
 from .reason_score import ALPHA, ReasonMatcher, read_vocab
 from .report import ANALYSIS_FILE, FEATURES_FILE, STATS_FILE, VOCAB_FILE, rows
@@ -22,7 +22,6 @@ from .stats import FeatureStats
 from .tokens import TokenInfo
 
 FORMAT = "thinksae-features/1"
-_HOOKPOINT = re.compile(r"^(embed_tokens|layers\.\d+(\.[A-Za-z_]\w*)*)$")
 
 
 @dataclass
@@ -126,40 +125,20 @@ def max_regions(sae_dir: Path | None, regions: list[str] | None) -> list[str] | 
     return names
 
 
-def _load_tokenizer(spec: str):
-    from transformers import AutoTokenizer
-
-    from ..models.loading import _pretrained_kwargs
-
-    path = Path(spec).expanduser()
-    if path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        source, kwargs = str(path), {"local_files_only": True}  # a tokenizer-only directory
-    else:
-        source, kwargs = _pretrained_kwargs(spec)
-    try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as e:
-        raise ThinksaeError(f"cannot load the tokenizer of {spec}: {str(e).splitlines()[0]}") from None
-
-
 class _Source:
     """Where the tokens come from, checked against the SAE before anything runs."""
 
-    def __init__(self, cfg: AnalyzeConfig, sae, sae_hook: str | None, model, tokenizer):
+    def __init__(self, cfg: AnalyzeConfig, bound: SaeAtHookpoint, store, model, tokenizer):
         from ..corpus import Region, behaviour_names
 
         self.model, self.tokenizer = model, tokenizer
         self.trace_ids: list[str] | None = None
-        if cfg.store is not None:
-            from ..store import ActivationStore, tokenizer_hash
+        self.hookpoint = bound.hookpoint
+        if store is not None:
+            from ..models import load_tokenizer
 
-            self.store = store = ActivationStore(cfg.store)
-            if sae_hook and store.hookpoint != sae_hook:
-                raise ThinksaeError(f"SAE/model mismatch: the SAE is for hookpoint {sae_hook} but "
-                                    f"store {cfg.store} holds {store.hookpoint}")
-            if store.d_in != sae.d_in:
-                raise ThinksaeError(f"SAE/model mismatch: the SAE has d_in {sae.d_in} but store "
-                                    f"{cfg.store} holds activations of width {store.d_in}")
+            self.store = store
+            bound.check_store(store)
             names = store.manifest.get("regions")
             self.regions = names if names and "think" in names else None
             if self.regions is None and not cfg.allow_no_regions:
@@ -177,37 +156,26 @@ class _Source:
                                              progress=cfg.progress)
                 self.tokenizer = self.tokenizer or tok
             if self.tokenizer is None:
-                self.tokenizer = _load_tokenizer(cfg.tokenizer or spec)
-            want = store.manifest.get("tokenizer_hash")
-            if want and tokenizer_hash(self.tokenizer) != want:
-                raise ThinksaeError(f"SAE/model mismatch: the tokenizer differs from the one store "
-                                    f"{cfg.store} was harvested with")
+                self.tokenizer = load_tokenizer(cfg.tokenizer or spec)
+            bound.check_tokenizers(self.tokenizer, store)
             self.trace_ids = [t for s in store.manifest["shards"] for t in s.get("trace_ids", [])]
             self.total = min(store.num_tokens, cfg.max_tokens or store.num_tokens)
             return
         from ..corpus import read_traces
-        from ..models import capture, load_model, precheck_model, resolve_hookpoint
+        from ..models import load_model
 
         corpus = Path(cfg.corpus)
         if not corpus.is_file():
             raise ThinksaeError(f"corpus not found: {corpus}")
-        precheck_model(cfg.model, cfg.hookpoint or sae_hook, d_in=sae.d_in, loaded=self.model)
+        bound.precheck(cfg.model, loaded=self.model)
         if self.model is None:
             if not cfg.model:
                 raise ThinksaeError("--corpus needs --model (the model to run over the traces)")
             self.model, tok = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
                                          progress=cfg.progress)
             self.tokenizer = self.tokenizer or tok
-        self.hookpoint = cfg.hookpoint or sae_hook
-        if not self.hookpoint:
-            raise ThinksaeError("give --hookpoint: the SAE's directory name is not a hookpoint")
-        resolve_hookpoint(self.model, self.hookpoint)
-        device = next(self.model.parameters()).device
-        probe = capture(self.model, self.hookpoint, torch.tensor([[0]], device=device))
-        width = int(probe[self.hookpoint].shape[-1])
-        if width != sae.d_in:
-            raise ThinksaeError(f"SAE/model mismatch: the SAE has d_in {sae.d_in} but hookpoint "
-                                f"{self.hookpoint} of the model has width {width}")
+        bound.check_model(self.model)
+        bound.check_tokenizers(self.tokenizer)
         self.traces = read_traces(corpus)[: cfg.limit]
         if not self.traces:
             raise ThinksaeError(f"corpus {corpus} holds no traces")
@@ -252,20 +220,20 @@ def stream_pass(chunks, sae, collector: FeatureCollector, total: int | None = No
                    "tokens_per_s": n / wall if wall else None}
 
 
-def analyze(cfg: AnalyzeConfig, model=None, tokenizer=None, sae=None) -> Path:
+def analyze(cfg: AnalyzeConfig, model=None, tokenizer=None) -> Path:
     """Run the analysis; returns the output directory. Bad input fails before anything is written."""
     from ..models import resolve_device
-    from ..sae import load_sae, resolve_sae_dir
 
     _check_cfg(cfg)
-    device = resolve_device(cfg.device)
-    if sae is None:
-        sae_dir = resolve_sae_dir(cfg.sae, cfg.hookpoint)
-        sae = load_sae(sae_dir, device=device)
-        sae_hook = sae_dir.name if _HOOKPOINT.match(sae_dir.name) else None
-    else:
-        sae_dir, sae_hook = None, cfg.hookpoint
-    src = _Source(cfg, sae, sae_hook, model, tokenizer)
+    store = None
+    if cfg.store is not None:
+        from ..store import ActivationStore
+
+        store = ActivationStore(cfg.store)
+    bound = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint, store)
+    sae_dir, sae_hook = bound.dir, bound.hookpoint
+    sae = bound.load(resolve_device(cfg.device), dtype=None)
+    src = _Source(cfg, bound, store, model, tokenizer)
     info = TokenInfo.from_tokenizer(src.tokenizer)
     matcher = ReasonMatcher.from_tokenizer(
         src.tokenizer, read_vocab(cfg.reason_vocab, cfg.reason_vocab_match), cfg.reason_vocab_match)
@@ -286,9 +254,9 @@ def analyze(cfg: AnalyzeConfig, model=None, tokenizer=None, sae=None) -> Path:
     if lens_modules is not None:
         from .logit_lens import logit_lens
 
-        alive = torch.nonzero(stats.t["fires"] > 0).flatten()
+        alive = torch.nonzero(stats.tensors["fires"] > 0).flatten()
         lens = logit_lens(src.model, sae.W_dec.detach(), alive, cfg.lens_k)
-        stats.t.update(lens)
+        stats.tensors.update(lens)
     feature_rows = rows(columns, info.strings, lens)
 
     out = Path(cfg.out)
@@ -302,7 +270,7 @@ def analyze(cfg: AnalyzeConfig, model=None, tokenizer=None, sae=None) -> Path:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     atomic.write_json(out / ANALYSIS_FILE, {
         "format": FORMAT, "config": to_dict(cfg),
-        "sae": {"path": str(sae_dir) if sae_dir else None, "hookpoint": sae_hook,
+        "sae": {"path": str(sae_dir), "hookpoint": sae_hook,
                 "num_latents": sae.num_latents, "k": sae.cfg.k, "d_in": sae.d_in},
         "source": src.info, "meta": stats.meta, "timing": timing,
         "trace_ids": src.trace_ids, "logit_lens": lens is not None,

@@ -58,7 +58,7 @@ def selectivity(stats: FeatureStats) -> dict[str, Tensor]:
     """Token types covering 90 % of the mass, entropy (bits) of the mass over token types,
     top-token share. ``token_stats_exact`` is False where the token table overflowed: then
     ``tokens_90`` is a lower bound and the entropy counts the evicted tail as one type."""
-    t = stats.t
+    t = stats.tensors
     total = t["act_sum"]
     mass, order = torch.sort(t["tok_mass"], dim=1, descending=True, stable=True)
     ids = torch.gather(t["tok_ids"], 1, order)
@@ -135,7 +135,7 @@ def think_specificity(stats: FeatureStats, fdr: float = FDR) -> dict[str, Tensor
     names = stats.meta["regions"]
     if "think" not in names:
         return None
-    t = stats.t
+    t = stats.tensors
     if any(k not in t for k in TRACE_TENSORS):
         raise ThinksaeError("these feature statistics have no per-trace counts (written by an "
                             "older thinksae): run `thinksae analyze` again")
@@ -166,14 +166,14 @@ def think_test_summary(stats: FeatureStats, columns: dict, fdr: float = FDR) -> 
     p = columns["think_p"]
     return {"method": "trace-level rate ratio (cluster-robust variance, Student t), "
                       "Benjamini-Hochberg across features",
-            "fdr": fdr, "traces": len(stats.t["trace_doc"]),
+            "fdr": fdr, "traces": len(stats.tensors["trace_doc"]),
             "features_tested": int((~torch.isnan(p)).sum()),
             "think_specific": int(columns["think_specific"].sum())}
 
 
 def reason_scores(stats: FeatureStats, alpha: float = ALPHA) -> dict[str, Tensor] | None:
     """ReasonScore and its parts; None when the pass ran without a reasoning vocabulary."""
-    t, meta = stats.t, stats.meta
+    t, meta = stats.tensors, stats.meta
     if not meta.get("groups"):
         return None
     pos = _div(t["reason_pos_sum"], float(meta["reason_pos_tokens"])).nan_to_num(0)
@@ -187,7 +187,7 @@ def reason_scores(stats: FeatureStats, alpha: float = ALPHA) -> dict[str, Tensor
 def score_columns(stats: FeatureStats, min_fires: int = 10, alpha: float = ALPHA,
                   fdr: float = FDR) -> dict[str, Tensor | list]:
     """Every per-feature score as a column (tensor or list) of length F."""
-    t, meta = stats.t, stats.meta
+    t, meta = stats.tensors, stats.meta
     fires = t["fires"]
     n_tok, n_docs = meta["num_tokens"], meta["num_docs"]
     cols: dict[str, Tensor | list] = {

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import ThinksaeError
-from ..store.reader import LABELS
+from ..store.reader import TOKEN_LABELS
 from ..store.shards import memmap_shard, to_torch
 
 
@@ -33,7 +33,7 @@ def store_chunks(store, chunk_tokens: int = 8192, limit: int | None = None
             if limit is not None:
                 b = min(b, a + limit - seen)
             out = {"activations": to_torch(shard["activations"][a:b], store.dtype).float()}
-            for name in LABELS:
+            for name in TOKEN_LABELS:
                 out[name] = torch.from_numpy(np.array(shard[name][a:b]))
             seen += b - a
             yield out

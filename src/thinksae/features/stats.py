@@ -41,7 +41,9 @@ class FeatureStats:
     """Everything one pass collected: tensors keyed by name (first dimension = feature) and
     counts/options in ``meta``."""
 
-    t: dict[str, Tensor]
+    tensors: dict[str, Tensor]
+    """Per-feature tensors (first dimension = feature), the token counts of ``GLOBAL_TENSORS``
+    and the per-trace tables of ``TRACE_TENSORS``, by name."""
     meta: dict = field(default_factory=dict)
 
     @property
@@ -50,7 +52,7 @@ class FeatureStats:
 
     def save(self, path: str | Path) -> None:
         """Write ``stats.safetensors`` atomically (metadata as JSON in the header)."""
-        tensors = {k: v.contiguous().cpu() for k, v in self.t.items()}
+        tensors = {k: v.contiguous().cpu() for k, v in self.tensors.items()}
         with atomic.atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"meta": json.dumps(self.meta)})
 

@@ -11,13 +11,40 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ThinksaeError
 
-_HOOKPOINT = re.compile(r"^(embed_tokens|norm|layers\.(\d+)(\.[A-Za-z_][\w.]*)?)$")
+_HOOKPOINT = re.compile(r"^(embed_tokens|norm|layers\.(\d+)((?:\.[A-Za-z_]\w*)*))$")
+"""The one hookpoint grammar: ``embed_tokens``, ``norm``, ``layers.N`` or ``layers.N.<module path>``
+(e.g. ``layers.N.mlp``, ``layers.N.self_attn``, ``layers.N.mlp.down_proj``)."""
+
+
+class Hookpoint(NamedTuple):
+    """A hookpoint name taken apart: ``layers.10.mlp`` → ``("layers.10.mlp", 10, "mlp")``."""
+
+    name: str
+    layer: int | None
+    """The decoder block, None for ``embed_tokens`` and ``norm``."""
+    submodule: str
+    """The module path inside the block (``mlp``, ``self_attn``, …), "" for the block's output."""
+
+
+def parse_hookpoint(name: str) -> Hookpoint | None:
+    """One hookpoint name taken apart by the grammar, None when it is not one (no model needed)."""
+    m = _HOOKPOINT.match(name) if isinstance(name, str) else None
+    if m is None:
+        return None
+    layer = int(m.group(2)) if m.group(2) is not None else None
+    return Hookpoint(name, layer, (m.group(3) or "").removeprefix("."))
+
+
+def is_hookpoint(name) -> bool:
+    """Whether ``name`` is a hookpoint name by the grammar (not whether a model has it)."""
+    return parse_hookpoint(name) is not None
 
 
 class _StopForward(Exception):
@@ -51,15 +78,15 @@ def parse_hookpoints(spec: str | Sequence[str]) -> list[str]:
 
 def resolve_hookpoint(model: nn.Module, name: str) -> nn.Module:
     """The module behind a hookpoint name; a clear error for unknown names or layers out of range."""
-    m = _HOOKPOINT.match(name)
-    if m is None:
+    parsed = parse_hookpoint(name)
+    if parsed is None:
         raise ThinksaeError(
-            f"unknown hookpoint {name!r}: expected layers.N, layers.N.mlp, layers.N.self_attn "
-            "or embed_tokens"
+            f"unknown hookpoint {name!r}: expected layers.N, layers.N.mlp, layers.N.self_attn, "
+            "embed_tokens or norm"
         )
-    if m.group(2) is not None:
+    if parsed.layer is not None:
         n_layers = num_layers(model)
-        layer = int(m.group(2))
+        layer = parsed.layer
         if layer >= n_layers:
             raise ThinksaeError(
                 f"hookpoint {name!r}: layer {layer} out of range, the model has {n_layers} "

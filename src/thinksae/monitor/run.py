@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from simple_parsing import field
 
 from ..errors import ThinksaeError
 from ..models.loading import DEFAULT_MODEL
+from ..sae.bound import SaeAtHookpoint
 from .engine import Monitor, check_rule_values, check_value
 from .rules import load_rules
 
@@ -76,22 +76,6 @@ def parse_features(text: str) -> list[int]:
     return list(dict.fromkeys(out))
 
 
-def load_sae_for(sae_path: str, hookpoint: str | None):
-    """``(sae_dir, hookpoint, sae)``; the hookpoint from the SAE's card or directory name."""
-    from ..evaluate.checks import sae_hookpoint
-    from ..sae import load_sae, read_report_card, resolve_sae_dir
-
-    sae_dir = resolve_sae_dir(sae_path, hookpoint)
-    own = sae_hookpoint(sae_dir, read_report_card(sae_dir))
-    if hookpoint and own and hookpoint != own:
-        raise ThinksaeError(f"the SAE in {sae_dir} reads hookpoint {own}, not {hookpoint}")
-    hookpoint = hookpoint or own
-    if not hookpoint:
-        raise ThinksaeError(f"cannot tell which hookpoint the SAE in {sae_dir} reads; pass "
-                            "--hookpoint")
-    return sae_dir, hookpoint, load_sae(sae_dir, dtype=torch.float32)
-
-
 def _check(cfg: MonitorConfig) -> None:
     if cfg.serve == bool(cfg.prompt):
         raise ThinksaeError("give --prompt (terminal view) or --serve (web app), one of them")
@@ -108,7 +92,8 @@ def build_monitor(cfg: MonitorConfig, model=None, tokenizer=None) -> Monitor:
     """Everything checked (rules, features, SAE) before the model is loaded."""
     _check(cfg)
     features = parse_features(cfg.features)
-    sae_dir, hookpoint, sae = load_sae_for(cfg.sae, cfg.hookpoint)
+    bound = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint)
+    hookpoint, sae = bound.hookpoint, bound.load()
     bad = [f for f in features if f >= sae.num_latents]
     if bad:
         raise ThinksaeError(f"--features: feature {bad[0]} is not a latent of the SAE "
@@ -118,12 +103,13 @@ def build_monitor(cfg: MonitorConfig, model=None, tokenizer=None) -> Monitor:
     if not features and not rules and not cfg.serve:
         raise ThinksaeError("nothing to watch: give --features and/or --rules")
     if model is None:
-        from ..models import load_model, precheck_model
+        from ..models import load_model
 
-        precheck_model(cfg.model, hookpoint, d_in=sae.d_in)
+        bound.precheck(cfg.model)
         model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer)
     elif tokenizer is None:
         raise ThinksaeError("a model was passed without its tokenizer")
+    bound.check_model(model)
     sae = sae.to(next(model.parameters()).device)
     return Monitor(model, tokenizer, sae, hookpoint, features, rules,
                    value=cfg.value, alert_log=cfg.alert_log or None,

@@ -8,15 +8,16 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from .. import atomic
 from ..features.scores import LABELS
-from .spec import STAGES
-from .stages import DIRS, MARKER, read_marker
+from . import table
+from .stages import MARKER, read_marker
 
 SCORES = {  # ranking key → (title, how it reads)
     "reason_score": ("ReasonScore", "Galichin et al.: reasoning-vocabulary windows, entropy-weighted"),
@@ -54,7 +55,7 @@ def _corpus_section(root: Path) -> dict | None:
     """What the traces are: how many, how their thinking ended, how many answered right."""
     from ..corpus import answers_match, iter_traces
 
-    path = root / DIRS["corpus"] / "traces.jsonl"
+    path = root / table.stage("corpus").folder / "traces.jsonl"
     if not path.is_file():
         return None
     traces = list(iter_traces(path))
@@ -103,7 +104,7 @@ def _features_section(root: Path) -> dict | None:
     from ..features.card import feature_info
     from ..features.report import read_features
 
-    analysis = root / DIRS["analyze"]
+    analysis = root / table.stage("analyze").folder
     if not (analysis / "features.jsonl").is_file():
         return None
     rows = read_features(analysis)
@@ -142,7 +143,7 @@ def _features_section(root: Path) -> dict | None:
 
 
 def _steer_section(root: Path) -> dict | None:
-    folder = root / DIRS["steer"]
+    folder = root / table.stage("steer").folder
     result, choice = _load(folder / "steer.json"), _load(folder / "choice.json")
     if not result or (read_marker(folder) or {}).get("status") != "done":
         return None
@@ -159,7 +160,7 @@ def _steer_section(root: Path) -> dict | None:
 
 
 def _monitor_section(root: Path) -> dict | None:
-    folder = root / DIRS["monitor"]
+    folder = root / table.stage("monitor").folder
     info = _load(folder / "monitor.json")
     if not info or not (folder / "events.jsonl").is_file():
         return None
@@ -173,6 +174,65 @@ def _monitor_section(root: Path) -> dict | None:
             "events": _rel(folder / "events.jsonl", root)}
 
 
+def _validate_section(root: Path) -> dict | None:
+    from ..validate.verdicts import KEY_NUMBERS, SUMMARY_FILE, read_verdicts
+
+    folder = root / table.stage("validate").folder
+    summary = _load(folder / SUMMARY_FILE)
+    if not summary or (read_marker(folder) or {}).get("status") != "done":
+        return None
+    rows = [{"feature": f, "verdict": r["verdict"], "label": r.get("label"), "why": r.get("why"),
+             **{k: r.get(k) for k in KEY_NUMBERS}} for f, r in sorted(read_verdicts(folder).items())]
+    return {"counts": summary["counts"], "passed_all": summary["passed_all"],
+            "features": summary["features"], "traces": summary["traces"],
+            "targets": summary["target_text"], "thresholds": summary["thresholds"],
+            "comparisons": summary["comparisons"], "comparisons_note": summary["comparisons_note"],
+            "attribution": {k: summary["attribution"][k] for k in ("metric", "spearman")},
+            "rows": rows, "verdicts": _rel(folder / "verdicts.jsonl", root)}
+
+
+class Run(NamedTuple):
+    """What the report's sections read: the run directory, its config, where its SAE is."""
+
+    root: Path
+    spec: dict[str, Any]
+    sae_dir: Path
+
+    def at(self, stage: str) -> Path:
+        return self.root / table.stage(stage).folder
+
+
+def _store_section(run: Run) -> dict[str, Any]:
+    store_dir = run.at("harvest") / run.spec.get("hookpoint", "")
+    manifest = _load(store_dir / "manifest.json") or {}
+    return {"store": {**{k: manifest.get(k) for k in ("model", "hookpoint", "d_in", "dtype",
+                                                      "num_tokens", "num_docs")},
+                      "regions": _store_regions(store_dir)}}
+
+
+def _card_section(run: Run) -> dict[str, Any]:
+    from ..sae import read_report_card
+
+    card = read_report_card(run.sae_dir) if run.sae_dir.is_dir() else {}
+    card = {k: v for k, v in card.items() if k not in ("eval", "eval_spliced")}
+    return {"card": _no_clock(card), "card_path": _rel(run.sae_dir / "thinksae.json", run.root)}
+
+
+SECTIONS: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "corpus": lambda run: {"corpus": _corpus_section(run.root)},
+    "harvest": _store_section,
+    "train": _card_section,
+    "eval": lambda run: {"eval": _eval_section(run.at("eval") / "eval.json", run.root)},
+    "splice": lambda run: {"splice": _eval_section(run.at("splice") / "eval.json", run.root)},
+    "analyze": lambda run: {"features": _features_section(run.root)},
+    "validate": lambda run: {"validate": _validate_section(run.root)},
+    "steer": lambda run: {"steer": _steer_section(run.root)},
+    "monitor": lambda run: {"monitor": _monitor_section(run.root)},
+}
+"""Stage → its keys in report.json, in the order of `table.TABLE`. An optional stage's section
+is under its own name: None when the config turns the stage off."""
+
+
 def collect(root: Path, sae_dir: Path | None = None) -> dict:
     """Everything the report shows, from the stage outputs under ``root`` (``sae_dir``: where
     the SAE is when it is not the run's own)."""
@@ -182,34 +242,22 @@ def collect(root: Path, sae_dir: Path | None = None) -> dict:
         return stage in spec and spec[stage] is not None
 
     stages = []
-    for stage in STAGES:
-        marker = read_marker(root / DIRS[stage])
-        if marker and on(stage):
-            stages.append({"stage": stage, "status": marker["status"], "hash": marker["hash"],
-                           "dir": _rel(root / DIRS[stage], root),
-                           "marker": _rel(root / DIRS[stage] / MARKER, root)})
-    if sae_dir is None:
-        sae_dir = root / DIRS["train"] / spec.get("hookpoint", "")
-    from ..sae import read_report_card
-
-    card = read_report_card(sae_dir) if sae_dir.is_dir() else {}
-    card = {k: v for k, v in card.items() if k not in ("eval", "eval_spliced")}
-    store_dir = root / DIRS["harvest"] / spec.get("hookpoint", "")
-    manifest = _load(store_dir / "manifest.json") or {}
-    return {
-        "name": spec.get("name"), "spec": spec, "stages": stages,
-        "corpus": _corpus_section(root),
-        "store": {**{k: manifest.get(k) for k in ("model", "hookpoint", "d_in", "dtype",
-                                                  "num_tokens", "num_docs")},
-                  "regions": _store_regions(store_dir)},
-        "card": _no_clock(card), "card_path": _rel(sae_dir / "thinksae.json", root),
-        "eval": _eval_section(root / DIRS["eval"] / "eval.json", root),
-        "splice": _eval_section(root / DIRS["splice"] / "eval.json", root) if on("splice") else None,
-        "features": _features_section(root),
-        "steer": _steer_section(root) if on("steer") else None,
-        "monitor": _monitor_section(root) if on("monitor") else None,
-        "spec_yaml": yaml.safe_dump(spec, sort_keys=False, allow_unicode=True),
-    }
+    for st in table.TABLE:
+        marker = read_marker(root / st.folder)
+        if marker and on(st.name):
+            stages.append({"stage": st.name, "status": marker["status"], "hash": marker["hash"],
+                           "dir": _rel(root / st.folder, root),
+                           "marker": _rel(root / st.folder / MARKER, root)})
+    run = Run(root, spec, sae_dir if sae_dir is not None
+              else root / table.stage("train").folder / spec.get("hookpoint", ""))
+    data: dict[str, Any] = {"name": spec.get("name"), "spec": spec, "stages": stages}
+    for st in table.TABLE:
+        if st.optional and not on(st.name):
+            data[st.name] = None
+        elif st.name in SECTIONS:
+            data.update(SECTIONS[st.name](run))
+    data["spec_yaml"] = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+    return data
 
 
 def _num(x: Any, digits: int = 3) -> str:

@@ -12,41 +12,16 @@ from typing import Any
 import yaml
 
 from ..errors import ThinksaeError
+from . import table
 
 PRESETS_DIR = Path(__file__).with_name("presets")
-
-STAGES = ("corpus", "harvest", "train", "eval", "splice", "analyze", "steer", "monitor")
-"""Stages in running order. eval: reconstruction on every stored token; splice: the SAE spliced
-into the model (CE/KL) on the first tokens of the store; steer and monitor are optional."""
-
-OPTIONAL = ("splice", "steer", "monitor")
-"""Stages a spec may turn off with ``stage: null``."""
 
 SHARED = ("model", "hookpoint", "device", "dtype", "tokenizer")
 """Top-level keys handed to every stage whose config has a field of that name (a stage's own
 section may override them)."""
 
-MANAGED = {
-    "corpus": ("out",),
-    "harvest": ("corpus", "out"),
-    "train": ("store", "model", "corpus", "hookpoint", "out"),
-    "eval": ("sae", "store", "model", "corpus", "out", "update_card"),
-    "splice": ("sae", "store", "corpus", "out", "update_card"),
-    "analyze": ("sae", "store", "corpus", "out"),
-    "steer": ("sae", "out"),
-    "monitor": ("sae", "serve", "live", "alert_log", "rules", "prompt"),
-}
-"""Options `thinksae run` sets itself (paths between stages): a spec may not set them."""
-
-FEATURE_SCORES = ("reason_score", "think_rate_ratio", "think_rate_ratio_lo", "think_mean_ratio",
-                  "freq")
-"""Scores that `feature: top:<score>` (steer, monitor) may rank content features by."""
-
-EXTRA = {
-    "steer": ("enabled",),
-    "monitor": ("question", "rule", "enabled"),
-}
-"""Stage keys that are not fields of the stage's config (explained in the presets)."""
+STAGES = table.names()
+"""Stage names in running order (the records are `table.TABLE`)."""
 
 
 @dataclass
@@ -69,27 +44,6 @@ class PipelineSpec:
         `thinksae run run_config.json` runs it again."""
         d = json.loads(json.dumps(dataclasses.asdict(self)))
         return {**{k: v for k, v in d.items() if k != "stages"}, **d["stages"]}
-
-
-def stage_class(stage: str) -> type:
-    """The config dataclass of a stage (imported lazily, like the CLI does)."""
-    if stage == "corpus":
-        from ..corpus import CorpusConfig as cls
-    elif stage == "harvest":
-        from ..store import HarvestConfig as cls
-    elif stage == "train":
-        from ..train import TrainConfig as cls
-    elif stage in ("eval", "splice"):
-        from ..evaluate import EvalConfig as cls
-    elif stage == "analyze":
-        from ..features import AnalyzeConfig as cls
-    elif stage == "steer":
-        from ..steer import SteerConfig as cls
-    elif stage == "monitor":
-        from ..monitor import MonitorConfig as cls
-    else:
-        raise ThinksaeError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
-    return cls
 
 
 def preset_names() -> list[str]:
@@ -131,44 +85,38 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_stage(stage: str, options: Any, where: str) -> dict[str, Any] | None:
-    if options is None:
-        if stage not in OPTIONAL:
-            raise ThinksaeError(f"{where}: stage {stage!r} cannot be turned off")
+def _check_stage(st: table.Stage, options: Any, where: str) -> dict[str, Any] | None:
+    """A stage's section: None when turned off, else its options, every key checked."""
+    if options is not None and not isinstance(options, dict):
+        raise ThinksaeError(f"{where}: {st.name!r} must be a mapping of `thinksae "
+                            f"{st.command or st.name}` options")
+    if options is None or options.get("enabled", True) is False:
+        if not st.optional:
+            raise ThinksaeError(f"{where}: stage {st.name!r} cannot be turned off")
         return None
-    if not isinstance(options, dict):
-        raise ThinksaeError(f"{where}: {stage!r} must be a mapping of `thinksae {stage}` options")
-    if options.get("enabled", True) is False:
-        return None
-    cls = stage_class(stage)
+    cls = st.config_class
     names = {f.name for f in dataclasses.fields(cls)}
     for key in options:
-        if key in MANAGED.get(stage, ()):
-            raise ThinksaeError(f"{where}: {stage}.{key} is set by `thinksae run` itself")
-        if key not in names and key not in EXTRA.get(stage, ()):
-            raise ThinksaeError(f"{where}: unknown option {stage}.{key} (see `thinksae "
-                                f"{'eval' if stage == 'splice' else stage} --help`)")
-    if stage == "train" and "sae" in options:
-        from ..sae import SaeConfig
-
-        sae_names = {f.name for f in dataclasses.fields(SaeConfig)}
-        bad = sorted(set(options["sae"] or {}) - sae_names)
+        if key in st.managed:
+            raise ThinksaeError(f"{where}: {st.name}.{key} is set by `thinksae run` itself")
+        if key not in names and key not in st.extra and not (st.optional and key == "enabled"):
+            raise ThinksaeError(f"{where}: unknown option {st.name}.{key} (see `{st.help}`)")
+    for key, sub in table.nested_configs(cls).items():
+        sub_names = {f.name for f in dataclasses.fields(sub)}
+        bad = sorted(set(options.get(key) or {}) - sub_names)
         if bad:
-            raise ThinksaeError(f"{where}: unknown option train.sae.{bad[0]} "
-                                f"(options: {', '.join(sorted(sae_names))})")
+            raise ThinksaeError(f"{where}: unknown option {st.name}.{key}.{bad[0]} "
+                                f"(options: {', '.join(sorted(sub_names))})")
     return {k: v for k, v in options.items() if k != "enabled"}
 
 
-def _check_monitor_value(options: dict[str, Any], where: str) -> None:
-    """`threshold: auto` is half the feature's mean top-k activation when it fires (from the
-    analysis): a threshold for the monitor's default value, topk, and refused for value pre."""
-    rule, value = options.get("rule") or {}, options.get("value", "topk")
-    if rule.get("value") not in (None, value):
-        raise ThinksaeError(f"{where}: monitor.rule.value {rule['value']!r} differs from "
-                            f"monitor.value {value!r}; set monitor.value")
-    if value == "pre" and rule.get("threshold", "auto") == "auto":
-        raise ThinksaeError(f"{where}: monitor.rule.threshold auto is calibrated on top-k "
-                            "activations; with monitor.value pre give a number")
+def _check_upstream(stages: dict[str, dict[str, Any] | None], where: str) -> None:
+    """A stage that runs needs every stage it reads from to run too."""
+    for st in table.TABLE:
+        off = [u for u in st.upstream if stages.get(u, {}) is None]
+        if stages.get(st.name) is not None and off:
+            raise ThinksaeError(f"{where}: stage {st.name!r} reads from {off[0]!r}, which is "
+                                f"turned off")
 
 
 def resolve(config: str | None = None, preset: str | None = None,
@@ -192,23 +140,19 @@ def resolve(config: str | None = None, preset: str | None = None,
         raise ThinksaeError(f"give a config file or --preset ({', '.join(preset_names())})")
     data = merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
     top = {f.name for f in dataclasses.fields(PipelineSpec)} - {"stages"}
-    unknown = sorted(set(data) - top - set(STAGES))
+    names = table.names()
+    unknown = sorted(set(data) - top - set(names))
     if unknown:
         raise ThinksaeError(f"{where}: unknown key {unknown[0]!r} (keys: "
                             f"{', '.join(sorted(top))}, and one section per stage: "
-                            f"{', '.join(STAGES)})")
+                            f"{', '.join(names)})")
     for key in ("name", "out", "model"):
         if not data.get(key):
             raise ThinksaeError(f"{where}: `{key}` is required")
-    stages = {s: _check_stage(s, data.get(s, {}), where) for s in STAGES}
-    if stages["steer"] is not None and not stages["steer"].get("sweep") \
-            and not stages["steer"].get("feature"):
-        raise ThinksaeError(f"{where}: steer needs `sweep` (values) or `feature` (interventions)")
-    for stage, options in (("steer", stages["steer"]),
-                           ("monitor.rule", (stages["monitor"] or {}).get("rule"))):
-        value = str((options or {}).get("feature", "auto"))
-        if value.startswith("top:") and value.removeprefix("top:") not in FEATURE_SCORES:
-            raise ThinksaeError(f"{where}: {stage}.feature {value!r}: use top:<score> with one of "
-                                f"{', '.join(FEATURE_SCORES)}")
-    _check_monitor_value(stages["monitor"] or {}, where)
+    stages = {st.name: _check_stage(st, data.get(st.name, {} if st.default_on else None), where)
+              for st in table.TABLE}
+    _check_upstream(stages, where)
+    for st in table.TABLE:
+        if st.check is not None and stages[st.name] is not None:
+            st.check(stages[st.name], where)
     return PipelineSpec(stages=stages, **{k: data[k] for k in top if k in data})

@@ -1,5 +1,5 @@
-"""Run the stages of a pipeline spec in order, skipping each one whose output is already complete
-for the same config hash.
+"""Run the stages of a pipeline spec (the records of `table.TABLE`) in order, skipping each one
+whose output is already complete for the same config hash.
 
 Every stage writes ``<out>/<stage dir>/stage.json``: ``running`` with its hash before it starts,
 ``done`` (plus its full config and wall time) after. A stage is skipped when its marker says
@@ -24,16 +24,21 @@ from typing import Any
 from .. import atomic
 from ..config import to_dict
 from ..errors import ThinksaeError
-from .spec import MANAGED, SHARED, PipelineSpec, stage_class
+from . import table
+from .spec import SHARED, PipelineSpec
+from .table import Stage
 
 MARKER = "stage.json"
-DIRS = {"corpus": "corpus", "harvest": "store", "train": "sae", "eval": "eval",
-        "splice": "splice", "analyze": "features", "steer": "steer", "monitor": "monitor"}
-DEPENDS = {"corpus": (), "harvest": ("corpus",), "train": ("harvest",), "eval": ("train", "harvest"),
-           "splice": ("train", "harvest"), "analyze": ("train", "harvest"),
-           "steer": ("train", "analyze"), "monitor": ("train", "analyze")}
 UNHASHED = ("progress",)
 """Config fields that do not change a stage's output."""
+ADDED_LATER: dict[str, dict[str, Any]] = {
+    "corpus": {"engine": "hf"},
+    "train": {"auxk_norm": "x"},
+}
+"""Config fields added after run directories were made, with the value that does what the
+stage did before them: left out of the stage's hash while they hold it, so such a run
+directory still skips its done stages (a field whose default changed the output is not here:
+its stage reruns)."""
 
 
 @dataclass
@@ -43,8 +48,8 @@ class Paths:
     root: Path
     hookpoint: str
 
-    def stage_dir(self, stage: str) -> Path:
-        return self.root / DIRS[stage]
+    def stage_dir(self, stage: str | Stage) -> Path:
+        return self.root / (stage if isinstance(stage, Stage) else table.stage(stage)).folder
 
     @property
     def traces(self) -> Path:
@@ -76,44 +81,50 @@ class Models:
         return self.cache[key]
 
 
-def build_config(stage: str, spec: PipelineSpec, progress: bool, extra: dict[str, Any] | None = None):
+def build_config(stage: str | Stage, spec: PipelineSpec, progress: bool,
+                 extra: dict[str, Any] | None = None):
     """The stage's config dataclass: shared keys, then the stage's section, then ``extra`` (the
     paths between stages)."""
-    cls = stage_class(stage)
+    st = stage if isinstance(stage, Stage) else table.stage(stage)
+    cls = st.config_class
     names = {f.name for f in dataclasses.fields(cls)}
     options: dict[str, Any] = {k: getattr(spec, k) for k in SHARED if k in names
-                               and k not in MANAGED[stage] and getattr(spec, k) is not None}
-    options.update({k: v for k, v in (spec.stages[stage] or {}).items() if k in names})
+                               and k not in st.managed and getattr(spec, k) is not None}
+    options.update({k: v for k, v in (spec.stages[st.name] or {}).items() if k in names})
     options.update(extra or {})
     if "progress" in names:
         options["progress"] = progress
-    if stage == "train":
-        from ..sae import SaeConfig
-
-        options["sae"] = SaeConfig(**(options.get("sae") or {}))
+    for key, sub in table.nested_configs(cls).items():  # train.sae: a mapping in the spec
+        if not isinstance(options.get(key), sub):
+            options[key] = sub(**(options.get(key) or {}))
     try:
         return cls(**options)
     except TypeError as e:
-        raise ThinksaeError(f"{stage}: {e}") from None
+        raise ThinksaeError(f"{st.name}: {e}") from None
 
 
 def stage_hash(stage: str, cfg, upstream: list[str], root: Path | None = None,
-               extra: dict[str, Any] | None = None) -> str:
-    """Hash of a stage's config, its upstream stages' hashes and ``extra`` (what the stage uses
-    beside its config, e.g. the monitor's rule). Paths inside the run directory ``root`` count
-    relative to it, so a moved or copied run directory still resumes."""
+               extra: dict[str, Any] | None = None, version: int = 1) -> str:
+    """Hash of a stage's config, its upstream stages' hashes, ``extra`` (what the stage uses
+    beside its config, e.g. the monitor's rule) and its code ``version`` (counted from 2, so
+    version-1 hashes are those of before versions existed). Paths inside the run directory
+    ``root`` count relative to it, so a moved or copied run directory still resumes."""
     prefix = str(root) if root is not None else None
 
     def rel(v):
         if prefix and isinstance(v, str) and (v == prefix or v.startswith(prefix + "/")):
             return "$RUN" + v[len(prefix):]
         return v
-    d = {k: rel(v) for k, v in to_dict(cfg).items() if k not in UNHASHED}
+    legacy = ADDED_LATER.get(stage, {})
+    d = {k: rel(v) for k, v in to_dict(cfg).items()
+         if k not in UNHASHED and not (k in legacy and v == legacy[k])}
     if isinstance(d.get("sae"), dict) and d["sae"].get("architecture") == "topk":
-        d["sae"] = {k: v for k, v in d["sae"].items() if k != "architecture"}  # hash as before it
+        d["sae"] = {k: v for k, v in d["sae"].items() if k != "architecture"}  # added later too
     parts = {"stage": stage, "config": d, "upstream": upstream}
     if extra is not None:
         parts["extra"] = extra
+    if version != 1:
+        parts["version"] = version
     blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

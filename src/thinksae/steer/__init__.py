@@ -1,9 +1,10 @@
 """Steering: change SAE features at a hookpoint during generation and measure what it does."""
 
 from .generation import Batch, Settings, generate_rows, plan_groups, plan_rows
-from .hooks import FeatureStats, Markers, RowScanner, Steerer, scan, steering
+from .hooks import Markers, RowScanner, SteeredFeatureStats, Steerer, scan, steering
 from .measure import behaviour_counts, compare, summarize, trace_record
 from .regions import baseline_max, max_mask, position_regions, trained_regions
+from .result import SteerResult
 from .run import SteerConfig, steer
 from .spec import (
     Intervention,
@@ -18,7 +19,8 @@ from .spec import (
 )
 
 __all__ = [
-    "Batch", "FeatureStats", "Intervention", "Markers", "RowScanner", "Settings", "SteerConfig",
+    "Batch", "Intervention", "Markers", "RowScanner", "Settings", "SteerConfig", "SteerResult",
+    "SteeredFeatureStats",
     "Steerer", "Window", "baseline_max", "behaviour_counts", "check_features", "check_unique",
     "compare", "generate_rows", "max_mask", "parse_intervention", "parse_interventions",
     "parse_sweep", "parse_value", "parse_window", "plan_groups", "plan_rows", "position_regions",

@@ -31,9 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..corpus.generate import batch_seed, stop_ids
-from ..evaluate.spliced import output_head
-from ..models import decoder_stack
-from .hooks import FeatureStats, Markers, steering
+from ..models import decoder_stack, output_head
+from .hooks import Markers, SteeredFeatureStats, steering
 from .spec import Intervention, Window
 
 
@@ -62,7 +61,7 @@ class Generated:
     real: Tensor
     steered: Tensor | None = None
     kl: Tensor | None = None
-    row_stats: list[FeatureStats | None] = field(default_factory=list)
+    row_stats: list[SteeredFeatureStats | None] = field(default_factory=list)
     acts: Tensor | None = None
     features: list[int] = field(default_factory=list)
 

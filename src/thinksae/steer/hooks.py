@@ -31,8 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ThinksaeError
-from ..evaluate.spliced import splice
-from ..models import decoder_stack, resolve_hookpoint
+from ..models import decoder_stack, resolve_hookpoint, splice
 from .spec import Intervention, Window, check_features, check_unique
 
 THINK_OPEN_ID, THINK_CLOSE_ID = 151648, 151649
@@ -139,7 +138,7 @@ def scan(window: Window, markers: Markers, tokens: list[int], prompt_len: int
 
 
 @dataclass
-class FeatureStats:
+class SteeredFeatureStats:
     """What the SAE reported at the steered positions, per intervened feature: ``fired`` counts
     the positions where the feature's activation was > 0 (being among the top k with
     activation 0 is not firing)."""
@@ -150,12 +149,12 @@ class FeatureStats:
     act_max: dict[int, float] = field(default_factory=dict)
 
     @classmethod
-    def empty(cls, features: Iterable[int]) -> FeatureStats:
+    def empty(cls, features: Iterable[int]) -> SteeredFeatureStats:
         features = list(features)
         return cls(0, dict.fromkeys(features, 0), dict.fromkeys(features, 0.0),
                    dict.fromkeys(features, 0.0))
 
-    def add(self, other: FeatureStats) -> None:
+    def add(self, other: SteeredFeatureStats) -> None:
         self.positions += other.positions
         for f in other.fired:
             self.fired[f] = self.fired.get(f, 0) + other.fired[f]
@@ -283,13 +282,13 @@ class Steerer:
         self._acc[:, 2].scatter_reduce_(0, rows[:, None].expand_as(f), f, "amax")
 
     def stats_for(self, rows: Iterable[int] | None = None,
-                  features: Iterable[int] | None = None) -> FeatureStats:
-        """:class:`FeatureStats` of the steered positions of batch ``rows`` (None: all) over
+                  features: Iterable[int] | None = None) -> SteeredFeatureStats:
+        """:class:`SteeredFeatureStats` of the steered positions of batch ``rows`` (None: all) over
         ``features`` (None: all intervened and recorded features)."""
         keep = range(len(self._positions)) if rows is None else [r for r in rows
                                                                   if r < len(self._positions)]
         feats = self.feature_list if features is None else list(features)
-        out = FeatureStats.empty(feats)
+        out = SteeredFeatureStats.empty(feats)
         keep = torch.tensor(list(keep), dtype=torch.long)
         if len(keep):
             acc = self._acc[keep]
@@ -301,7 +300,7 @@ class Steerer:
         return out
 
     @property
-    def stats(self) -> FeatureStats:
+    def stats(self) -> SteeredFeatureStats:
         """Statistics of every row and feature."""
         return self.stats_for()
 

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from simple_parsing import field
 from tqdm.auto import tqdm
 
@@ -21,11 +20,13 @@ from .. import atomic
 from ..config import to_dict
 from ..errors import ThinksaeError
 from ..models.loading import DEFAULT_MODEL
+from ..sae.bound import SaeAtHookpoint
 from .generation import Settings, generate_rows, plan_groups, plan_rows, prompt_lengths
-from .hooks import FeatureStats, Markers
+from .hooks import Markers, SteeredFeatureStats
 from .measure import compare, divergence, summarize, trace_record
 from .regions import baseline_max, trained_regions
 from .report import print_side_by_side, print_summary, write_sweep_png
+from .result import SteerResult
 from .spec import Intervention, check_features, parse_interventions, parse_sweep, parse_window
 
 FORMAT = "thinksae-steer/1"
@@ -145,33 +146,6 @@ def _problems(cfg: SteerConfig):
     return load_prompts(cfg.prompts_file or "builtin", cfg.limit)
 
 
-def _load_sae(cfg: SteerConfig):
-    from ..evaluate.checks import sae_hookpoint
-    from ..sae import load_sae, read_report_card, resolve_sae_dir
-
-    sae_dir = resolve_sae_dir(cfg.sae, cfg.hookpoint)
-    card = read_report_card(sae_dir)
-    own = sae_hookpoint(sae_dir, card)
-    if cfg.hookpoint and own and cfg.hookpoint != own:
-        raise ThinksaeError(f"the SAE in {sae_dir} reads hookpoint {own}, not {cfg.hookpoint}")
-    hookpoint = cfg.hookpoint or own
-    if not hookpoint:
-        raise ThinksaeError(f"cannot tell which hookpoint the SAE in {sae_dir} reads; pass "
-                            "--hookpoint")
-    return sae_dir, hookpoint, load_sae(sae_dir, dtype=torch.float32), trained_regions(card)
-
-
-def _check_model(model, hookpoint: str, sae, sae_dir) -> None:
-    from ..models import capture, resolve_hookpoint
-
-    resolve_hookpoint(model, hookpoint)
-    probe = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
-    width = capture(model, hookpoint, probe)[hookpoint].shape[-1]
-    if width != sae.d_in:
-        raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but the model's "
-                            f"{hookpoint} output has width {width}")
-
-
 def _analysis_max(cfg: SteerConfig, sae, hookpoint: str, features: list[int]) -> dict[int, float]:
     """Max activation of ``features`` from the analysis in ``cfg.max_from`` (checked first)."""
     from ..features.report import load_analysis, read_feature_row
@@ -186,9 +160,9 @@ def _analysis_max(cfg: SteerConfig, sae, hookpoint: str, features: list[int]) ->
             for f in features}
 
 
-def _feature_stats(generated: dict) -> FeatureStats:
+def _feature_stats(generated: dict) -> SteeredFeatureStats:
     """The SAE's view of a setting's features at its steered positions, over all its rows."""
-    total = FeatureStats()
+    total = SteeredFeatureStats()
     for gen, row in generated.values():
         if gen.row_stats and gen.row_stats[row] is not None:
             total.add(gen.row_stats[row])
@@ -225,7 +199,7 @@ def _decode(cfg: SteerConfig, common: dict, conditions, need_max: list[int],
     return generated, max_acts, specs, seconds
 
 
-def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
+def steer(cfg: SteerConfig, model=None, tokenizer=None) -> SteerResult:
     """Run ``cfg`` (module docstring); ``model``/``tokenizer`` optionally replace loading
     ``cfg.model``. Returns the result also written to ``<out>/steer.json``."""
     from ..corpus import build_prompt
@@ -234,22 +208,23 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
     window = parse_window(cfg.start, cfg.end)
     _check_options(cfg)
     problems = _problems(cfg)
-    sae_dir, hookpoint, sae, regions = _load_sae(cfg)
+    bound = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint)
+    sae_dir, hookpoint, sae = bound.dir, bound.hookpoint, bound.load()
+    regions = trained_regions(bound.card)
     for _, ivs in conditions:
         check_features(ivs, sae.num_latents)
     need_max = sorted({i.feature for _, ivs in conditions for i in ivs if i.kind == "clamp_max"})
     analysis_max = None if cfg.max_from == "baseline" else \
         _analysis_max(cfg, sae, hookpoint, need_max)
     if model is None:
-        from ..models import load_model, precheck_model
+        from ..models import load_model
 
-        precheck_model(cfg.model, hookpoint, d_in=sae.d_in)
-
+        bound.precheck(cfg.model)
         model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
                                       progress=cfg.progress)
     elif tokenizer is None:
         raise ThinksaeError("a model was passed without its tokenizer")
-    _check_model(model, hookpoint, sae, sae_dir)
+    bound.check_model(model)
     sae = sae.to(next(model.parameters()).device)
 
     from ..corpus.generate import stop_ids
@@ -312,27 +287,20 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> dict:
     out = Path(cfg.out)
     png = out / "steer.png" if cfg.sweep else None
     config = getattr(model, "config", None)
-    result = {
-        "format": FORMAT,
-        "mode": "sweep" if cfg.sweep else "single",
-        "sae": str(sae_dir),
-        "hookpoint": hookpoint,
-        "model": getattr(config, "_name_or_path", None) or cfg.model,
-        "window": window.to_dict(),
-        "max_activation": {str(f): max_acts[f] for f in need_max} or None,
-        "max_activation_from": cfg.max_from if need_max else None,
-        "settings": dataclasses.asdict(settings),
-        "questions": [{"id": p.id, "question": p.question, "answer": p.answer,
-                       "prompt": prompts[i]} for i, p in enumerate(problems)],
-        "baseline": {"summary": base_summary, "traces": baseline},
-        "runs": runs,
-        "png": str(png) if png else None,
-        "config": to_dict(cfg),
-    }
+    result = SteerResult(
+        format=FORMAT, mode="sweep" if cfg.sweep else "single", sae=str(sae_dir),
+        hookpoint=hookpoint, model=getattr(config, "_name_or_path", None) or cfg.model,
+        window=window.to_dict(), max_activation={str(f): max_acts[f] for f in need_max} or None,
+        max_activation_from=cfg.max_from if need_max else None,
+        settings=dataclasses.asdict(settings),
+        questions=[{"id": p.id, "question": p.question, "answer": p.answer, "prompt": prompts[i]}
+                   for i, p in enumerate(problems)],
+        baseline={"summary": base_summary, "traces": baseline}, runs=runs,
+        png=str(png) if png else None, config=to_dict(cfg))
     if png is not None:
         feats = ", ".join(str(i.feature) for i in conditions[0][1])
         write_sweep_png(png, [r["label"] for r in runs], [r["summary"] for r in runs],
                         base_summary, f"{title}; features {feats}")
-    atomic.write_json(out / "steer.json", result)
+    atomic.write_json(out / "steer.json", result.to_dict())
     print(out / "steer.json")
     return result

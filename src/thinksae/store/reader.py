@@ -15,7 +15,7 @@ from ..errors import ThinksaeError
 from .harvest import FORMAT, MANIFEST
 from .shards import memmap_shard, to_torch
 
-LABELS = ("token_ids", "regions", "behaviours", "doc_index", "positions")
+TOKEN_LABELS = ("token_ids", "regions", "behaviours", "doc_index", "positions")
 
 
 class ActivationStore:
@@ -96,8 +96,8 @@ class ActivationStore:
 
     def labels(self, name: str) -> np.ndarray:
         """One label column (e.g. ``regions``) for every token, in store order."""
-        if name not in LABELS:
-            raise ThinksaeError(f"unknown label {name!r} (one of {', '.join(LABELS)})")
+        if name not in TOKEN_LABELS:
+            raise ThinksaeError(f"unknown label {name!r} (one of {', '.join(TOKEN_LABELS)})")
         return np.concatenate([np.asarray(self._shard(i)[name])
                                for i in range(len(self.manifest["shards"]))])
 
@@ -174,6 +174,6 @@ class ActivationStore:
                 if docs is None:  # contiguous: read a slice of the memory map
                     part = slice(int(part[0]), int(part[-1]) + 1)
                 out = {"activations": to_torch(shard["activations"][part], self.dtype).float()}
-                for name in LABELS:
+                for name in TOKEN_LABELS:
                     out[name] = torch.from_numpy(np.array(shard[name][part]))
                 yield out

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import Tensor
 
-from ..errors import ThinksaeError
 from ..models.loading import cpu_has_fast_bf16
 from .distributed import Ranks
 
@@ -40,18 +37,8 @@ def forward_loss(sae, x: Tensor, dead_mask: Tensor | None, aux_k: int | None,
     the global batch's x or residual x − x̂ (``auxk_norm``), so the ranks' values add up to what
     one process computes on the whole batch.
     """
-    kwargs = {}
-    params = inspect.signature(sae.forward).parameters
-    if aux_k is not None:
-        if "aux_k" not in params:
-            raise ThinksaeError("this SAE takes no aux_k: it always uses d_in // 2")
-        kwargs["aux_k"] = aux_k
-    if auxk_norm != "x":
-        if "auxk_norm" not in params:
-            raise ThinksaeError("this SAE takes no auxk_norm: it normalises AuxK by x")
-        kwargs["auxk_norm"] = auxk_norm
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        out = sae(x, dead_mask=dead_mask, **kwargs)
+        out = sae(x, dead_mask=dead_mask, aux_k=aux_k, auxk_norm=auxk_norm)
     fvu, auxk = out.fvu.float(), out.auxk_loss.float()
     if ranks.world_size > 1:
         x_share = _local_share(x, ranks)

@@ -69,7 +69,7 @@ class Batch(NamedTuple):
 def prepare(model, docs, batch_size: int, pad_id: int, targets: list[int]) -> list[Batch]:
     """Batches of ``docs`` with their clean final hidden states (computed once)."""
     from ..evaluate.sources import batches, pad_right
-    from ..evaluate.spliced import final_hidden
+    from ..models.splice import final_hidden
 
     device = next(model.parameters()).device
     out = []
@@ -124,7 +124,7 @@ def intervene(model, sae, hookpoint: str, batches: list[Batch], intervention, me
               ) -> tuple[np.ndarray, int]:
     """Per trace sums (see :func:`_row_sums`) under one intervention, and how many positions
     the feature fired at."""
-    from ..evaluate.spliced import final_hidden, output_head
+    from ..models.splice import final_hidden, output_head
     from ..steer.hooks import steering
 
     head = output_head(model)

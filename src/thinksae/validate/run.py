@@ -45,16 +45,13 @@ class Inputs(NamedTuple):
 
 def load_inputs(cfg: ValidateConfig, model=None, tokenizer=None) -> Inputs:
     """The SAE, its hookpoint, store, model and tokenizer: every loading in one place."""
-    from ..evaluate.checks import check_tokenizers, resolve_eval_hookpoint
-    from ..models import capture, load_model, resolve_device
-    from ..sae import load_sae, read_report_card, resolve_sae_dir
+    from ..models import load_model, resolve_device
+    from ..sae.bound import SaeAtHookpoint
     from ..store import ActivationStore
 
-    sae_dir = resolve_sae_dir(cfg.sae, cfg.hookpoint)
-    card = read_report_card(sae_dir)
     store = ActivationStore(cfg.store)
-    hookpoint = resolve_eval_hookpoint(cfg, sae_dir, card, store)
-    subset = _split(cfg, sae_dir, card, store)  # before the model: cheap to refuse
+    bound = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint, store=store)
+    subset = _split(cfg, bound.dir, bound.card, store)  # before the model: cheap to refuse
     if model is None:
         spec = cfg.model or store.manifest.get("model")
         model, tok = load_model(spec, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
@@ -63,13 +60,11 @@ def load_inputs(cfg: ValidateConfig, model=None, tokenizer=None) -> Inputs:
     if tokenizer is None:
         raise ThinksaeError("a model was passed without its tokenizer")
     device = next(model.parameters()).device if model is not None else resolve_device(cfg.device)
-    sae = load_sae(sae_dir, device=device, dtype=torch.float32)
-    width = capture(model, hookpoint, torch.zeros((1, 1), dtype=torch.long, device=device))
-    if width[hookpoint].shape[-1] != sae.d_in or store.d_in != sae.d_in:
-        raise ThinksaeError(f"the SAE in {sae_dir} has d_in {sae.d_in}, but {hookpoint} has width "
-                            f"{width[hookpoint].shape[-1]} (store: {store.d_in})")
-    check_tokenizers(sae_dir, card, store, tokenizer)
-    return Inputs(sae, sae_dir, card, hookpoint, store, model, tokenizer, subset)
+    sae = bound.load(device=device, dtype=torch.float32)
+    bound.check_store(store)
+    bound.check_model(model)
+    bound.check_tokenizers(tokenizer, store)
+    return Inputs(sae, bound.dir, bound.card, bound.hookpoint, store, model, tokenizer, subset)
 
 
 def candidates(rows: list[dict], top: int, named: list[int]) -> dict[int, list[str]]:
@@ -91,11 +86,11 @@ def _split(cfg: ValidateConfig, sae_dir: Path, card: dict, store) -> np.ndarray 
     """Document indices of ``cfg.split`` (as `thinksae eval --split` picks them)."""
     from types import SimpleNamespace
 
-    from ..evaluate.checks import split_docs
+    from ..evaluate.checks import docs_of_split
 
     if cfg.corpus is not None and not Path(cfg.corpus).is_file():
         raise ThinksaeError(f"corpus not found: {cfg.corpus}")
-    subset = split_docs(SimpleNamespace(split=cfg.split, corpus=cfg.corpus), sae_dir, card,
+    subset = docs_of_split(SimpleNamespace(split=cfg.split, corpus=cfg.corpus), sae_dir, card,
                         None if cfg.corpus else store)
     if subset is not None and len(subset) == 0:
         raise ThinksaeError(f"no {cfg.split} traces to test on (the SAE's report card lists none)")
@@ -136,12 +131,12 @@ def _context_and_injection(cfg, inp, feats, stats, strings, docs) -> list[dict]:
     from .context import context_control, trigger_activations, trigger_tokens
     from .injection import injection_test, insertions, neutral_texts, run_injections
 
-    trig = {f: trigger_tokens(stats.t, f, cfg.trigger_mass, cfg.max_triggers) for f in feats}
+    trig = {f: trigger_tokens(stats.tensors, f, cfg.trigger_mass, cfg.max_triggers) for f in feats}
     found = trigger_activations(inp.store, inp.sae, feats, {t for ts in trig.values() for t in ts})
     ctx = [context_control(found, j, trig[f], cfg.min_context_ratio, cfg.bootstrap, cfg.seed)
            for j, f in enumerate(feats)]
     window = int(stats.meta["window"])
-    ins = {f: insertions(stats.t, window, f, trig[f]) for f in feats}
+    ins = {f: insertions(stats.tensors, window, f, trig[f]) for f in feats}
     unique = list(dict.fromkeys(i for f in feats for i in ins[f]))
     prompts = [d.input_ids[d.regions == 0] for d in docs[: cfg.prompts]]
     texts = neutral_texts(inp.tokenizer, prompts)

@@ -1,0 +1,183 @@
+"""The llama.cpp engine: a GGUF model run as it is (quantised) on CPU, several sequences at once.
+
+llama-cpp-python's high-level ``Llama`` runs one sequence at a time; here its low-level API decodes
+a ``llama_batch`` holding one token of every running sequence per step (each sequence its own KV
+cache slot, ``seq_id``), after prefilling each prompt on its own. The loop (budget, stop tokens,
+positions) lives in :class:`LlamaCppEngine`; the ctypes calls in :class:`LlamaCppBackend`, so that
+a fake backend can test the loop without the compiled package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from ...errors import ThinksaeError
+from ..generate import token_stops
+from .base import Row, Sampling
+
+AUTO_BATCH = 8
+"""``batch_size: auto`` on llama.cpp: sequences decoded together (see README, bench/generate.py)."""
+
+PREFILL_CHUNK = 512
+"""Most prompt tokens per ``llama_decode`` call (``n_batch``)."""
+
+
+def cpu_threads() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class LlamaCppBackend:
+    """The llama.cpp model of one GGUF file and, per :meth:`session`, a context holding
+    ``n_seqs`` sequences with one sampler each."""
+
+    def __init__(self, path: str | os.PathLike, n_threads: int | None = None):
+        import llama_cpp as lc
+
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its load chatter
+        self.lc, self.n_threads = lc, n_threads or cpu_threads()
+        lc.llama_backend_init()
+        self.model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
+        if not self.model:
+            raise ThinksaeError(f"llama.cpp cannot load {path}")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.max_seqs = int(getattr(lc, "llama_max_parallel_sequences", lambda: 64)())
+
+    def eos_ids(self) -> list[int]:
+        """The model's end-of-sequence and end-of-turn tokens."""
+        ids = (self.lc.llama_vocab_eos(self.vocab), self.lc.llama_vocab_eot(self.vocab))
+        return sorted({int(i) for i in ids if i >= 0})
+
+    def _sampler(self, sampling: Sampling, seed: int):
+        lc = self.lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if not sampling.do_sample:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+            return chain
+        # the order of transformers' warpers: temperature, then nucleus, then draw
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(sampling.temperature))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(sampling.top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
+        return chain
+
+    @contextlib.contextmanager
+    def session(self, n_ctx: int, sampling: Sampling, seeds: list[int]) -> Iterator[_Session]:
+        """A fresh context for ``len(seeds)`` sequences of ``n_ctx`` tokens in all."""
+        lc = self.lc
+        params = lc.llama_context_default_params()
+        params.n_ctx, params.n_seq_max = n_ctx, len(seeds)
+        params.n_batch = params.n_ubatch = PREFILL_CHUNK
+        params.n_threads = params.n_threads_batch = self.n_threads
+        ctx = lc.llama_init_from_model(self.model, params)
+        if not ctx:
+            raise ThinksaeError(f"llama.cpp cannot make a context of {n_ctx} tokens")
+        batch = lc.llama_batch_init(max(PREFILL_CHUNK, len(seeds)), 0, 1)
+        samplers = [self._sampler(sampling, s) for s in seeds]
+        try:
+            yield _Session(lc, ctx, batch, samplers)
+        finally:
+            for s in samplers:
+                lc.llama_sampler_free(s)
+            lc.llama_batch_free(batch)
+            lc.llama_free(ctx)
+
+    def close(self) -> None:
+        if self.model:
+            self.lc.llama_model_free(self.model)
+            self.model = None
+
+
+class _Session:
+    """One context: prefill a sequence, or decode one token of several, and sample."""
+
+    def __init__(self, lc, ctx, batch, samplers):
+        self.lc, self.ctx, self.batch, self.samplers = lc, ctx, batch, samplers
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """Decode (seq, token, pos, wants logits) entries as one batch."""
+        b = self.batch
+        b.n_tokens = len(entries)
+        for j, (seq, token, pos, logits) in enumerate(entries):
+            b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = token, pos, 1, logits
+            b.seq_id[j][0] = seq
+        rc = self.lc.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise ThinksaeError(f"llama_decode failed (code {rc}): context too small or invalid tokens")
+
+    def prefill(self, seq: int, ids: list[int]) -> int:
+        """Feed a prompt to sequence ``seq``; its first new token."""
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[start:start + PREFILL_CHUNK]
+            last = start + len(chunk) == len(ids)
+            self._decode([(seq, t, start + j, last and j == len(chunk) - 1)
+                          for j, t in enumerate(chunk)])
+        return int(self.lc.llama_sampler_sample(self.samplers[seq], self.ctx, -1))
+
+    def step(self, seqs: list[int], tokens: list[int], positions: list[int]) -> list[int]:
+        """Feed one token to each of ``seqs`` (at ``positions``); the next token of each."""
+        self._decode([(s, t, p, True) for s, t, p in zip(seqs, tokens, positions)])
+        return [int(self.lc.llama_sampler_sample(self.samplers[s], self.ctx, j))
+                for j, s in enumerate(seqs)]
+
+
+class LlamaCppEngine:
+    """Generation with llama.cpp: prompts as HF tokenizer ids, one KV sequence per prompt."""
+
+    name = "llama.cpp"
+
+    def __init__(self, path: str | os.PathLike, tokenizer, sampling: Sampling, backend=None):
+        self.tokenizer, self.sampling = tokenizer, sampling
+        self.backend = backend if backend is not None else LlamaCppBackend(path)
+        self.model_name = str(path)
+        if len(tokenizer) > self.backend.n_vocab:
+            raise ThinksaeError(f"the tokenizer has {len(tokenizer)} tokens, the GGUF model "
+                                f"{self.backend.n_vocab}: they do not belong together")
+        self.stop = set(token_stops(tokenizer, self.backend.eos_ids()))
+
+    def auto_batch_size(self, max_len: int) -> int:
+        """:data:`AUTO_BATCH` sequences (the KV cache of a quantised 1.5B model is small)."""
+        return min(AUTO_BATCH, self.backend.max_seqs)
+
+    def generate(self, prompts: list[str], keys: list[str], budget: int, stage: str = "") -> list[Row]:
+        """Per prompt the new ids up to the first stop token, and whether it stopped; at most
+        ``max_seqs`` prompts run at once."""
+        seeds = self.sampling.row_seeds(keys, stage)
+        rows = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        n = self.backend.max_seqs
+        return [row for i in range(0, len(rows), n)
+                for row in self._generate(rows[i:i + n], seeds[i:i + n], budget)]
+
+    def _generate(self, rows: list[list[int]], seeds: list[int], budget: int) -> list[Row]:
+        out: list[list[int]] = [[] for _ in rows]
+        finished = [False] * len(rows)
+        n_ctx = len(rows) * (max(map(len, rows)) + budget)
+        with self.backend.session(n_ctx, self.sampling, seeds) as session:
+            token = [session.prefill(i, r) for i, r in enumerate(rows)]
+            pos = [len(r) for r in rows]
+            active = list(range(len(rows)))
+            for step in range(budget):
+                for i in active:
+                    if token[i] in self.stop:
+                        finished[i] = True
+                    else:
+                        out[i].append(token[i])
+                active = [i for i in active if not finished[i]]
+                if not active or step == budget - 1:
+                    break
+                new = session.step(active, [token[i] for i in active], [pos[i] for i in active])
+                for i, t in zip(active, new):
+                    token[i], pos[i] = t, pos[i] + 1
+        return [Row(ids, f) for ids, f in zip(out, finished)]
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+

@@ -1,0 +1,52 @@
+"""What `thinksae eval` returns and writes (``eval.json``, the report card's ``eval`` section)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class EvalData:
+    """The eval set."""
+
+    mode: str
+    """``model`` (spliced losses too) or ``store`` (reconstruction on stored activations)."""
+    store: str | None
+    corpus: str | None
+    model: str | None
+    tokens: int
+    """Tokens evaluated."""
+    split: str
+    traces: int | None
+    """Documents of ``split`` (None: all of them)."""
+    tokenizer_hash: str | None
+    store_hash: str | None
+    corpus_hash: str | None
+
+
+@dataclass
+class EvalResult:
+    """One evaluation of an SAE; `to_dict` is the JSON as written."""
+
+    sae: str
+    format: str | None
+    """``sparsify`` or ``saelens``."""
+    hookpoint: str
+    d_in: int
+    num_latents: int
+    k: int
+    data: EvalData
+    headline: dict[str, Any]
+    """The trained regions' numbers (see ``headline.py``)."""
+    metrics: dict[str, Any]
+    """Per group (all, trained, each region and behaviour): reconstruction metrics and, with a
+    model, the spliced losses."""
+    latent_frequency: dict[str, Any]
+    """The latent-frequency histogram and its PNG."""
+    config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict (field order = key order)."""
+        return dataclasses.asdict(self)

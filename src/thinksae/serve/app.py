@@ -1,0 +1,336 @@
+"""The workbench web app (FastAPI) over one run directory. Pages and their JSON endpoints:
+
+=====================================  ===============================================================
+``GET /``                              features index (search, sort, filter); data: ``GET /api/features``
+``GET /features/feature-N.html``       a feature's page (the dashboard's, with verdict and explanation);
+                                       data: ``GET /api/features/N``
+``GET /try``                           try text; ``POST /api/encode`` ``{"text", "special_tokens"}``,
+                                       traces to pick: ``GET /api/traces``
+``GET /steer``                         steer side by side; ``POST /api/steer`` (server-sent events),
+                                       ``POST /api/steer/save`` (writes ``steer.json`` as the CLI)
+``GET /monitor/``                      the monitor's own app (:mod:`thinksae.monitor.server`), mounted
+``GET /run/...``                       the run directory's files (report ``/run/index.html``, dashboard)
+``GET /api/info``                      run, model, SAE, hookpoint, limits, whether a generation runs
+=====================================  ===============================================================
+
+``/api/features`` query: ``q`` (substring of trigger token, label, verdict or explanation),
+``sort`` (any score), ``dir`` (asc/desc), ``label``, ``verdict``, ``min.SCORE``/``max.SCORE``
+(any number of them), ``offset``, ``limit`` (≤ 1000). Answers ``{total, scores, rows}``.
+
+The model is used by one request at a time (encode, steer, save, monitor share one lock); a
+request that finds it busy gets 429 with ``Retry-After``. Bad input gets a 4xx with
+``{"error": one line}`` (413 body too large, 400 not JSON, 422 invalid); the server goes on. A
+client that goes away stops its generation after the current token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import ThinksaeError
+from ..monitor.server import RequestError, _read_json, sse
+from .config import ServeConfig
+from .steering import parse_steer, save_sweep, stream_steer
+from .workbench import Query, encode_text, feature_rows, load_run, read_run, read_traces, scores_of, select
+
+STATIC = Path(__file__).parent / "static"
+MAX_PROMPT_CHARS = 8000
+
+
+class Workbench:
+    """The run, the loaded model and SAE, the generation lock and cached index rows."""
+
+    def __init__(self, cfg: ServeConfig, model=None, tokenizer=None, sae=None):
+        self.cfg, self.info = cfg, read_run(cfg.run)
+        self.model, self.tokenizer, self.sae = load_run(
+            self.info, model, tokenizer, sae, {"model": cfg.model, "device": cfg.device,
+                                               "dtype": cfg.dtype})
+        self.lock: threading.Lock = threading.Lock()
+        self._rows: tuple[tuple, list[dict]] | None = None
+        self._markers = None
+
+    def rows(self) -> list[dict]:
+        """Index rows, re-read when the analysis, verdicts or explanations change."""
+        root, feats = self.info.root, self.info.features_dir
+        watched = [feats / "features.jsonl", root / "validate", feats / "validate", root / "explain"]
+        key = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in watched)
+        if self._rows is None or self._rows[0] != key:
+            self._rows = (key, feature_rows(self.info))
+        return self._rows[1]
+
+    def markers(self):
+        from ..corpus.generate import stop_ids
+        from ..steer.hooks import Markers
+
+        if self._markers is None:
+            self._markers = Markers.from_tokenizer(self.tokenizer, stop_ids(self.model, self.tokenizer))
+        return self._markers
+
+    def max_act(self, feature: int) -> float | None:
+        rows = self.rows()
+        value = rows[feature].get("max_act") if 0 <= feature < len(rows) else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _busy() -> JSONResponse:
+    return _error(429, "the model is busy with another request; try again when it ends",
+                  {"Retry-After": "2"})
+
+
+def _page(name: str) -> HTMLResponse:
+    return HTMLResponse((STATIC / name).read_text())
+
+
+def _query(request: Request, scores: list[str]) -> Query:
+    params = request.query_params
+    bounds: dict = {}
+    try:
+        for key, value in params.items():
+            side, _, score = key.partition(".")
+            if side in ("min", "max") and score:
+                if score not in scores:
+                    raise RequestError(422, f"{key}: no score {score!r} (scores: {', '.join(scores)})")
+                lo, hi = bounds.get(score, (None, None))
+                bounds[score] = (float(value), hi) if side == "min" else (lo, float(value))
+        offset, limit = int(params.get("offset", 0)), int(params.get("limit", 100))
+    except ValueError as e:
+        raise RequestError(422, f"bad number in the query ({e})") from None
+    sort = params.get("sort", "feature")
+    if sort not in scores + ["feature", "label", "verdict", "top_token_text"]:
+        raise RequestError(422, f"sort: no column {sort!r}")
+    if params.get("dir", "asc") not in ("asc", "desc") or not 0 <= offset or not 1 <= limit <= 1000:
+        raise RequestError(422, "dir: asc or desc; offset >= 0; limit in 1..1000")
+    return Query(params.get("q", "")[:200], sort, params.get("dir") == "desc",
+                 params.get("label") or None, params.get("verdict") or None, bounds, offset, limit)
+
+
+def _feature_routes(app: FastAPI, wb: Workbench) -> None:
+    @app.get("/api/features")
+    async def features(request: Request):
+        from ..features.scores import LABELS
+        from ..validate.verdicts import VERDICTS
+
+        rows = wb.rows()
+        scores = scores_of(rows)
+        total, page = select(rows, _query(request, scores))
+        return {"total": total, "features": len(rows), "scores": scores, "labels": list(LABELS),
+                "verdicts": list(VERDICTS), "rows": page}
+
+    @app.get("/api/features/{index}")
+    async def feature(index: int):
+        from ..features.card import feature_info
+        from ..validate.verdicts import read_verdicts
+
+        rows = wb.rows()
+        if not 0 <= index < len(rows):
+            raise RequestError(404, f"no feature {index} in the analysis ({len(rows)} features)")
+        row, det = feature_info(wb.info.features_dir, index)
+        verdict = (read_verdicts(wb.info.root / "validate") or read_verdicts(wb.info.features_dir)
+                   ).get(index)
+        return {"row": {**row, "verdict": rows[index].get("verdict"),
+                        "explanation": rows[index].get("explanation")},
+                "details": det, "verdict": verdict}
+
+    @app.get("/features/feature-{index}.html", response_class=HTMLResponse)
+    async def feature_page(index: int):
+        from html import escape
+
+        from ..features.dashboard import feature_page as render
+
+        data = await feature(index)
+        html = render(data["row"], data["details"], {}, data["verdict"])
+        nav = (STATIC / "nav.html").read_text()
+        text = data["row"].get("explanation")
+        if text:
+            nav += f'<p class="explanation" id="explanation"><b>explanation:</b> {escape(text)}</p>'
+        nav += f'<p><a href="/try?feature={index}">try text with this feature</a> · ' \
+               f'<a href="/steer?features={index}%3Dx4">steer it</a></p>'
+        return HTMLResponse(html.replace("<body>", "<body>" + nav, 1))
+
+    @app.get("/features/index.html")
+    async def features_index():
+        return RedirectResponse("/")
+
+    @app.get("/api/traces")
+    async def traces(limit: int = 200):
+        if not 1 <= limit <= 10000:
+            raise RequestError(422, "limit: expected 1..10000")
+        return {"traces": read_traces(wb.info, limit)}
+
+
+def _steer_request(wb: Workbench, body):
+    """A checked :class:`~.steering.SteerRequest` (422 with the reason otherwise)."""
+    try:
+        req = parse_steer(body, wb.sae.num_latents, wb.cfg.max_new_tokens, MAX_PROMPT_CHARS,
+                          wb.max_act)
+    except ThinksaeError as e:
+        raise RequestError(422, str(e)) from None
+    if not wb.markers().single_token and (req.window.start, req.window.end) != ("prompt", "none"):
+        raise RequestError(422, "this tokenizer has no single <think>/</think> tokens: use "
+                                "start prompt, end none")
+    return req
+
+
+def _event_stream(wb: Workbench, work) -> StreamingResponse:
+    """Run ``work(emit, cancel)`` in a thread holding the model lock (already acquired) and
+    stream what it emits as server-sent events; the client going away sets ``cancel``."""
+    cancel = threading.Event()
+    queue: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def put(item) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone: nobody listens
+            cancel.set()
+
+    def worker() -> None:
+        try:
+            work(put, cancel)
+        except Exception as e:  # reported to the client; the server goes on
+            put({"type": "error", "message": f"{type(e).__name__}: {e}".splitlines()[0]})
+        finally:
+            wb.lock.release()
+            put(None)
+
+    threading.Thread(target=worker, name="thinksae-serve", daemon=True).start()
+
+    async def stream():
+        try:
+            while (item := await queue.get()) is not None:
+                yield sse(item)
+        finally:
+            cancel.set()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _generation_routes(app: FastAPI, wb: Workbench) -> None:
+    cfg = wb.cfg
+
+    @app.post("/api/encode")
+    async def encode(request: Request):
+        body = await _read_json(request, cfg.max_body)
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str) or set(body) - {
+                "text", "special_tokens"} or not isinstance(body.get("special_tokens", True), bool):
+            raise RequestError(422, 'expected {"text": str, "special_tokens": bool (optional)}')
+        if not wb.lock.acquire(blocking=False):
+            return _busy()
+        try:
+            enc = await run_in_threadpool(encode_text, wb.model, wb.tokenizer, wb.sae,
+                                          wb.info.hookpoint, body["text"],
+                                          body.get("special_tokens", True), cfg.max_text_tokens)
+        except ThinksaeError as e:
+            raise RequestError(422, str(e)) from None
+        finally:
+            wb.lock.release()
+        return {"ids": enc.ids, "tokens": enc.tokens, "top": enc.top, "k": wb.sae.cfg.k}
+
+    @app.post("/api/steer")
+    async def steer(request: Request):
+        req = _steer_request(wb, await _read_json(request, cfg.max_body))
+        if not wb.lock.acquire(blocking=False):
+            return _busy()
+        return _event_stream(wb, lambda emit, cancel: stream_steer(
+            wb.model, wb.tokenizer, wb.sae, wb.info.hookpoint, req, wb.markers(), emit, cancel))
+
+    @app.post("/api/steer/save")
+    async def save(request: Request):
+        req = _steer_request(wb, await _read_json(request, cfg.max_body))
+        if not wb.lock.acquire(blocking=False):
+            return _busy()
+        out = base = wb.info.root / "serve" / time.strftime("steer-%Y%m%d-%H%M%S")
+        for n in range(1, 1000):  # never over an earlier save
+            if not out.exists():
+                break
+            out = base.with_name(f"{base.name}-{n}")
+        try:
+            return await run_in_threadpool(save_sweep, wb.info.sae_dir, wb.info.hookpoint,
+                                           wb.model, wb.tokenizer, req, out)
+        except ThinksaeError as e:
+            raise RequestError(422, str(e)) from None
+        finally:
+            wb.lock.release()
+
+
+def create_app(run_dir: str | Path, model=None, tokenizer=None, sae=None,
+               cfg: ServeConfig | None = None) -> FastAPI:
+    """The workbench over ``run_dir`` (module docstring). ``model``/``tokenizer``/``sae``
+    replace loading the run's; ``cfg`` sets the limits (its ``run`` is replaced by ``run_dir``)."""
+    from dataclasses import replace
+
+    from ..monitor import Monitor
+    from ..monitor.server import create_app as monitor_app
+
+    cfg = replace(cfg or ServeConfig(run=str(run_dir)), run=str(run_dir))
+    wb = Workbench(cfg, model, tokenizer, sae)
+    monitor = Monitor(wb.model, wb.tokenizer, wb.sae, wb.info.hookpoint,
+                      alert_log=wb.info.root / "serve" / "alerts.jsonl",
+                      max_new_tokens=cfg.max_new_tokens)
+    mon = monitor_app(monitor, max_body=cfg.max_body)
+    wb.lock = mon.state.lock  # one lock for every use of the model
+    app = FastAPI(title="thinksae workbench", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.workbench = wb
+
+    @app.exception_handler(RequestError)
+    async def request_error(_request: Request, exc: RequestError):
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(ThinksaeError)
+    async def thinksae_error(_request: Request, exc: ThinksaeError):
+        return _error(422, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception):
+        return _error(500, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+    @app.get("/api/info")
+    async def info():
+        return {"run": str(wb.info.root), "model": wb.info.config.get("model"),
+                "hookpoint": wb.info.hookpoint, "sae": str(wb.info.sae_dir),
+                "num_latents": wb.sae.num_latents, "k": wb.sae.cfg.k,
+                "features_analysed": len(wb.rows()), "max_new_tokens": cfg.max_new_tokens,
+                "max_text_tokens": cfg.max_text_tokens, "max_body": cfg.max_body,
+                "busy": wb.lock.locked()}
+
+    for path, name in (("/", "index.html"), ("/try", "try.html"), ("/steer", "steer.html")):
+        app.add_api_route(path, lambda name=name: _page(name), methods=["GET"],
+                          response_class=HTMLResponse)
+    _feature_routes(app, wb)
+    _generation_routes(app, wb)
+    app.mount("/static", StaticFiles(directory=STATIC))
+    app.mount("/monitor", mon)
+    app.mount("/run", StaticFiles(directory=wb.info.root, html=True))
+    return app
+
+
+def serve(cfg: ServeConfig) -> None:
+    """`thinksae serve`: load the run's model and SAE, then serve until interrupted."""
+    import uvicorn
+
+    if not 0 < cfg.port < 65536:
+        raise ThinksaeError(f"--port must be in 1..65535 (got {cfg.port})")
+    for name in ("max_new_tokens", "max_text_tokens", "max_body"):
+        if getattr(cfg, name) < 1:
+            raise ThinksaeError(f"--{name} must be at least 1 (got {getattr(cfg, name)})")
+    read_run(cfg.run)  # a one-line error before anything loads
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {cfg.host}: anyone who can reach it can read the run and run "
+              "generations (there is no authentication)")
+    app = create_app(cfg.run, cfg=cfg)
+    print(f"thinksae workbench: http://{cfg.host}:{cfg.port}/")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", limit_concurrency=64,
+                timeout_keep_alive=5)

@@ -1,0 +1,213 @@
+"""Steer side by side: one prompt decoded twice in one batch (row 0 the baseline, row 1 steered
+by the request's features, :func:`thinksae.steer.hooks.steering` with per-row settings), each
+step's two tokens reported as they come; then the steered positions and the KL there, measured
+as `thinksae steer` measures them (:mod:`thinksae.steer.generation`). "Save as sweep" runs
+`thinksae steer` itself on the same settings, so it writes the same ``steer.json``.
+
+A generated token is shown as steered, with a KL, when the position that chose it was steered:
+token j (at position W + j of a prompt of width W) shows position W + j − 1's flag and
+KL(p_clean ‖ p_steered) of its next-token distribution.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ThinksaeError
+from ..steer.spec import Intervention, Window, parse_interventions, parse_sweep, parse_window
+
+FIELDS = {"prompt", "features", "sweep", "start", "end", "max_new_tokens", "think_prefill"}
+
+
+@dataclass
+class SteerRequest:
+    """A checked steer request (``specs`` as given; ``interventions`` with Smax resolved)."""
+
+    prompt: str
+    specs: list[str]
+    interventions: list[Intervention]
+    window: Window
+    max_new_tokens: int
+    think_prefill: bool = False
+    sweep: list[str] | None = None
+
+
+def _specs(value: Any, name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                       for v in value):
+        return [str(v) for v in value]
+    raise ThinksaeError(f"{name}: expected 'FEATURE=VALUE, ...' or a list of such strings")
+
+
+def parse_steer(body: Any, num_latents: int, max_new_tokens: int, max_prompt_chars: int,
+                max_act: Callable[[int], float | None]) -> SteerRequest:
+    """A :class:`SteerRequest` from a JSON body, or a one-line ThinksaeError saying what is
+    wrong. ``max_act(f)`` gives a feature's max activation for ``Smax`` values."""
+    if not isinstance(body, dict):
+        raise ThinksaeError("expected a JSON object with a prompt and features")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise ThinksaeError(f"unknown field {unknown[0]!r} (fields: {', '.join(sorted(FIELDS))})")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ThinksaeError("prompt: missing or empty")
+    if len(prompt) > max_prompt_chars:
+        raise ThinksaeError(f"prompt: {len(prompt)} characters, at most {max_prompt_chars}")
+    specs = _specs(body.get("features", ""), "features")
+    sweep = _specs(body["sweep"], "sweep") if body.get("sweep") else None
+    sets = parse_sweep(specs, sweep) if sweep else [parse_interventions(specs)]
+    limit = body.get("max_new_tokens", min(64, max_new_tokens))
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_new_tokens:
+        raise ThinksaeError(f"max_new_tokens: expected an integer in 1..{max_new_tokens}")
+    window = parse_window(body.get("start", "sentence"), body.get("end", "think_end"))
+    prefill = body.get("think_prefill", False)
+    if not isinstance(prefill, bool):
+        raise ThinksaeError("think_prefill: expected true or false")
+    ivs = sets[0]
+    bad = [i.feature for s in sets for i in s if i.feature >= num_latents]
+    if bad:
+        raise ThinksaeError(f"feature {bad[0]} is not a latent of the SAE (0..{num_latents - 1})")
+    need = {i.feature for i in ivs if i.kind == "clamp_max"}
+    maxes = {f: max_act(f) for f in need}
+    missing = [f for f, v in maxes.items() if v is None]
+    if missing:
+        raise ThinksaeError(f"feature {missing[0]}: Smax needs its max activation, and the run "
+                            "has no analysis row for it")
+    return SteerRequest(prompt, specs, [i.resolved(maxes) for i in ivs], window, limit, prefill,
+                        sweep)
+
+
+def _token_rows(tokenizer, ids: list[int], width: int, stop: set[int]) -> list[int]:
+    """Generated ids of a row up to and including its first stop token."""
+    out = []
+    for t in ids[width:]:
+        out.append(t)
+        if t in stop:
+            break
+    return out
+
+
+def _stepper(emit, tokenizer, stop: set[int]):
+    """A transformers streamer reporting each step's new tokens of both rows (text deltas)."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class Streamer(BaseStreamer):
+        def __init__(self):
+            self.prompt_seen, self.rows, self.texts, self.ended = False, [[], []], ["", ""], [False] * 2
+
+        def put(self, value):
+            if not self.prompt_seen:  # generate reports the prompt first
+                self.prompt_seen = True
+                return
+            for r, t in enumerate(value.reshape(-1).tolist()[:2]):
+                if self.ended[r]:
+                    continue
+                self.rows[r].append(t)
+                self.ended[r] = t in stop
+                text = tokenizer.decode(self.rows[r], skip_special_tokens=False,
+                                        clean_up_tokenization_spaces=False)
+                delta, self.texts[r] = text[len(self.texts[r]):], text
+                emit({"type": "token", "row": ("baseline", "steered")[r],
+                      "step": len(self.rows[r]) - 1, "id": t, "text": delta})
+
+        def end(self):
+            pass
+
+    return Streamer()
+
+
+def _cancelled(cancel):
+    from transformers import StoppingCriteria
+
+    class Cancel(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
+                              device=input_ids.device)
+
+    return Cancel()
+
+
+@torch.inference_mode()
+def stream_steer(model, tokenizer, sae, hookpoint: str, req: SteerRequest, markers,
+                 emit: Callable[[dict], None], cancel) -> None:
+    """Generate ``req`` baseline and steered in one batch (greedy), calling ``emit`` with a
+    ``start`` event, ``token`` events as they come and a final ``done`` event (module docstring)."""
+    from transformers import StoppingCriteriaList
+
+    from ..corpus import build_prompt
+    from ..corpus.generate import stop_ids
+    from ..steer.generation import Generated, _real_positions, _score
+    from ..steer.hooks import steering
+
+    stop = stop_ids(model, tokenizer)
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None),
+                  stop[0])
+    prompt = build_prompt(tokenizer, req.prompt, None, req.think_prefill)
+    row = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    device = next(model.parameters()).device
+    ids = torch.tensor([row, row], device=device)
+    mask = torch.ones_like(ids)
+    specs = [[], req.interventions]
+    emit({"type": "start", "prompt_tokens": len(row), "features": [i.spec for i in req.interventions],
+          "window": req.window.to_dict()})
+    t0 = time.perf_counter()
+    with steering(model, sae, hookpoint, specs, req.window, markers):
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=req.max_new_tokens,
+                             do_sample=False, eos_token_id=stop, pad_token_id=pad_id,
+                             streamer=_stepper(emit, tokenizer, set(stop)),
+                             stopping_criteria=StoppingCriteriaList([_cancelled(cancel)]))
+    seconds = time.perf_counter() - t0
+    if cancel.is_set():
+        emit({"type": "done", "reason": "cancelled"})
+        return
+    gen = Generated(out, len(row), _real_positions(out, mask, set(stop)))
+    _score(model, sae, hookpoint, specs, req.window, markers, gen, kl=True)
+    emit(_done(tokenizer, gen, set(stop), req.max_new_tokens, seconds))
+
+
+def _done(tokenizer, gen, stop: set[int], limit: int, seconds: float) -> dict:
+    w, out = gen.width, gen.ids.tolist()
+    flags, kl = gen.steered[1].tolist(), gen.kl[1].tolist()
+    rows = {}
+    for r, name in enumerate(("baseline", "steered")):
+        new = _token_rows(tokenizer, out[r], w, stop)
+        tokens = []
+        for j, t in enumerate(new):
+            item = {"id": t, "text": tokenizer.decode([t], skip_special_tokens=False)}
+            if r == 1:
+                pos = w + j - 1
+                item["steered"] = bool(flags[pos])
+                item["kl"] = kl[pos] if flags[pos] and math.isfinite(kl[pos]) else None
+            tokens.append(item)
+        rows[name] = {"text": tokenizer.decode(new, skip_special_tokens=False),
+                      "tokens": tokens, "finished": bool(new) and new[-1] in stop}
+    kls = [t["kl"] for t in rows["steered"]["tokens"] if t.get("kl") is not None]
+    steered_positions = int(gen.steered[1].sum())
+    reason = "stopped" if rows["baseline"]["finished"] and rows["steered"]["finished"] else \
+        "max_tokens"
+    return {"type": "done", "reason": reason, **rows, "steered_positions": steered_positions,
+            "mean_kl": sum(kls) / len(kls) if kls else None, "seconds": seconds}
+
+
+def save_sweep(sae_dir: Path, hookpoint: str, model, tokenizer, req: SteerRequest, out: Path) -> dict:
+    """Run `thinksae steer` on ``req`` (a sweep when it has ``sweep`` values) with the loaded
+    model; writes ``out/steer.json`` exactly as the CLI does. Returns ``{path, summary}``."""
+    from ..steer.run import SteerConfig, steer
+
+    cfg = SteerConfig(sae=str(sae_dir), hookpoint=hookpoint, feature=list(req.specs),
+                      sweep=list(req.sweep or []), prompt=[req.prompt],
+                      start=str(req.window.start), end=str(req.window.end),
+                      max_new_tokens=req.max_new_tokens, think_prefill=req.think_prefill,
+                      out=str(out), show=0, progress=False)
+    result = steer(cfg, model=model, tokenizer=tokenizer)
+    return {"path": str(out / "steer.json"), "mode": result["mode"],
+            "runs": [{"label": r["label"], "summary": r["summary"]} for r in result["runs"]]}
