@@ -99,14 +99,14 @@ def matmul_time(model, batch: int, repeats: int = 2) -> float:
 
 def llama_decode(backend, rows: list[list[int]], steps: int, parallel: int) -> tuple[float, float]:
     """(prefill seconds, decode tokens/s) with ``parallel`` sequences decoded together."""
-    from thinksae.corpus.engines import Sampling
+    from thinksae.generation import GenerationConfig
 
     prefill = decode = 0.0
     tokens = 0
     for start in range(0, len(rows), parallel):
         part = rows[start:start + parallel]
         n_ctx = len(part) * (max(map(len, part)) + steps + 1)
-        with backend.session(n_ctx, Sampling(), [0] * len(part)) as s:
+        with backend.session(n_ctx, GenerationConfig(), [0] * len(part)) as s:
             t0 = time.perf_counter()
             token = [s.prefill(i, r) for i, r in enumerate(part)]
             prefill += time.perf_counter() - t0
@@ -123,14 +123,15 @@ def llama_decode(backend, rows: list[list[int]], steps: int, parallel: int) -> t
 
 def agreement(model, tok, gguf: Path, n: int, budget: int) -> None:
     """Greedy traces of the first ``n`` demo prompts from HF (batch n) and llama.cpp."""
-    from thinksae.corpus.engines import HFEngine, Sampling
+    from thinksae.corpus.engines import HFEngine
     from thinksae.corpus.engines.llamacpp import LlamaCppEngine
+    from thinksae.generation import GenerationConfig
 
     texts, keys = prompts(tok, n), [str(i) for i in range(n)]
     t0 = time.perf_counter()
-    hf = HFEngine(model, tok, Sampling()).generate(texts, keys, budget)
+    hf = HFEngine(model, tok, GenerationConfig()).generate(texts, keys, budget)
     hf_s = time.perf_counter() - t0
-    engine = LlamaCppEngine(gguf, tok, Sampling())
+    engine = LlamaCppEngine(gguf, tok, GenerationConfig())
     t0 = time.perf_counter()
     ll = engine.generate(texts, keys, budget)
     ll_s = time.perf_counter() - t0

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from test_monitor_helpers import HOOKPOINT, saved_sae, tiny_sae
+from test_monitor_helpers import HOOKPOINT, saved_sae
 
 from thinksae.features import AnalyzeConfig, analyze
 
@@ -40,7 +40,7 @@ def make_run(root: Path, model_dir: Path, corpus_path: Path, model, tokenizer) -
                           model=str(model_dir), hookpoint=HOOKPOINT, out=str(root / "features"),
                           min_fires=2, top_n=5,
                           device="cpu", dtype="float32", progress=False),
-            model=model, tokenizer=tokenizer, sae=tiny_sae())
+            model=model, tokenizer=tokenizer)
     (root / "validate").mkdir(exist_ok=True)
     (root / "validate" / "verdicts.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in VERDICT_ROWS))

@@ -12,12 +12,14 @@ from thinksae.corpus import (
     Problem,
     Trace,
     build_corpus,
+    config_path,
     question_of,
     read_traces,
     repeat_problems,
     write_traces,
 )
 from thinksae.errors import ThinksaeError
+from thinksae.generation import GenerationConfig
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,8 @@ def model(r1_tokenizer):  # noqa: F811
 
 def test_generate_resume_and_settings_check(tmp_path, model, r1_tokenizer, monkeypatch):  # noqa: F811
     out = tmp_path / "c" / "traces.jsonl"
-    cfg = CorpusConfig(out=str(out), limit=3, max_new_tokens=4, batch_size=2, progress=False)
+    cfg = CorpusConfig(out=str(out), limit=3, generation=GenerationConfig(max_new_tokens=4),
+                       batch_size=2, progress=False)
     assert build_corpus(cfg, model, r1_tokenizer) == out
     traces = read_traces(out)
     assert len(traces) == 3 and all(t.reference_answer for t in traces)
@@ -46,15 +49,15 @@ def test_generate_resume_and_settings_check(tmp_path, model, r1_tokenizer, monke
     build_corpus(cfg, model, r1_tokenizer)
     assert read_traces(out)[:3] == traces and len(read_traces(out)) == 4
 
-    cfg.seed = 1
+    cfg.generation.seed = 1
     with pytest.raises(ThinksaeError, match="other seed"):
         build_corpus(cfg, model, r1_tokenizer)
 
 
 def test_several_samples_per_question(tmp_path, model, r1_tokenizer):  # noqa: F811
     out = tmp_path / "s.jsonl"
-    cfg = CorpusConfig(out=str(out), limit=2, samples=3, do_sample=True, temperature=1.0,
-                       max_new_tokens=6, batch_size=4, progress=False)
+    cfg = CorpusConfig(out=str(out), limit=2, samples=3, batch_size=4, progress=False,
+                       generation=GenerationConfig(6, do_sample=True, temperature=1.0))
     build_corpus(cfg, model, r1_tokenizer)
     traces = read_traces(out)
     assert [t.id for t in traces] == [f"math-{q:03d}#{n}" for q in (1, 2) for n in range(3)]
@@ -72,11 +75,46 @@ def test_bad_generation_options_fail_before_the_model_loads(tmp_path, monkeypatc
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     for bad, message in ((dict(answer_tokens=-1), "answer_tokens must be >= 0"),
                          (dict(samples=0), "samples must be at least 1"),
-                         (dict(samples=2), "needs --do_sample")):
+                         (dict(samples=2), "needs --do_sample"),
+                         (dict(generation=GenerationConfig(max_new_tokens=0)),
+                          "--max_new_tokens must be at least 1"),
+                         (dict(generation=GenerationConfig(do_sample=True, temperature=0.0)),
+                          "--temperature must be > 0")):
         cfg = CorpusConfig(out=str(tmp_path / "t.jsonl"), limit=1, progress=False, **bad)
         with pytest.raises(ThinksaeError, match=message):
             build_corpus(cfg)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_corpus_written_before_the_generation_options_were_nested_resumes(
+        tmp_path, model, r1_tokenizer, monkeypatch):  # noqa: F811
+    out = tmp_path / "traces.jsonl"
+    cfg = CorpusConfig(out=str(out), limit=2, batch_size=2, progress=False,
+                       generation=GenerationConfig(max_new_tokens=4, seed=3))
+    build_corpus(cfg, model, r1_tokenizer)
+    traces = read_traces(out)
+    # `<out>.config.json` as the version before the nesting wrote it: every option flat, in order
+    flat = {"model": cfg.model, "prompts": "builtin", "traces": None, "split": "train",
+            "out": str(out), "limit": 2, "samples": 1, "batch_size": 2, "engine": "hf",
+            "max_new_tokens": 4, "do_sample": False, "temperature": 0.6, "top_p": 0.95, "seed": 3,
+            "system_prompt": None, "think_prefill": False, "answer_tokens": 0, "device": "auto",
+            "dtype": "auto", "progress": False}
+    saved = config_path(out).read_text()
+    assert list(json.loads(saved).items()) == list(flat.items())
+    old = dict(flat)
+    del old["engine"]  # older still: written before the engines
+    config_path(out).write_text(json.dumps(old, indent=2) + "\n")
+
+    def no_generate(**kw):
+        raise AssertionError("nothing should be generated again")
+
+    monkeypatch.setattr(model, "generate", no_generate)
+    build_corpus(cfg, model, r1_tokenizer)  # resumes: all traces there, nothing generated
+    assert read_traces(out) == traces and config_path(out).read_text() == saved
+    config_path(out).write_text(json.dumps(old))
+    cfg.generation.max_new_tokens = 5
+    with pytest.raises(ThinksaeError, match=r"other max_new_tokens \(4\); use another --out"):
+        build_corpus(cfg, model, r1_tokenizer)
 
 
 def test_samples_need_sampling_and_at_least_one():
@@ -100,7 +138,8 @@ def test_model_loaded_lazily(tmp_path, model, r1_tokenizer, monkeypatch):  # noq
 
     monkeypatch.setattr(models, "load_model", fake_load_model)
     cfg = CorpusConfig(model="some/model", out=str(tmp_path / "t.jsonl"), limit=1,
-                       max_new_tokens=2, device="cpu", dtype="float32", progress=False)
+                       generation=GenerationConfig(max_new_tokens=2), device="cpu", dtype="float32",
+                       progress=False)
     build_corpus(cfg)
     assert calls == [("some/model", "cpu", "float32")]
     assert len(read_traces(tmp_path / "t.jsonl")) == 1
@@ -128,5 +167,6 @@ def test_cli_options():
     args = build_parser().parse_args(
         ["corpus", "--limit", "5", "--do_sample", "true", "--system_prompt", "Think."])
     assert isinstance(args.cfg, CorpusConfig)
-    assert (args.cfg.limit, args.cfg.do_sample, args.cfg.system_prompt) == (5, True, "Think.")
+    gen = args.cfg.generation
+    assert (args.cfg.limit, gen.do_sample, gen.system_prompt) == (5, True, "Think.")
     assert args.cfg.traces is None and args.cfg.prompts == "builtin"

@@ -15,7 +15,6 @@ from thinksae.corpus import CorpusConfig, Problem, build_corpus, generate_traces
 from thinksae.corpus.engines import (
     HFEngine,
     Row,
-    Sampling,
     auto_batch_size,
     check_batch_size,
     check_engine,
@@ -23,6 +22,7 @@ from thinksae.corpus.engines import (
 from thinksae.corpus.engines.hf import batch_for_memory, sequence_bytes
 from thinksae.corpus.engines.llamacpp import LlamaCppEngine
 from thinksae.errors import ThinksaeError
+from thinksae.generation import GenerationConfig as Gen
 
 QUESTIONS = [
     Problem("a", "What is 2+2?", 4.0),
@@ -87,11 +87,11 @@ class FakeBackend:
 
 
 def llama(tokenizer, backend, **sampling):
-    return LlamaCppEngine("fake.gguf", tokenizer, Sampling(**sampling), backend=backend)
+    return LlamaCppEngine("fake.gguf", tokenizer, Gen(**sampling), backend=backend)
 
 
 def test_llama_cpp_loop_makes_the_traces_hf_makes(tmp_path, model, r1_tokenizer):  # noqa: F811
-    gen = dict(max_new_tokens=6, progress=False, think_prefill=True, answer_tokens=4)
+    gen = dict(generation=Gen(max_new_tokens=6, think_prefill=True), progress=False, answer_tokens=4)
     hf = generate_traces(model, r1_tokenizer, QUESTIONS, tmp_path / "hf.jsonl", batch_size=3, **gen)
     backend = FakeBackend(model)
     got = generate_traces(None, r1_tokenizer, QUESTIONS, tmp_path / "ll.jsonl", batch_size=3,
@@ -135,8 +135,8 @@ def test_llama_cpp_seeds_follow_the_question_not_the_batch(r1_tokenizer):  # noq
     engine.generate(["p"], ["c"], budget=2, stage="answer")
     first, second, answer = (s["seeds"] for s in backend.sessions)
     assert first[2] == second[0] and len(set(first)) == 3 and answer[0] != first[2]
-    assert first[2] == Sampling(seed=5).batch_seed(["c"]) % 2**32
-    assert backend.samplings[0] == Sampling(True, 0.7, 0.9, 5)
+    assert first[2] == Gen(seed=5).batch_seed(["c"]) % 2**32
+    assert backend.samplings[0] == Gen(do_sample=True, temperature=0.7, top_p=0.9, seed=5)
 
 
 class FakeVLLM:
@@ -175,7 +175,7 @@ def test_vllm_engine_with_a_fake_module(tmp_path, r1_tokenizer, monkeypatch):  #
     model_dir.mkdir()
     (model_dir / "config.json").write_text("{}")
     cfg = CorpusConfig(model=str(model_dir), engine="vllm", out=str(tmp_path / "t.jsonl"), limit=3,
-                       max_new_tokens=5, do_sample=True, temperature=0.8, top_p=0.9, seed=3,
+                       generation=Gen(5, do_sample=True, temperature=0.8, top_p=0.9, seed=3),
                        progress=False)
     build_corpus(cfg, tokenizer=r1_tokenizer)
     a, b, c = read_traces(tmp_path / "t.jsonl")
@@ -235,7 +235,7 @@ def test_sequence_bytes_by_hand():
 
 
 def test_auto_batch_size_on_the_tiny_model(tmp_path, model, r1_tokenizer, monkeypatch):  # noqa: F811
-    engine = HFEngine(model, r1_tokenizer, Sampling())
+    engine = HFEngine(model, r1_tokenizer, Gen())
     prompts = ["a"] * 100
     assert auto_batch_size(engine, r1_tokenizer, prompts, 10) == 64
     assert auto_batch_size(engine, r1_tokenizer, prompts[:5], 10) == 5
@@ -243,7 +243,7 @@ def test_auto_batch_size_on_the_tiny_model(tmp_path, model, r1_tokenizer, monkey
     real = model.generate
     monkeypatch.setattr(model, "generate", lambda **kw: calls.append(1) or real(**kw))
     got = generate_traces(model, r1_tokenizer, QUESTIONS, tmp_path / "t.jsonl", batch_size="auto",
-                          max_new_tokens=3, progress=False)
+                          generation=Gen(max_new_tokens=3), progress=False)
     assert len(calls) == 1 and len(got) == 4  # all four questions in one batch
     assert (CorpusConfig().batch_size, CorpusConfig().engine) == ("auto", "hf")
 
@@ -263,14 +263,15 @@ def test_real_llama_cpp_on_a_tiny_gguf(tmp_path, model, r1_tokenizer):  # noqa: 
 
     gguf = write_tiny_gguf(model, R1_TOKENIZER_DIR, tmp_path / "tiny.gguf")
     hf = generate_traces(model, r1_tokenizer, QUESTIONS, tmp_path / "hf.jsonl", batch_size=4,
-                         max_new_tokens=8, progress=False)
+                         generation=Gen(max_new_tokens=8), progress=False)
     cfg = CorpusConfig(model=str(gguf), engine="llama.cpp", out=str(tmp_path / "ll.jsonl"),
-                       max_new_tokens=8, batch_size=3, progress=False)
-    engine = LlamaCppEngine(gguf, r1_tokenizer, Sampling())
+                       generation=Gen(max_new_tokens=8), batch_size=3, progress=False)
+    engine = LlamaCppEngine(gguf, r1_tokenizer, Gen())
     try:  # float32 weights in both: greedy traces agree token for token
         rows = engine.generate([t.prompt for t in hf], [t.id for t in hf], 8)
         assert [r1_tokenizer.decode(r.ids) for r in rows] == [t.completion for t in hf]
-        sampled = LlamaCppEngine(gguf, r1_tokenizer, Sampling(True, 1.0, 1.0, 7), engine.backend)
+        sampled = LlamaCppEngine(gguf, r1_tokenizer, Gen(do_sample=True, temperature=1.0, top_p=1.0, seed=7),
+                                 engine.backend)
         one = sampled.generate([hf[0].prompt] * 2, ["a", "b"], 8)
         assert one == sampled.generate([hf[0].prompt] * 2, ["a", "b"], 8)  # seeded
         assert one[0] != one[1]  # a seed per question
@@ -280,3 +281,19 @@ def test_real_llama_cpp_on_a_tiny_gguf(tmp_path, model, r1_tokenizer):  # noqa: 
     got = read_traces(tmp_path / "ll.jsonl")[:4]
     assert [t.id for t in got] == ["math-001", "math-002", "math-003", "math-004"]
     assert all(t.meta["engine"] == "llama.cpp" and t.meta["model"] == str(gguf) for t in got)
+
+
+def test_engine_auto_is_llama_cpp_for_a_gguf_only_when_it_is_installed(tmp_path, monkeypatch):
+    import thinksae.corpus.engines as engines
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    other = tmp_path / "model_dir"
+    other.mkdir()
+    monkeypatch.setattr(engines, "installed", lambda module: True)
+    assert engines.resolve_engine("auto", str(gguf)) == "llama.cpp"
+    assert engines.resolve_engine("auto", "offline") == "llama.cpp"
+    assert engines.resolve_engine("auto", str(other)) == "hf"
+    assert engines.resolve_engine("hf", str(gguf)) == "hf"
+    monkeypatch.setattr(engines, "installed", lambda module: False)
+    assert engines.resolve_engine("auto", str(gguf)) == "hf"

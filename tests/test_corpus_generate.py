@@ -20,6 +20,7 @@ from thinksae.corpus import (
 )
 from thinksae.corpus.generate import trim_at_stop
 from thinksae.errors import ThinksaeError
+from thinksae.generation import GenerationConfig
 
 QUESTIONS = [
     Problem("a", "What is 2+2?", 4.0),
@@ -27,7 +28,8 @@ QUESTIONS = [
     Problem("c", "Tom has 7 apples and eats 2 of them. How many apples are left now?", 5.0),
     Problem("d", "What is 10% of 50?", 5.0),
 ]
-GEN = dict(max_new_tokens=6, progress=False)
+GEN = dict(generation=GenerationConfig(max_new_tokens=6), progress=False)
+PREFILL = dict(GEN, generation=GenerationConfig(max_new_tokens=6, think_prefill=True))
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +130,8 @@ def test_batched_greedy_equals_unbatched(tmp_path, model, r1_tokenizer):  # noqa
 def test_sampling_is_seeded(tmp_path, model, r1_tokenizer):  # noqa: F811
     def run(name, seed):
         return [t.completion for t in generate_traces(
-            model, r1_tokenizer, QUESTIONS[:2], tmp_path / name, do_sample=True, temperature=1.0,
-            top_p=1.0, seed=seed, **GEN)]
+            model, r1_tokenizer, QUESTIONS[:2], tmp_path / name, progress=False,
+            generation=GenerationConfig(6, do_sample=True, temperature=1.0, top_p=1.0, seed=seed))]
 
     assert run("s0.jsonl", 0) == run("s0b.jsonl", 0)
     assert run("s0.jsonl", 0) != run("s1.jsonl", 1)
@@ -211,12 +213,12 @@ def test_budget_forcing_closes_unfinished_thinking_and_generates_an_answer(
     from thinksae.corpus.segment import Region
 
     plain = generate_traces(model, r1_tokenizer, QUESTIONS, tmp_path / "plain.jsonl",
-                            batch_size=3, think_prefill=True, **GEN)
+                            batch_size=3, **PREFILL)
     assert all("</think>" not in t.completion for t in plain)  # random weights never close it
     path = tmp_path / "forced.jsonl"
     counting = CountingModel(model)
     got = generate_traces(counting, r1_tokenizer, QUESTIONS, path, batch_size=3,
-                          think_prefill=True, answer_tokens=5, **GEN)
+                          answer_tokens=5, **PREFILL)
     assert counting.calls == 4  # per batch: the thinking, then the answers of its open rows
     for before, after in zip(plain, got):
         head, _, answer = after.completion.partition("</think>\n\n")
@@ -228,9 +230,9 @@ def test_budget_forcing_closes_unfinished_thinking_and_generates_an_answer(
     cut = tmp_path / "cut.jsonl"
     with pytest.raises(KeyboardInterrupt):  # interrupted in the second batch's answers
         generate_traces(CountingModel(model, fail_on=4), r1_tokenizer, QUESTIONS, cut,
-                        batch_size=3, think_prefill=True, answer_tokens=5, **GEN)
+                        batch_size=3, answer_tokens=5, **PREFILL)
     resumed = generate_traces(model, r1_tokenizer, QUESTIONS, cut, batch_size=3,
-                              think_prefill=True, answer_tokens=5, **GEN)
+                              answer_tokens=5, **PREFILL)
     assert resumed == got and cut.read_bytes() == path.read_bytes()
 
 

@@ -250,7 +250,8 @@ def test_unreadable_configs_and_presets(tmp_path, capsys):
     cases = [([str(tmp_path / "missing.yaml")], "cannot read config"),
              ([str(tmp_path / "list.yaml")], "expected a mapping"),
              ([str(tmp_path / "broken.yaml")], "is not valid YAML"),
-             (["--preset", "nope"], "unknown preset 'nope' (presets: offline-demo, r1-distill-1.5b, seed-study)"),
+             (["--preset", "nope"],
+              "unknown preset 'nope' (presets: offline-demo, r1-distill-1.5b, seed-study)"),
              ([], "give a config file or --preset")]
     for argv, message in cases:
         assert main(["run", *argv]) == 2

@@ -178,7 +178,8 @@ def steer(client, **body):
 def test_steer_streams_both_rows_as_the_steer_module_generates_them(client, tiny_model, tokenizer,
                                                                     app):
     from thinksae.corpus import build_prompt
-    from thinksae.steer.generation import Batch, Settings, generate_rows
+    from thinksae.generation import GenerationConfig
+    from thinksae.steer.generation import Batch, generate_rows
     from thinksae.steer.spec import parse_interventions, parse_window
 
     r = steer(client, features="3=+6, 17=off")
@@ -198,7 +199,7 @@ def test_steer_streams_both_rows_as_the_steer_module_generates_them(client, tiny
     width = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     wb = app.state.workbench
     ref = generate_rows(tiny_model, tokenizer, [prompt], ["q"], [Batch([(0, 0), (1, 0)], width)],
-                        Settings(max_new_tokens=6), [[], parse_interventions("3=+6, 17=off")],
+                        GenerationConfig(max_new_tokens=6), [[], parse_interventions("3=+6, 17=off")],
                         wb.sae, HOOKPOINT, parse_window("prompt", "none"), wb.markers())
     gen, _ = ref[1][0]
     assert [t["id"] for t in done["baseline"]["tokens"]] == gen.ids[0, width:].tolist()
@@ -279,6 +280,7 @@ def test_client_going_away_stops_generation(client, app, tiny_model):
 
 def test_save_as_sweep_writes_the_cli_steer_json(client, run_dir, tiny_model, tokenizer, tmp_path,
                                                  monkeypatch):
+    from thinksae.generation import GenerationConfig
     from thinksae.steer.run import SteerConfig
     from thinksae.steer.run import steer as steer_cli
 
@@ -289,8 +291,10 @@ def test_save_as_sweep_writes_the_cli_steer_json(client, run_dir, tiny_model, to
     saved = json.loads(open(r.json()["path"]).read())
     assert r.json()["path"].startswith(str(run_dir / "serve"))
     ref = steer_cli(SteerConfig(sae=str(run_dir / "sae" / HOOKPOINT), feature=["3"], sweep=["0,x2"],
-                                prompt=[QUESTION], start="prompt", end="none", max_new_tokens=4,
+                                prompt=[QUESTION], start="prompt", end="none",
+                                generation=GenerationConfig(max_new_tokens=4),
                                 out=str(tmp_path), show=0, progress=False), tiny_model, tokenizer)
+    ref = ref.to_dict()
     assert saved["format"] == ref["format"] and saved["mode"] == "sweep"
     assert [x["label"] for x in saved["runs"]] == ["0", "x2"]
     assert saved["baseline"]["traces"] == ref["baseline"]["traces"]

@@ -8,11 +8,11 @@ import torch
 
 from thinksae.corpus import build_prompt
 from thinksae.corpus.generate import stop_ids
+from thinksae.generation import GenerationConfig
 from thinksae.sae import Sae, SaeConfig
 from thinksae.steer import (
     Intervention,
     Markers,
-    Settings,
     Window,
     generate_rows,
     plan_groups,
@@ -63,15 +63,15 @@ def setup(tiny_model, tokenizer):
 @pytest.mark.parametrize("do_sample", [False, True])
 def test_settings_in_one_batch_match_separate_runs(tiny_model, tokenizer, setup, do_sample):
     sae, prompts, markers = setup
-    settings = Settings(max_new_tokens=6, batch_size=12, do_sample=do_sample, temperature=1.5,
-                        top_p=1.0, seed=3)
+    generation = GenerationConfig(max_new_tokens=6, do_sample=do_sample, temperature=1.5,
+                                  top_p=1.0, seed=3)
     ids = [f"q{i}" for i in range(len(prompts))]
     lengths = prompt_lengths(tokenizer, prompts)
     groups = plan_groups(lengths, 3)
     common = dict(model=tiny_model, tokenizer=tokenizer, prompts=prompts, ids=ids,
-                  settings=settings, sae=sae, hookpoint="layers.1", window=Window("think", "none"),
+                  generation=generation, sae=sae, hookpoint="layers.1", window=Window("think", "none"),
                   markers=markers)
-    batches = plan_rows(groups, [0, 1, 2, 3], settings.batch_size, lengths)
+    batches = plan_rows(groups, [0, 1, 2, 3], 12, lengths)
     assert len(batches) == 1 and len(batches[0].rows) == 12
     together = generate_rows(**common, batches=batches, specs=SETTINGS)
     for s, spec in enumerate(SETTINGS):

@@ -71,6 +71,12 @@ def _feature(cfg) -> None:
     print_feature(cfg)
 
 
+def _explain(cfg) -> None:
+    from .explain import explain
+
+    print(explain(cfg).out)
+
+
 def _steer(cfg) -> None:
     from .steer import steer
 
@@ -130,6 +136,11 @@ def _commands() -> dict[str, tuple[str, type, Callable]]:
     commands["analyze"] = ("analyse SAE features: scores, ReasonScore, logit lens, dashboard",
                            AnalyzeConfig, _analyze)
     commands["feature"] = ("show one feature's card from an analysis", FeatureCardConfig, _feature)
+    from .explain import ExplainConfig
+
+    commands["explain"] = ("explain features with an LLM and score the explanations on held-out "
+                           "contexts (detection, fuzzing) next to a no-LLM baseline", ExplainConfig,
+                           _explain)
     from .steer import SteerConfig
 
     commands["steer"] = ("steer generation through SAE features and measure the effect",

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from ..config import save_config, to_dict
 from ..errors import ThinksaeError
+from ..generation import GenerationConfig, generation_field
 from ..models.loading import DEFAULT_MODEL
 from ..models.tokenizer import load_tokenizer
-from .engines import ENGINES, Sampling, check_batch_size, check_engine, open_engine
+from .engines import ENGINES, check_batch_size, check_engine, open_engine, resolve_engine
 from .generate import (
     SAMPLE_SEP,
     THINK_SYSTEM_PROMPT,
@@ -74,22 +75,10 @@ class CorpusConfig:
     weights, so big batches are nearly free); 8 on llama.cpp; 64 on vllm."""
     engine: str = "hf"
     """Generation engine: `hf` (transformers), `llama.cpp` (a GGUF run quantised on CPU; needs
-    `pip install 'thinksae[llamacpp]'`) or `vllm` (CUDA); traces record it in `meta.engine`."""
-    max_new_tokens: int = 512
-    """Most tokens generated per question (thinking + answer)."""
-    do_sample: bool = False
-    """Sample instead of greedy decoding."""
-    temperature: float = 0.6
-    """Sampling temperature (with --do_sample)."""
-    top_p: float = 0.95
-    """Nucleus sampling mass (with --do_sample)."""
-    seed: int = 0
-    """Random seed for sampling."""
-    system_prompt: str | None = None
-    """System prompt, e.g. asking a non-reasoning model to think inside <think> </think> tags."""
-    think_prefill: bool = False
-    """End each prompt with `<think>` + newline (as the current R1 hub template does) so the model
-    starts inside its thinking; useful for models not trained to open it themselves."""
+    `pip install 'thinksae[llamacpp]'`), `vllm` (CUDA), or `auto` (llama.cpp for a GGUF when it
+    is installed, else hf); traces record the engine used in `meta.engine`."""
+    generation: GenerationConfig = generation_field()
+    """How to generate (flat options: --max_new_tokens, --do_sample, ...)."""
     answer_tokens: int = 0
     """When a trace stops (end of text or --max_new_tokens) still inside its thinking, close it
     with `</think>` and generate up to N more tokens of answer (budget forcing, as in s1);
@@ -104,7 +93,9 @@ class CorpusConfig:
 
 _RECIPE = ("model", "prompts", "traces", "split", "max_new_tokens", "do_sample", "temperature",
            "top_p", "seed", "system_prompt", "think_prefill", "samples", "answer_tokens")
-"""Fields that change what the traces in `out` are; a resumed run must keep them."""
+"""Options that change what the traces in `out` are; a resumed run must keep them. Compared in
+the flat form `<out>.config.json` holds (:func:`~thinksae.config.to_dict`), so a config saved
+before the generation options were nested compares the same."""
 
 
 def config_path(out: str | Path) -> Path:
@@ -164,28 +155,27 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
 
     if cfg.answer_tokens < 0:
         raise ThinksaeError(f"answer_tokens must be >= 0, got {cfg.answer_tokens}")
+    gen = cfg.generation
+    gen.check()
     check_batch_size(cfg.batch_size)
-    check_engine(cfg.engine, cfg.model)
+    engine_name = resolve_engine(cfg.engine, cfg.model)
+    check_engine(engine_name, cfg.model)
     _check_resumable(cfg)
-    problems = repeat_problems(load_prompts(cfg.prompts, cfg.limit), cfg.samples, cfg.do_sample)
-    if cfg.engine != "hf":
+    problems = repeat_problems(load_prompts(cfg.prompts, cfg.limit), cfg.samples, gen.do_sample)
+    if engine_name != "hf":
         tokenizer = tokenizer or load_tokenizer(cfg.model)
     elif model is None or tokenizer is None:
         from ..models import load_model
 
         model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                       progress=cfg.progress)
-    sampling = Sampling(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed)
-    engine = open_engine(cfg.engine, cfg.model, tokenizer, sampling, model, dtype=cfg.dtype)
+    if engine_name != cfg.engine:
+        print(f"thinksae: corpus engine auto: {engine_name}", flush=True)
+    engine = open_engine(engine_name, cfg.model, tokenizer, gen, model, dtype=cfg.dtype)
     save_config(cfg, config_path(out))
     try:
-        generate_traces(
-            model, tokenizer, problems, out,
-            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-            system_prompt=cfg.system_prompt, progress=cfg.progress,
-            think_prefill=cfg.think_prefill, answer_tokens=cfg.answer_tokens, engine=engine,
-        )
+        generate_traces(model, tokenizer, problems, out, gen, batch_size=cfg.batch_size,
+                        progress=cfg.progress, answer_tokens=cfg.answer_tokens, engine=engine)
     finally:
         getattr(engine, "close", lambda: None)()
     return out
@@ -197,6 +187,7 @@ __all__ = [
     "THINK_SYSTEM_PROMPT",
     "CorpusConfig",
     "ENGINES",
+    "GenerationConfig",
     "Problem",
     "Region",
     "TokenizedTrace",

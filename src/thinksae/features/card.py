@@ -76,7 +76,7 @@ def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: in
             if k == "think_rate_ratio" and "think_q" in row:
                 value += f"  q {_num(row['think_q'])} (trace-level, BH)"
             head.add_row(k, escape(value))
-    parts = [head, *_verdict_part(analysis, index)]
+    parts = [head, *_verdict_part(analysis, index), *_explanation(analysis, index, row)]
     ctx_lines = Text()
     for ctx in det["contexts"][:contexts]:
         ctx_lines.append(f"{_num(ctx['act']):>8}  ", style="dim")
@@ -108,6 +108,28 @@ def _verdict_part(analysis: str | Path, index: int) -> list:
         return []
     numbers = ", ".join(f"{k} {_num(v.get(k))}" for k in KEY_NUMBERS if k in v)
     return [Text(f"\nverdict: {v['verdict']}", style="bold"), Text(numbers)]
+
+
+def _explanation(analysis, index: int, row: dict) -> list:
+    """The `thinksae explain` panel: explanation and its scores next to the baseline's."""
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..explain import read_explanations
+
+    ex = read_explanations(analysis).get(index) or row
+    if not ex.get("explanation"):
+        return []
+    table = Table("", "explanation", "detection AUROC", "bal. acc.", "fuzzing AUROC", "bal. acc.",
+                  title="explanation (held-out scores)", title_justify="left")
+    for src in ("llm", "baseline", "delphi"):
+        if f"{src}_detection_auroc" in ex and (src == "llm" or ex.get(src)):
+            text = ex["explanation"] if src == "llm" else ex[src]
+            table.add_row(src, escape(text), *(_num(ex.get(f"{src}_{m}")) for m in (
+                "detection_auroc", "detection_balanced_accuracy", "fuzzing_auroc",
+                "fuzzing_balanced_accuracy")))
+    return [Text(f"\nexplanation: {ex['explanation']}", style="bold"), table]
 
 
 def print_feature(cfg: FeatureCardConfig) -> None:

@@ -25,6 +25,8 @@ INDEX_COLUMNS = [
     ("tokens_90", "tokens 90%"), ("token_entropy", "token entropy"),
     ("top_token_share", "top share"), ("top_token_text", "top token"), ("max_act", "max act"),
     ("verdict", "verdict"),  # only after `thinksae validate` (see _with_verdicts)
+    ("explanation", "explanation"), ("llm_detection_auroc", "detection AUROC"),
+    ("baseline_detection_auroc", "baseline AUROC"),  # from `thinksae explain`
 ]
 
 
@@ -165,3 +167,17 @@ def write_dashboard(out_dir: str | Path, feature_rows: list[dict], stats: Featur
             old.unlink()
     return folder / "index.html"
 
+
+def rewrite_dashboard(out_dir: str | Path) -> Path:
+    """Write the dashboard of an analysis directory again from its files (e.g. after
+    `thinksae explain` added columns to features.jsonl)."""
+    import json
+
+    from .report import ANALYSIS_FILE, STATS_FILE, VOCAB_FILE, read_features
+
+    out = Path(out_dir)
+    meta = json.loads((out / ANALYSIS_FILE).read_text())
+    stats = FeatureStats.load(out / STATS_FILE)
+    strings = json.loads((out / VOCAB_FILE).read_text())
+    return write_dashboard(out, read_features(out), stats, strings, meta.get("trace_ids"),
+                           meta.get("config", {}).get("max_pages", 3000))

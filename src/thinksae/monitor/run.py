@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from simple_parsing import field
 
 from ..errors import ThinksaeError
+from ..generation import GenerationConfig, generation_field
 from ..models.loading import DEFAULT_MODEL
 from ..sae.bound import SaeAtHookpoint
 from .engine import Monitor, check_rule_values, check_value
@@ -37,20 +39,8 @@ class MonitorConfig:
     """Model (hub id, local directory, .gguf or `offline`)."""
     tokenizer: str | None = None
     """Load the tokenizer from another spec (default: the model's)."""
-    max_new_tokens: int = 512
-    """Most tokens generated (with --serve: the most a request may ask for)."""
-    do_sample: bool = False
-    """Sample instead of greedy decoding."""
-    temperature: float = 0.6
-    """Sampling temperature (with --do_sample)."""
-    top_p: float = 0.95
-    """Nucleus sampling mass (with --do_sample)."""
-    seed: int = 0
-    """Random seed for sampling."""
-    system_prompt: str | None = None
-    """System prompt for the question."""
-    think_prefill: bool = False
-    """End the prompt with <think> + newline so the model starts inside its thinking."""
+    generation: GenerationConfig = generation_field()
+    """How to generate (flat options: --max_new_tokens, --do_sample, ...)."""
     alert_log: str = "runs/monitor/alerts.jsonl"
     """JSONL file every alert is appended to (empty: no log)."""
     live: bool = True
@@ -81,8 +71,7 @@ def _check(cfg: MonitorConfig) -> None:
         raise ThinksaeError("give --prompt (terminal view) or --serve (web app), one of them")
     if cfg.prompt is not None and not cfg.prompt.strip():
         raise ThinksaeError("--prompt is empty")
-    if cfg.max_new_tokens < 1:
-        raise ThinksaeError(f"--max_new_tokens must be at least 1 (got {cfg.max_new_tokens})")
+    cfg.generation.check()
     check_value(cfg.value)
     if not 0 < cfg.port < 65536:
         raise ThinksaeError(f"--port must be in 1..65535 (got {cfg.port})")
@@ -113,9 +102,7 @@ def build_monitor(cfg: MonitorConfig, model=None, tokenizer=None) -> Monitor:
     sae = sae.to(next(model.parameters()).device)
     return Monitor(model, tokenizer, sae, hookpoint, features, rules,
                    value=cfg.value, alert_log=cfg.alert_log or None,
-                   max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                   temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                   system_prompt=cfg.system_prompt, think_prefill=cfg.think_prefill)
+                   **dataclasses.asdict(cfg.generation))
 
 
 def monitor(cfg: MonitorConfig, model=None, tokenizer=None):

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from ..config import config_fields
 from ..errors import ThinksaeError
 from . import table
 
@@ -95,7 +96,7 @@ def _check_stage(st: table.Stage, options: Any, where: str) -> dict[str, Any] | 
             raise ThinksaeError(f"{where}: stage {st.name!r} cannot be turned off")
         return None
     cls = st.config_class
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(config_fields(cls))  # flat groups (`generation`) by their options
     for key in options:
         if key in st.managed:
             raise ThinksaeError(f"{where}: {st.name}.{key} is set by `thinksae run` itself")

@@ -11,7 +11,6 @@ marker with the same hash is an interrupted run: the stage runs again and its ow
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from ..config import to_dict
+from ..config import config_fields, nest, to_dict
 from ..errors import ThinksaeError
 from . import table
 from .spec import SHARED, PipelineSpec
@@ -87,7 +86,7 @@ def build_config(stage: str | Stage, spec: PipelineSpec, progress: bool,
     paths between stages)."""
     st = stage if isinstance(stage, Stage) else table.stage(stage)
     cls = st.config_class
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(config_fields(cls))
     options: dict[str, Any] = {k: getattr(spec, k) for k in SHARED if k in names
                                and k not in st.managed and getattr(spec, k) is not None}
     options.update({k: v for k, v in (spec.stages[st.name] or {}).items() if k in names})
@@ -98,7 +97,7 @@ def build_config(stage: str | Stage, spec: PipelineSpec, progress: bool,
         if not isinstance(options.get(key), sub):
             options[key] = sub(**(options.get(key) or {}))
     try:
-        return cls(**options)
+        return cls(**nest(cls, options))  # corpus.max_new_tokens → cfg.generation
     except TypeError as e:
         raise ThinksaeError(f"{st.name}: {e}") from None
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import atomic
+from ..config import FLAT
 from ..errors import ThinksaeError
 
 if TYPE_CHECKING:
@@ -83,10 +84,10 @@ class Stage:
 
 def nested_configs(cls: type) -> dict[str, type]:
     """Fields of a config dataclass that are dataclasses themselves (``train.sae``): a section
-    gives them as a mapping."""
+    gives them as a mapping. (Flat groups, e.g. ``generation``, are given flat: not here.)"""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)
-            if dataclasses.is_dataclass(hints.get(f.name))}
+            if dataclasses.is_dataclass(hints.get(f.name)) and not f.metadata.get(FLAT)}
 
 
 # --- the stage functions -----------------------------------------------------------------------

@@ -201,13 +201,15 @@ def _done(tokenizer, gen, stop: set[int], limit: int, seconds: float) -> dict:
 def save_sweep(sae_dir: Path, hookpoint: str, model, tokenizer, req: SteerRequest, out: Path) -> dict:
     """Run `thinksae steer` on ``req`` (a sweep when it has ``sweep`` values) with the loaded
     model; writes ``out/steer.json`` exactly as the CLI does. Returns ``{path, summary}``."""
+    from ..generation import GenerationConfig
     from ..steer.run import SteerConfig, steer
 
     cfg = SteerConfig(sae=str(sae_dir), hookpoint=hookpoint, feature=list(req.specs),
                       sweep=list(req.sweep or []), prompt=[req.prompt],
                       start=str(req.window.start), end=str(req.window.end),
-                      max_new_tokens=req.max_new_tokens, think_prefill=req.think_prefill,
+                      generation=GenerationConfig(max_new_tokens=req.max_new_tokens,
+                                                  think_prefill=req.think_prefill),
                       out=str(out), show=0, progress=False)
     result = steer(cfg, model=model, tokenizer=tokenizer)
-    return {"path": str(out / "steer.json"), "mode": result["mode"],
-            "runs": [{"label": r["label"], "summary": r["summary"]} for r in result["runs"]]}
+    return {"path": str(out / "steer.json"), "mode": result.mode,
+            "runs": [{"label": r["label"], "summary": r["summary"]} for r in result.runs]}

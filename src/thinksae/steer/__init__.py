@@ -1,6 +1,6 @@
 """Steering: change SAE features at a hookpoint during generation and measure what it does."""
 
-from .generation import Batch, Settings, generate_rows, plan_groups, plan_rows
+from .generation import Batch, generate_rows, plan_groups, plan_rows
 from .hooks import Markers, RowScanner, SteeredFeatureStats, Steerer, scan, steering
 from .measure import behaviour_counts, compare, summarize, trace_record
 from .regions import baseline_max, max_mask, position_regions, trained_regions
@@ -19,7 +19,7 @@ from .spec import (
 )
 
 __all__ = [
-    "Batch", "Intervention", "Markers", "RowScanner", "Settings", "SteerConfig", "SteerResult",
+    "Batch", "Intervention", "Markers", "RowScanner", "SteerConfig", "SteerResult",
     "SteeredFeatureStats",
     "Steerer", "Window", "baseline_max", "behaviour_counts", "check_features", "check_unique",
     "compare", "generate_rows", "max_mask", "parse_intervention", "parse_interventions",

@@ -10,7 +10,7 @@ must come first (Smax values from its generations), it runs alone, packing whole
 the settings then pad each prompt to the width its baseline row had.
 
 Sampling (``do_sample``): temperature, then nucleus ``top_p`` (no top-k), drawn per row from a
-random stream seeded by the run seed and the row's question id (``batch_seed(seed, [id])``): a
+random stream seeded by the run seed and the row's question id (``GenerationConfig.batch_seed([id])``): a
 row samples the same tokens whatever else shares its batch, so an identity setting reproduces
 the baseline and the results do not depend on ``batch_size`` (nor, for greedy decoding, beyond
 floating-point effects of the batch shape).
@@ -30,22 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..corpus.generate import batch_seed, stop_ids
+from ..corpus.generate import stop_ids
+from ..generation import GenerationConfig
 from ..models import decoder_stack, output_head
 from .hooks import Markers, SteeredFeatureStats, steering
 from .spec import Intervention, Window
-
-
-@dataclass
-class Settings:
-    """How to generate: the same for every setting of a run."""
-
-    max_new_tokens: int = 512
-    batch_size: int = 48
-    do_sample: bool = False
-    temperature: float = 0.6
-    top_p: float = 0.95
-    seed: int = 0
 
 
 @dataclass
@@ -167,7 +156,7 @@ def kl_at(model, clean: Tensor, steered: Tensor, chunk_rows: int = 256) -> Tenso
 
 @torch.inference_mode()
 def generate_rows(model, tokenizer, prompts: list[str], ids: list[str], batches: list[Batch],
-                  settings: Settings, specs: list[list[Intervention]], sae=None,
+                  generation: GenerationConfig, specs: list[list[Intervention]], sae=None,
                   hookpoint: str | None = None, window: Window | None = None,
                   markers: Markers | None = None, kl: bool = True, record: list[int] = (),
                   progress=None) -> list[dict[int, tuple[Generated, int]]]:
@@ -188,14 +177,14 @@ def generate_rows(model, tokenizer, prompts: list[str], ids: list[str], batches:
                                     pad_id)
         input_ids, mask = input_ids.to(device), mask.to(device)
         processors = LogitsProcessorList()
-        if settings.do_sample:
-            processors.append(RowSampler([batch_seed(settings.seed, [ids[p]]) for _, p in batch.rows],
-                                     settings.temperature, settings.top_p, device))
+        if generation.do_sample:
+            processors.append(RowSampler([generation.batch_seed([ids[p]]) for _, p in batch.rows],
+                                         generation.temperature, generation.top_p, device))
         steer = steering(model, sae, hookpoint, row_specs, window, markers, record) \
             if any(row_specs) or record else contextlib.nullcontext()
         with steer as steerer:
             out = model.generate(input_ids=input_ids, attention_mask=mask,
-                                 max_new_tokens=settings.max_new_tokens, do_sample=False,
+                                 max_new_tokens=generation.max_new_tokens, do_sample=False,
                                  eos_token_id=stop, pad_token_id=pad_id,
                                  logits_processor=processors)
         gen = Generated(out, batch.width, _real_positions(out, mask, set(stop)))

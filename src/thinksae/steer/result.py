@@ -23,7 +23,8 @@ class SteerResult:
     """Feature → the max activation Smax values were taken from (None without Smax)."""
     max_activation_from: str | None
     settings: dict[str, Any]
-    """The generation settings (``Settings``)."""
+    """How every setting was generated: max_new_tokens, batch_size, do_sample, temperature, top_p,
+    seed (the generation options and the batch size)."""
     questions: list[dict[str, Any]]
     baseline: dict[str, Any]
     """``summary`` and ``traces`` of the unsteered generations."""

@@ -8,7 +8,6 @@ Every input is checked before the model is loaded or anything is written.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,10 @@ from tqdm.auto import tqdm
 from .. import atomic
 from ..config import to_dict
 from ..errors import ThinksaeError
+from ..generation import GenerationConfig, generation_field
 from ..models.loading import DEFAULT_MODEL
 from ..sae.bound import SaeAtHookpoint
-from .generation import Settings, generate_rows, plan_groups, plan_rows, prompt_lengths
+from .generation import generate_rows, plan_groups, plan_rows, prompt_lengths
 from .hooks import Markers, SteeredFeatureStats
 from .measure import compare, divergence, summarize, trace_record
 from .regions import baseline_max, trained_regions
@@ -80,25 +80,14 @@ class SteerConfig:
     tokens)."""
     end: str = "think_end"
     """Steer up to: think_end (</think>; the answer is not steered), none, or M thinking tokens."""
-    max_new_tokens: int = 512
-    """Most tokens generated per question (thinking + answer)."""
     batch_size: int = 48
     """Most rows decoded together: each batch holds its questions under the baseline and every
     setting (rows = questions x settings, left-padded), so decoding reads the weights once per
     step for all of them. (With Smax from the baseline, the baseline runs first.)"""
-    do_sample: bool = False
-    """Sample (temperature, top-p) instead of greedy decoding; each row draws from a stream
-    seeded by --seed and its question, so the baseline and every setting use the same seeds."""
-    temperature: float = 0.6
-    """Sampling temperature (with --do_sample)."""
-    top_p: float = 0.95
-    """Nucleus sampling mass (with --do_sample)."""
-    seed: int = 0
-    """Random seed for sampling."""
-    system_prompt: str | None = None
-    """System prompt for every question."""
-    think_prefill: bool = False
-    """End each prompt with <think> + newline so the model starts inside its thinking."""
+    generation: GenerationConfig = generation_field()
+    """How to generate, the same for the baseline and every setting (flat options:
+    --max_new_tokens, --do_sample, ...). Sampled rows draw from a stream seeded by --seed and
+    their question, so the baseline and every setting use the same seeds."""
     kl: bool = True
     """Measure KL(clean || steered) of the next-token distribution at the steered positions
     (two extra forward passes per batch)."""
@@ -123,15 +112,13 @@ def _conditions(cfg: SteerConfig) -> list[tuple[str, list[Intervention]]]:
 
 
 def _check_options(cfg: SteerConfig) -> None:
-    for name in ("max_new_tokens", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ThinksaeError(f"--{name} must be at least 1 (got {getattr(cfg, name)})")
+    cfg.generation.check()
+    if cfg.batch_size < 1:
+        raise ThinksaeError(f"--batch_size must be at least 1 (got {cfg.batch_size})")
     if cfg.limit is not None and cfg.limit < 1:
         raise ThinksaeError(f"--limit must be at least 1 (got {cfg.limit})")
     if cfg.show < 0:
         raise ThinksaeError(f"--show must be at least 0 (got {cfg.show})")
-    if cfg.do_sample and not (cfg.temperature > 0 and 0 < cfg.top_p <= 1):
-        raise ThinksaeError("--temperature must be > 0 and --top_p in (0, 1] when sampling")
     if cfg.prompt and cfg.prompts_file:
         raise ThinksaeError("give either --prompt or --prompts_file, not both")
     if any(not p.strip() for p in cfg.prompt):
@@ -158,6 +145,14 @@ def _analysis_max(cfg: SteerConfig, sae, hookpoint: str, features: list[int]) ->
                             f"one ({ours})")
     return {f: float(read_feature_row(Path(cfg.max_from), f).get("max_act") or 0.0)
             for f in features}
+
+
+def _settings_record(cfg: SteerConfig) -> dict:
+    """How every setting was generated, as ``steer.json`` records it."""
+    g = cfg.generation
+    return {"max_new_tokens": g.max_new_tokens, "batch_size": cfg.batch_size,
+            "do_sample": g.do_sample, "temperature": g.temperature, "top_p": g.top_p,
+            "seed": g.seed}
 
 
 def _feature_stats(generated: dict) -> SteeredFeatureStats:
@@ -236,12 +231,11 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> SteerResult:
             "this tokenizer has no single <think>/</think> tokens, so the window "
             f"--start {window.start} --end {window.end} would never open or close; use "
             "--start prompt --end none (with --think_prefill the prompt ends inside the thinking)")
-    settings = Settings(cfg.max_new_tokens, cfg.batch_size, cfg.do_sample, cfg.temperature,
-                        cfg.top_p, cfg.seed)
-    prompts = [build_prompt(tokenizer, p.question, cfg.system_prompt, cfg.think_prefill)
+    gen = cfg.generation
+    prompts = [build_prompt(tokenizer, p.question, gen.system_prompt, gen.think_prefill)
                for p in problems]
     ids = [p.id for p in problems]
-    common = dict(model=model, tokenizer=tokenizer, prompts=prompts, ids=ids, settings=settings,
+    common = dict(model=model, tokenizer=tokenizer, prompts=prompts, ids=ids, generation=gen,
                   sae=sae, hookpoint=hookpoint, window=window, markers=markers)
 
     def records(generated, steered: bool) -> list[dict]:
@@ -292,7 +286,7 @@ def steer(cfg: SteerConfig, model=None, tokenizer=None) -> SteerResult:
         hookpoint=hookpoint, model=getattr(config, "_name_or_path", None) or cfg.model,
         window=window.to_dict(), max_activation={str(f): max_acts[f] for f in need_max} or None,
         max_activation_from=cfg.max_from if need_max else None,
-        settings=dataclasses.asdict(settings),
+        settings=_settings_record(cfg),
         questions=[{"id": p.id, "question": p.question, "answer": p.answer, "prompt": prompts[i]}
                    for i, p in enumerate(problems)],
         baseline={"summary": base_summary, "traces": baseline}, runs=runs,

@@ -8,8 +8,10 @@ that tokenizer: prompts, stop tokens and decoding are the same whatever the engi
 
 An engine is any object with ``name``, ``model_name``, ``generate(prompts, keys, budget,
 stage="") -> list[Row]`` and ``auto_batch_size(max_len) -> int``. ``keys`` (the question ids)
-and ``stage`` seed the sampling (see :class:`Sampling`), so that a resumed run samples like an
-uninterrupted one.
+and ``stage`` seed the sampling (see :meth:`GenerationConfig.row_seeds
+<thinksae.generation.GenerationConfig.row_seeds>`), so that a resumed run samples like an
+uninterrupted one. An engine reads the sampling options of the
+:class:`~thinksae.generation.GenerationConfig` it is opened with; the token budget comes per call.
 """
 
 from __future__ import annotations
@@ -17,11 +19,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import ThinksaeError
-from .base import Row, Sampling, installed
+from ...generation import GenerationConfig
+from .base import Row, installed
 from .hf import AUTO_BATCH_CAP, HFEngine
 
 ENGINES = ("hf", "llama.cpp", "vllm")
-"""Engine names accepted by ``--engine``."""
+"""Engine names a trace records (``--engine`` also takes ``auto``: see :func:`resolve_engine`)."""
+
+
+def resolve_engine(engine: str, model: str) -> str:
+    """``auto`` → ``llama.cpp`` for a GGUF model (or ``offline``) when llama-cpp-python is
+    installed, else ``hf``; any other name as it is."""
+    if engine != "auto":
+        return engine
+    from ...models.loading import OFFLINE_ALIAS
+    from ...models.offline import is_gguf
+
+    path = Path(model).expanduser()
+    gguf = model == OFFLINE_ALIAS or (path.is_file() and is_gguf(path))
+    return "llama.cpp" if gguf and installed("llama_cpp") else "hf"
 
 
 def check_batch_size(batch_size: int | str) -> None:
@@ -36,7 +52,7 @@ def check_engine(engine: str, model: str) -> None:
     """Refuse, in one line and before anything loads, an unknown engine, an engine whose package
     is missing, llama.cpp with a model that is not a GGUF file, and vLLM without CUDA."""
     if engine not in ENGINES:
-        raise ThinksaeError(f"unknown engine {engine!r} (use {', '.join(ENGINES)})")
+        raise ThinksaeError(f"unknown engine {engine!r} (use {', '.join(ENGINES)} or auto)")
     if engine == "llama.cpp":
         if not installed("llama_cpp"):
             raise ThinksaeError("--engine llama.cpp needs llama-cpp-python: "
@@ -75,7 +91,7 @@ def auto_batch_size(engine, tokenizer, prompts: list[str], new_tokens: int) -> i
     return max(1, min(engine.auto_batch_size(longest + new_tokens), len(prompts) or 1))
 
 
-def open_engine(name: str, model: str, tokenizer, sampling: Sampling, hf_model=None,
+def open_engine(name: str, model: str, tokenizer, sampling: GenerationConfig, hf_model=None,
                 device: str = "auto", dtype: str = "auto"):
     """The engine ``name`` for ``model``; ``hf`` uses the already loaded ``hf_model``."""
     check_engine(name, model)
@@ -90,5 +106,6 @@ def open_engine(name: str, model: str, tokenizer, sampling: Sampling, hf_model=N
     return VLLMEngine.load(model, tokenizer, sampling, dtype=dtype)
 
 
-__all__ = ["AUTO_BATCH_CAP", "ENGINES", "HFEngine", "Row", "Sampling", "auto_batch_size",
-           "check_batch_size", "check_engine", "gguf_file", "installed", "open_engine"]
+__all__ = ["AUTO_BATCH_CAP", "ENGINES", "HFEngine", "Row", "auto_batch_size",
+           "check_batch_size", "check_engine", "gguf_file", "installed", "open_engine",
+           "resolve_engine"]

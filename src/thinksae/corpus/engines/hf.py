@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
+from ...generation import GenerationConfig
 from ..generate import left_pad, stop_ids, trim_at_stop
-from .base import Row, Sampling
+from .base import Row
 
 AUTO_BATCH_CAP = 64
 """Largest ``batch_size: auto`` on the HF engine: decode is bound by reading the weights, so a
@@ -54,7 +55,7 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, sampling: Sampling):
+    def __init__(self, model, tokenizer, sampling: GenerationConfig):
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
         self.stop = stop_ids(model, tokenizer)
         self.pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id)

@@ -15,8 +15,9 @@ import os
 from collections.abc import Iterator
 
 from ...errors import ThinksaeError
+from ...generation import GenerationConfig
 from ..generate import token_stops
-from .base import Row, Sampling
+from .base import Row
 
 AUTO_BATCH = 8
 """``batch_size: auto`` on llama.cpp: sequences decoded together (see README, bench/generate.py)."""
@@ -55,7 +56,7 @@ class LlamaCppBackend:
         ids = (self.lc.llama_vocab_eos(self.vocab), self.lc.llama_vocab_eot(self.vocab))
         return sorted({int(i) for i in ids if i >= 0})
 
-    def _sampler(self, sampling: Sampling, seed: int):
+    def _sampler(self, sampling: GenerationConfig, seed: int):
         lc = self.lc
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         if not sampling.do_sample:
@@ -68,7 +69,7 @@ class LlamaCppBackend:
         return chain
 
     @contextlib.contextmanager
-    def session(self, n_ctx: int, sampling: Sampling, seeds: list[int]) -> Iterator[_Session]:
+    def session(self, n_ctx: int, sampling: GenerationConfig, seeds: list[int]) -> Iterator[_Session]:
         """A fresh context for ``len(seeds)`` sequences of ``n_ctx`` tokens in all."""
         lc = self.lc
         params = lc.llama_context_default_params()
@@ -132,7 +133,7 @@ class LlamaCppEngine:
 
     name = "llama.cpp"
 
-    def __init__(self, path: str | os.PathLike, tokenizer, sampling: Sampling, backend=None):
+    def __init__(self, path: str | os.PathLike, tokenizer, sampling: GenerationConfig, backend=None):
         self.tokenizer, self.sampling = tokenizer, sampling
         self.backend = backend if backend is not None else LlamaCppBackend(path)
         self.model_name = str(path)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from ...generation import GenerationConfig
 from ..generate import token_stops, trim_at_stop
-from .base import Row, Sampling
+from .base import Row
 
 AUTO_BATCH = 64
 """``batch_size: auto`` on vLLM: prompts handed over at once (vLLM schedules them itself); also
@@ -16,12 +17,12 @@ class VLLMEngine:
 
     name = "vllm"
 
-    def __init__(self, llm, tokenizer, sampling: Sampling, model_name: str):
+    def __init__(self, llm, tokenizer, sampling: GenerationConfig, model_name: str):
         self.llm, self.tokenizer, self.sampling, self.model_name = llm, tokenizer, sampling, model_name
         self.stop = token_stops(tokenizer)  # vLLM also stops at the model's own EOS
 
     @classmethod
-    def load(cls, model: str, tokenizer, sampling: Sampling, dtype: str = "auto") -> VLLMEngine:
+    def load(cls, model: str, tokenizer, sampling: GenerationConfig, dtype: str = "auto") -> VLLMEngine:
         """Load ``model`` (hub id, local dir or .gguf) into vLLM."""
         from vllm import LLM
 

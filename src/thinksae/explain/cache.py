@@ -1,0 +1,71 @@
+"""The explanation and score cache of an analysis directory (``explain/``): JSON lines appended as
+each result comes (``atomic.append_line``), so an interrupted run resumes where it stopped.
+
+``explanations.jsonl``: one line per (feature, key) with ``key`` = {sae, explainer, prompt};
+``scores.jsonl``: one line per (feature, key, source, scorer) with the scoring settings in ``key``.
+A later line for the same key wins; a torn last line (a crash mid-write) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import atomic
+
+EXPLAIN_DIR = "explain"
+EXPLANATIONS_FILE, SCORES_FILE, SUMMARY_FILE = "explanations.jsonl", "scores.jsonl", "summary.json"
+
+
+def _lines(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    return out
+
+
+def _k(obj) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+class ExplainCache:
+    """Results keyed by feature and settings; ``put_*`` appends a line at once."""
+
+    def __init__(self, analysis_dir: str | Path):
+        self.dir = Path(analysis_dir) / EXPLAIN_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.expl = {(r["feature"], _k(r["key"])): r for r in _lines(self.dir / EXPLANATIONS_FILE)}
+        self.scores = {(r["feature"], _k(r["key"]), r["source"], r["scorer"]): r
+                       for r in _lines(self.dir / SCORES_FILE)}
+
+    def explanation(self, feature: int, key: dict) -> dict | None:
+        return self.expl.get((feature, _k(key)))
+
+    def put_explanation(self, row: dict) -> None:
+        atomic.append_line(self.dir / EXPLANATIONS_FILE, json.dumps(row, ensure_ascii=False))
+        self.expl[(row["feature"], _k(row["key"]))] = row
+
+    def score(self, feature: int, key: dict, source: str, scorer: str) -> dict | None:
+        return self.scores.get((feature, _k(key), source, scorer))
+
+    def put_score(self, row: dict) -> None:
+        atomic.append_line(self.dir / SCORES_FILE, json.dumps(row, ensure_ascii=False))
+        self.scores[(row["feature"], _k(row["key"]), row["source"], row["scorer"])] = row
+
+
+def read_explanations(analysis_dir: str | Path) -> dict[int, dict]:
+    """feature → {explanation, explainer, <source>_<scorer>_<metric>…} from the latest
+    ``thinksae explain`` run of an analysis directory (``summary.json``); {} when none ran."""
+    path = Path(analysis_dir) / EXPLAIN_DIR / SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text())["features"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {int(r["feature"]): r for r in rows}
