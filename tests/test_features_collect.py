@@ -218,3 +218,33 @@ def test_per_trace_counts_are_the_same_when_merged_while_streaming(tokenizer, in
     monkeypatch.setattr(traces, "MERGE_AT", 10)  # merge the pending tables almost every chunk
     merged, _ = run(s, info, None, 9)
     assert all(torch.equal(whole.tensors[k], merged.tensors[k]) for k in TRACE_TENSORS)
+
+
+def _narrowed(stream: dict[str, torch.Tensor], chunk: int) -> list[dict[str, torch.Tensor]]:
+    """The stream in chunks, each as an SAE with thresholds encodes it: per token the active
+    latents first, cut to the widest token of the chunk (so chunks differ in width)."""
+    out = []
+    for a in range(0, len(stream["token_ids"]), chunk):
+        c = {k: v[a : a + chunk] for k, v in stream.items()}
+        acts, order = c["acts"].sort(-1, descending=True)
+        width = max(int((acts > 0).sum(-1).max()), 1)
+        out.append({**c, "acts": acts[:, :width], "idx": c["idx"].gather(1, order)[:, :width]})
+    return out
+
+
+def test_chunks_of_different_widths_give_the_same_statistics(tokenizer, info, matcher):
+    """BatchTopK/JumpReLU encodes are padded per call: chunks of 1..K columns count the same as
+    the fixed [n, K] pairs, contexts included (the padding must not hide a real activation)."""
+    stream = synthetic_stream(tokenizer, seed=3)
+    g = torch.Generator().manual_seed(1)
+    stream["acts"][torch.rand(stream["acts"].shape, generator=g) < 0.4] = 0.0
+    ref, _ = run(stream, info, matcher, chunk=3)
+    chunks = _narrowed(stream, 3)
+    assert len({c["acts"].shape[1] for c in chunks}) > 1
+    c = FeatureCollector(F, info, matcher, behaviours=["none", "a", "b"], top_n=TOP_N, window=W)
+    for part in chunks:
+        c.update(part)
+    got = c.finish()
+    assert got.tensors.keys() == ref.tensors.keys()
+    for key in ref.tensors:
+        assert torch.equal(got.tensors[key], ref.tensors[key]), key

@@ -18,7 +18,6 @@ from thinksae.monitor import (
     RegionTracker,
     TokenEvent,
     WatchList,
-    preactivations,
     read_alerts,
 )
 
@@ -44,8 +43,7 @@ def test_watch_list_values(sae):
     with torch.no_grad():
         for _ in range(64):
             x = torch.randn(1, 64) * 3
-            full_pre = preactivations(x, sae.encoder.weight, sae.encoder.bias, sae.b_dec,
-                                      sae.dtype)
+            full_pre = sae.pre_acts(x)
             assert torch.equal(pre.values(x), full_pre[:, WATCH].relu())
             dense = sae.dense_acts(x)[:, WATCH]
             assert torch.equal(topk.values(x), dense) and torch.equal(topk.topk(x), dense)

@@ -133,7 +133,7 @@ def _commands() -> dict[str, tuple[str, type, Callable]]:
     from .sae.convert import ConvertConfig
     from .train import TrainConfig
 
-    commands["train"] = ("train a TopK sparse autoencoder", TrainConfig, _train)
+    commands["train"] = ("train a sparse autoencoder (TopK or BatchTopK)", TrainConfig, _train)
     commands["convert"] = ("convert an SAE between sparsify and SAELens layouts", ConvertConfig,
                            _convert)
     from .evaluate import EvalConfig

@@ -36,7 +36,14 @@ _FIELDS = ("token_ids", "regions", "behaviours", "doc_index", "positions", "acts
 
 
 def _cat(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    return {k: torch.cat([p[k] for p in parts]) for k in _FIELDS}
+    """Chunks one after another; ``acts``/``idx`` padded (act 0, index 0) to the widest chunk,
+    since an SAE with thresholds (BatchTopK, JumpReLU) encodes each chunk to its own width."""
+    width = max(p["acts"].shape[1] for p in parts)
+
+    def pad(v: Tensor) -> Tensor:
+        return torch.nn.functional.pad(v, (0, width - v.shape[1])) if v.shape[1] < width else v
+    return {k: torch.cat([pad(p[k]) if k in ("acts", "idx") else p[k] for p in parts])
+            for k in _FIELDS}
 
 
 def _slice(d: dict[str, Tensor], a: int, b: int) -> dict[str, Tensor]:
@@ -111,7 +118,8 @@ class FeatureCollector:
 
     def update(self, chunk: dict[str, Tensor]) -> None:
         """Add a chunk: label columns ``token_ids, regions, behaviours, doc_index, positions``
-        ``[n]`` plus ``acts``, ``idx`` ``[n, k]`` from :meth:`Sae.encode`."""
+        ``[n]`` plus ``acts``, ``idx`` ``[n, width]`` from the SAE's ``encode`` (entries with
+        act 0 are padding or inactive latents; the width may change from chunk to chunk)."""
         c = {k: chunk[k].to(self.device) for k in _FIELDS}
         for k in ("token_ids", "regions", "behaviours", "doc_index", "positions"):
             c[k] = c[k].long()
@@ -292,11 +300,14 @@ class FeatureCollector:
         num = self.meta["num_latents"]
         ids = torch.full((len(p), 2 * w + 1), -1, dtype=torch.int32, device=self.device)
         acts = torch.zeros((len(p), 2 * w + 1), dtype=torch.float16, device=self.device)
-        # (token, feature) -> activation over the window, as sorted keys for binary search
-        k = work["idx"].shape[1]
+        # (token, feature) -> activation over the window, as sorted keys for binary search; only
+        # active entries (padding repeats index 0 with act 0 and must not shadow a real one)
+        active = work["acts"].flatten() > 0
         keys = (torch.arange(total, device=self.device)[:, None] * num + work["idx"].long()).flatten()
-        keys, order = torch.sort(keys)
-        values = work["acts"].flatten().float()[order]
+        keys, order = torch.sort(keys[active])
+        values = work["acts"].flatten().float()[active][order]
+        if not len(keys):  # nothing active: one key no query matches
+            keys, values = keys.new_full((1,), -1), values.new_zeros(1)
         for j, o in enumerate(range(-w, w + 1)):
             q = p + o
             ok = (q >= 0) & (q < total)
@@ -304,7 +315,7 @@ class FeatureCollector:
             ok &= work["doc_index"][qc] == work["doc_index"][p]
             ids[:, j] = torch.where(ok, work["token_ids"][qc], -1).int()
             want = qc * num + f
-            at = torch.searchsorted(keys, want).clamp(max=total * k - 1)
+            at = torch.searchsorted(keys, want).clamp(max=len(keys) - 1)
             hit = ok & (keys[at] == want)
             acts[:, j] = torch.where(hit, values[at], 0.0).clamp(max=65000).half()
         return ids, acts

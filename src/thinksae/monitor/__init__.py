@@ -12,7 +12,7 @@ app). See :mod:`.engine` for what the reported values are, :mod:`.rules` for the
 """
 
 from .alerts import AlertLog, read_alerts
-from .engine import Monitor, Plan, WatchList, check_value, preactivations
+from .engine import Monitor, Plan, WatchList, check_value
 from .events import VALUE_LABELS, VALUES, AlertEvent, DoneEvent, Event, TokenEvent
 from .rules import Rule, RuleEngine, load_rules, parse_rule, parse_rules, watched_features
 from .run import MonitorConfig, build_monitor, monitor
@@ -22,5 +22,5 @@ __all__ = [
     "AlertEvent", "AlertLog", "DoneEvent", "Event", "Monitor", "MonitorConfig", "Plan",
     "RegionTracker", "Rule", "RuleEngine", "TokenEvent", "VALUES", "VALUE_LABELS", "WatchList",
     "build_monitor", "check_value", "load_rules", "monitor", "parse_rule", "parse_rules",
-    "preactivations", "read_alerts", "watched_features",
+    "read_alerts", "watched_features",
 ]

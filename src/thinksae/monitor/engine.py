@@ -4,14 +4,15 @@ Per generated token the hookpoint output x at that token's position is captured 
 hook, and the watched features' values are read from it. Which value (``value``, see
 :data:`thinksae.monitor.events.VALUES`):
 
-- ``topk`` (default): what the SAE says, :meth:`thinksae.sae.Sae.encode` of x on the SAE object
-  itself (the full encoder GEMM, one row of x times W_enc for all latents, then the top k),
-  scattered to all latents and gathered at the watched ones: a latent outside the token's top k
-  reads 0. Cost per token: one pass over W_enc (``python bench/monitor.py``).
-- ``pre``: ``relu(pre)`` with ``pre = (x - b_dec) @ W_enc[watch].T + b_enc[watch]`` from the
-  watched rows only (one small addmm): what a feature would read were it among the top k,
-  equal, bit for bit, to the ``topk`` value where it is (tests check this on CPU). Many latents
-  outside the top k have ``pre > 0``, so rules on this value alert where the SAE reads 0.
+- ``topk`` (default): what the SAE says, its ``encode`` of x (:class:`thinksae.sae.
+  SparseAutoencoder`, any architecture: the full encoder GEMM, one row of x times W_enc for all
+  latents, then the top k or the thresholds), scattered to all latents and gathered at the
+  watched ones: a latent the SAE does not activate reads 0. Cost per token: one pass over W_enc
+  (``python bench/monitor.py``).
+- ``pre``: ``relu(pre)`` with ``pre = (x - b_dec) @ W_enc[watch].T + b_enc[watch]``, the SAE's
+  ``pre_acts`` at the watched latents only (one small addmm): what a feature would read were it
+  active, equal, bit for bit, to the ``topk`` value where it is (tests check this on CPU). Many
+  inactive latents have ``pre > 0``, so rules on this value alert where the SAE reads 0.
 
 The activation of token t is read when t is fed to the model (its own position), so the event for
 a token comes right after its forward pass, before the next token is chosen. End-of-sequence
@@ -42,15 +43,6 @@ from .rules import Rule, RuleEngine, parse_rules, watched_features
 from .tokens import Detokenizer, RegionTracker
 
 
-def preactivations(x: Tensor, weight: Tensor, bias: Tensor, b_dec: Tensor,
-                   compute_dtype: torch.dtype) -> Tensor:
-    """``(x - b_dec) @ weight.T + bias`` for rows ``x [n, d]``, float32 ``[n, rows]`` (the
-    ``pre`` value; ``weight``/``bias`` are the watched rows of the SAE's encoder)."""
-    centred = x.float() - b_dec.float()
-    return torch.addmm(bias.to(compute_dtype), centred.to(compute_dtype),
-                       weight.to(compute_dtype).T).float()
-
-
 def check_value(value: str) -> str:
     """``value`` if it is one of ``VALUES``, else a one-line error."""
     if value not in VALUES:
@@ -69,23 +61,20 @@ class WatchList:
                                 f"(0..{sae.num_latents - 1})")
         self.sae, self.value = sae, check_value(value)
         self.index = torch.tensor(self.features, dtype=torch.long, device=sae.device)
-        self.weight = sae.encoder.weight.detach()[self.index].contiguous()  # for ``pre``
-        self.bias = sae.encoder.bias.detach()[self.index].contiguous()
 
     def values(self, x: Tensor) -> Tensor:
         """The watched features' values for rows ``x [n, d]`` → float32 ``[n, F]``."""
         return self.topk(x) if self.value == "topk" else self.pre(x)
 
     def topk(self, x: Tensor) -> Tensor:
-        """``Sae.encode``'s activations at the watched features ``[n, F]`` (0 outside the top
-        k)."""
+        """The SAE's ``encode`` activations at the watched features ``[n, F]`` (0 where a
+        feature is not active)."""
         return self.sae.dense_acts(x.to(self.sae.device))[:, self.index].float()
 
     def pre(self, x: Tensor) -> Tensor:
         """``relu(pre)`` of the watched features ``[n, F]``, from their encoder rows only."""
-        sae = self.sae
-        return preactivations(x.to(sae.device), self.weight, self.bias, sae.b_dec.detach(),
-                              sae.dtype).relu()
+        with torch.no_grad():
+            return self.sae.pre_acts(x.to(self.sae.device), self.index).relu()
 
 
 def _cache_kwarg(model) -> str:

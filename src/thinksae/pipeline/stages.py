@@ -117,6 +117,8 @@ def stage_hash(stage: str, cfg, upstream: list[str], root: Path | None = None,
     legacy = ADDED_LATER.get(stage, {})
     d = {k: rel(v) for k, v in to_dict(cfg).items()
          if k not in UNHASHED and not (k in legacy and v == legacy[k])}
+    if isinstance(d.get("sae"), dict) and d["sae"].get("architecture") == "topk":
+        d["sae"] = {k: v for k, v in d["sae"].items() if k != "architecture"}  # added later too
     parts = {"stage": stage, "config": d, "upstream": upstream}
     if extra is not None:
         parts["extra"] = extra

@@ -1,5 +1,16 @@
-"""TopK sparse autoencoders: the module, its sparse kernels, and its file formats."""
+"""Sparse autoencoders behind one interface (TopK, BatchTopK, JumpReLU), their sparse kernels,
+and their file formats. An architecture is one module registering a SparseAutoencoder subclass."""
 
+from .base import (
+    ARCHITECTURES,
+    EncoderOutput,
+    ForwardOutput,
+    SparseAutoencoder,
+    make_sae,
+    register,
+    sae_class,
+)
+from .batchtopk_sae import BatchTopKSae
 from .config import SaeConfig
 from .formats import (
     load_sae,
@@ -12,10 +23,12 @@ from .formats import (
     update_report_card,
     write_report_card,
 )
-from .topk_sae import EncoderOutput, ForwardOutput, Sae
+from .jumprelu_sae import JumpReLUSae
+from .topk_sae import Sae
 
 __all__ = [
-    "EncoderOutput", "ForwardOutput", "Sae", "SaeConfig", "load_sae", "load_saelens",
-    "load_sparsify", "read_report_card", "resolve_sae_dir", "save_saelens", "save_sparsify",
-    "update_report_card", "write_report_card",
+    "ARCHITECTURES", "BatchTopKSae", "EncoderOutput", "ForwardOutput", "JumpReLUSae", "Sae",
+    "SaeConfig", "SparseAutoencoder", "load_sae", "load_saelens", "load_sparsify", "make_sae",
+    "read_report_card", "register", "resolve_sae_dir", "sae_class", "save_saelens",
+    "save_sparsify", "update_report_card", "write_report_card",
 ]

@@ -4,8 +4,13 @@ sparsify layout — one directory per hookpoint:
   cfg.json          {"activation": "topk", "expansion_factor", "normalize_decoder", "num_latents",
                      "k", "multi_topk", "skip_connection", "transcode", "d_in"}
   sae.safetensors   encoder.weight [n, d], encoder.bias [n], W_dec [n, d], b_dec [d]
-SAELens (v6) TopK — cfg.json {"architecture": "topk", "d_in", "d_sae", "k", …} and
-  sae_weights.safetensors with W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d].
+  Our other architectures use the same layout with their name as ``activation`` and their extra
+  tensors beside (batchtopk: ``threshold`` [], jumprelu: ``threshold`` [n]); sparsify reads
+  only topk.
+SAELens (v6) TopK or JumpReLU — cfg.json {"architecture": "topk" | "jumprelu", "d_in", "d_sae",
+  "k" (topk), …} and sae_weights.safetensors with W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d]
+  (+ threshold [n] for jumprelu). A BatchTopK SAE is exported as JumpReLU with θ on every latent,
+  as SAELens itself saves BatchTopK SAEs for inference.
 thinksae.json (report card) sits beside cfg.json: hyperparameters, data, metrics.
 """
 
@@ -22,8 +27,8 @@ from torch import Tensor
 
 from .. import atomic
 from ..errors import ThinksaeError
+from .base import ARCHITECTURES, SparseAutoencoder, sae_class
 from .config import SaeConfig
-from .topk_sae import Sae
 
 SPARSIFY_CFG, SPARSIFY_WEIGHTS = "cfg.json", "sae.safetensors"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
@@ -86,51 +91,65 @@ def _int(path: Path, key: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
-def _build(d_in: int, cfg: SaeConfig, tensors: dict[str, Tensor], device, dtype) -> Sae:
+def _extra_tensors(architecture: str, n: int) -> dict[str, tuple[int, ...]]:
+    """Tensors an architecture keeps beside encoder, W_dec and b_dec (its thresholds)."""
+    return sae_class(architecture).extra_tensors(n)
+
+
+def _build(d_in: int, cfg: SaeConfig, tensors: dict[str, Tensor], device,
+           dtype) -> SparseAutoencoder:
     dtype = dtype or tensors["encoder.weight"].dtype
     with torch.device("meta"):
-        sae = Sae(d_in, cfg, dtype=dtype)
+        sae = sae_class(cfg.architecture)(d_in, cfg, dtype=dtype)
     sae.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, assign=True)
     return sae.to(device)
 
 
 # ---------------------------------------------------------------------- sparsify (native)
 
+def _architecture(cfg_path: Path, name: Any, key: str) -> str:
+    if name not in ARCHITECTURES:
+        raise ThinksaeError(f"{cfg_path}: {key} {name!r} is not supported (known: "
+                            f"{', '.join(sorted(ARCHITECTURES))})")
+    return name
+
+
 def load_sparsify(path: str | Path, device: str | torch.device = "cpu",
-                  dtype: torch.dtype | None = None) -> Sae:
+                  dtype: torch.dtype | None = None) -> SparseAutoencoder:
     """An SAE from a sparsify-layout directory; dtype defaults to that of the file."""
     path = Path(path)
     cfg_path = path / SPARSIFY_CFG
     data = _read_json(cfg_path)
-    _check_keys(cfg_path, data, _SPARSIFY_KEYS, ("d_in", "k"))
-    if data.get("activation", "topk") != "topk":
-        raise ThinksaeError(f"{cfg_path}: activation {data['activation']!r} is not supported "
-                            "(only topk)")
+    arch = _architecture(cfg_path, data.get("activation", "topk"), "activation")
+    _check_keys(cfg_path, data, _SPARSIFY_KEYS, ("d_in",) if arch == "jumprelu" else ("d_in", "k"))
     for flag in ("skip_connection", "transcode"):
         if data.get(flag):
             raise ThinksaeError(f"{cfg_path}: {flag} SAEs are not supported")
-    d_in, k = _int(cfg_path, "d_in", data["d_in"]), _int(cfg_path, "k", data["k"])
+    d_in = _int(cfg_path, "d_in", data["d_in"])
+    k = _int(cfg_path, "k", data.get("k", 0), 0 if arch == "jumprelu" else 1)
     cfg = SaeConfig(expansion_factor=_int(cfg_path, "expansion_factor",
                                           data.get("expansion_factor", 32)),
                     num_latents=_int(cfg_path, "num_latents", data.get("num_latents", 0), 0),
-                    k=k, normalize_decoder=bool(data.get("normalize_decoder", True)))
+                    k=k, normalize_decoder=bool(data.get("normalize_decoder", True)),
+                    architecture=arch)
     n = cfg.latents_for(d_in)
     if k > n:
         raise ThinksaeError(f"{cfg_path}: k = {k} is more than the {n} latents")
     tensors = _read_tensors(path / SPARSIFY_WEIGHTS, {
-        "encoder.weight": (n, d_in), "encoder.bias": (n,), "W_dec": (n, d_in), "b_dec": (d_in,)})
+        "encoder.weight": (n, d_in), "encoder.bias": (n,), "W_dec": (n, d_in), "b_dec": (d_in,),
+        **_extra_tensors(arch, n)})
     return _build(d_in, cfg, tensors, device, dtype)
 
 
-def sparsify_cfg(sae: Sae) -> dict[str, Any]:
-    """cfg.json as sparsify writes it."""
-    return {"activation": "topk", "expansion_factor": sae.cfg.expansion_factor,
+def sparsify_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
+    """cfg.json as sparsify writes it (``activation`` = the architecture)."""
+    return {"activation": sae.architecture, "expansion_factor": sae.cfg.expansion_factor,
             "normalize_decoder": sae.cfg.normalize_decoder, "num_latents": sae.num_latents,
             "k": sae.cfg.k, "multi_topk": False, "skip_connection": False, "transcode": False,
             "d_in": sae.d_in}
 
 
-def save_sparsify(sae: Sae, path: str | Path) -> None:
+def save_sparsify(sae: SparseAutoencoder, path: str | Path) -> None:
     """Write cfg.json and sae.safetensors into ``path`` (each file atomically)."""
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
@@ -142,53 +161,70 @@ def save_sparsify(sae: Sae, path: str | Path) -> None:
 # ---------------------------------------------------------------------- SAELens
 
 def load_saelens(path: str | Path, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None) -> Sae:
-    """An SAE from a SAELens TopK directory, converted to our (sparsify) parametrisation.
+                 dtype: torch.dtype | None = None) -> SparseAutoencoder:
+    """A TopK or JumpReLU SAE from a SAELens directory, converted to our parametrisation.
 
     ``apply_b_dec_to_input = false`` is folded into the encoder bias (b_enc + W_enc b_dec), and
-    ``rescale_acts_by_decoder_norm`` into the weights (encoder rows times, decoder rows over,
-    the decoder norms), so encodes and decodes are unchanged.
+    ``rescale_acts_by_decoder_norm`` (TopK only) into the weights (encoder rows times, decoder
+    rows over, the decoder norms), so encodes and decodes are unchanged.
     """
     path = Path(path)
     cfg_path = path / SPARSIFY_CFG
     data = _read_json(cfg_path)
-    _check_keys(cfg_path, data, _SAELENS_KEYS, ("architecture", "d_in", "d_sae", "k"))
-    if data["architecture"] != "topk":
-        raise ThinksaeError(f"{cfg_path}: architecture {data['architecture']!r} is not supported "
-                            "(only topk)")
+    _check_keys(cfg_path, data, _SAELENS_KEYS, ("architecture", "d_in", "d_sae"))
+    arch = data["architecture"]
+    if arch not in ("topk", "jumprelu"):
+        raise ThinksaeError(f"{cfg_path}: architecture {arch!r} is not supported "
+                            "(only topk and jumprelu)")
     for key, ok in (("normalize_activations", "none"), ("reshape_activations", "none")):
         if data.get(key, ok) != ok:
             raise ThinksaeError(f"{cfg_path}: {key} = {data[key]!r} is not supported (only 'none')")
-    d_in, n, k = (_int(cfg_path, key, data[key]) for key in ("d_in", "d_sae", "k"))
+    d_in, n = (_int(cfg_path, key, data[key]) for key in ("d_in", "d_sae"))
+    k = _int(cfg_path, "k", data.get("k"), 1) if arch == "topk" else 0
     if k > n:
         raise ThinksaeError(f"{cfg_path}: k = {k} is more than the {n} latents")
+    rescale = data.get("rescale_acts_by_decoder_norm", False)
+    if rescale and arch != "topk":
+        raise ThinksaeError(f"{cfg_path}: rescale_acts_by_decoder_norm is supported for topk only")
     t = _read_tensors(path / SAELENS_WEIGHTS, {
-        "W_enc": (d_in, n), "b_enc": (n,), "W_dec": (n, d_in), "b_dec": (d_in,)})
+        "W_enc": (d_in, n), "b_enc": (n,), "W_dec": (n, d_in), "b_dec": (d_in,),
+        **_extra_tensors(arch, n)})
     w_enc, b_enc, w_dec = t["W_enc"].T.float(), t["b_enc"].float(), t["W_dec"].float()
     if not data.get("apply_b_dec_to_input", True):
         b_enc = b_enc + w_enc @ t["b_dec"].float()
-    if data.get("rescale_acts_by_decoder_norm", False):
+    if rescale:
         norms = w_dec.norm(dim=1)
         w_enc, b_enc, w_dec = w_enc * norms[:, None], b_enc * norms, w_dec / norms[:, None]
     unit = bool(torch.allclose(w_dec.norm(dim=1), torch.ones(n), atol=1e-3))
-    cfg = SaeConfig(expansion_factor=max(n // d_in, 1), num_latents=n, k=k, normalize_decoder=unit)
+    cfg = SaeConfig(expansion_factor=max(n // d_in, 1), num_latents=n, k=k, normalize_decoder=unit,
+                    architecture=arch)
     tensors = {"encoder.weight": w_enc.contiguous(), "encoder.bias": b_enc, "W_dec": w_dec,
                "b_dec": t["b_dec"].float()}
+    if arch == "jumprelu":
+        tensors["threshold"] = t["threshold"].float()
     return _build(d_in, cfg, tensors, device, dtype or t["W_enc"].dtype)
 
 
-def save_saelens(sae: Sae, path: str | Path, hook_name: str = "", model_name: str = "") -> None:
-    """Write ``sae`` as a SAELens TopK SAE (cfg.json + sae_weights.safetensors)."""
+def save_saelens(sae: SparseAutoencoder, path: str | Path, hook_name: str = "",
+                 model_name: str = "") -> None:
+    """Write ``sae`` as a SAELens SAE (cfg.json + sae_weights.safetensors): TopK as topk,
+    JumpReLU and BatchTopK as jumprelu (BatchTopK's θ on every latent)."""
     path = Path(path)
     state = {"W_enc": sae.encoder.weight.detach().T.contiguous().cpu(),
              "b_enc": sae.encoder.bias.detach().cpu(), "W_dec": sae.W_dec.detach().cpu(),
              "b_dec": sae.b_dec.detach().cpu()}
-    cfg = {"architecture": "topk", "d_in": sae.d_in, "d_sae": sae.num_latents, "k": sae.cfg.k,
-           "dtype": str(sae.dtype).removeprefix("torch."), "device": "cpu",
-           "apply_b_dec_to_input": True, "normalize_activations": "none",
-           "reshape_activations": "none", "rescale_acts_by_decoder_norm": False,
-           "metadata": {"model_name": model_name, "hook_name": hook_name,
-                        "sae_lens_training_version": None}}
+    arch = "topk" if sae.architecture == "topk" else "jumprelu"
+    cfg: dict[str, Any] = {"architecture": arch, "d_in": sae.d_in, "d_sae": sae.num_latents}
+    if arch == "topk":
+        cfg["k"] = sae.cfg.k
+    else:
+        theta = sae.threshold.detach().float().clamp_min(0).cpu()
+        state["threshold"] = theta.expand(sae.num_latents).to(sae.dtype).contiguous()
+    cfg.update({"dtype": str(sae.dtype).removeprefix("torch."), "device": "cpu",
+                "apply_b_dec_to_input": True, "normalize_activations": "none",
+                "reshape_activations": "none", "rescale_acts_by_decoder_norm": False,
+                "metadata": {"model_name": model_name, "hook_name": hook_name,
+                             "sae_lens_training_version": None}})
     with atomic.atomic_path(path / SAELENS_WEIGHTS) as tmp:
         save_file(state, str(tmp))
     atomic.write_json(path / SPARSIFY_CFG, cfg)
@@ -225,7 +261,7 @@ def resolve_sae_dir(path: str | Path, hookpoint: str | None = None) -> Path:
 
 
 def load_sae(path: str | Path, hookpoint: str | None = None, device: str | torch.device = "cpu",
-             dtype: torch.dtype | None = None) -> Sae:
+             dtype: torch.dtype | None = None) -> SparseAutoencoder:
     """Load an SAE in sparsify or SAELens layout (a run directory + ``hookpoint`` works too)."""
     sae_dir = resolve_sae_dir(path, hookpoint)
     if detect_format(sae_dir) == "saelens":

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..config import to_dict
 from ..errors import ThinksaeError
-from ..sae import SaeConfig
+from ..sae import ARCHITECTURES, SaeConfig
 
 LR_DECAYS = ("none", "linear", "cosine")
 B_DEC_INITS = ("mean", "geometric_median")
@@ -19,6 +19,7 @@ REGION_NAMES = ("prompt", "think", "answer", "special")  # thinksae.corpus.Regio
 # Fields added after checkpoints were first written, with the value older runs trained with: an
 # identity dict without them is read as having these values.
 LATER_FIELDS = {"auxk_norm": "x"}
+LATER_SAE_FIELDS = {"architecture": "topk"}
 
 # Fields that say how to run or report, not what is trained: a checkpoint made with other values
 # of these is still continued.
@@ -42,7 +43,8 @@ class TrainConfig:
     out: str = "runs/sae"
     """Run directory; the SAE is saved in {out}/{hookpoint}/ (sparsify layout + thinksae.json)."""
     sae: SaeConfig = field(default_factory=SaeConfig)
-    """SAE architecture: expansion factor or number of latents, k, decoder normalisation."""
+    """SAE architecture (--architecture topk or batchtopk), expansion factor or number of latents,
+    k, decoder normalisation."""
     batch_size: int = 4096
     """Tokens per optimiser step (the global batch, split across ranks under torchrun)."""
     lr: float | None = None
@@ -172,6 +174,13 @@ def check_config(cfg: TrainConfig, world_size: int = 1, need_data: bool = True) 
             raise ThinksaeError(f"--regions {cfg.regions!r}: give some of {', '.join(REGION_NAMES)}")
     if cfg.sae.k <= 0:
         raise ThinksaeError(f"k must be >= 1 (got {cfg.sae.k})")
+    trainable = sorted(n for n, c in ARCHITECTURES.items() if c.trainable)
+    if cfg.sae.architecture not in trainable:
+        raise ThinksaeError(f"cannot train architecture {cfg.sae.architecture!r} (use "
+                            f"{', '.join(trainable)})")
+    if cfg.sae.architecture == "batchtopk" and world_size > 1:
+        raise ThinksaeError("batchtopk trains in one process (its top k x batch and threshold "
+                            "are not shared across ranks)")
     if cfg.sae.num_latents < 0 or cfg.sae.expansion_factor < 1:
         raise ThinksaeError("num_latents must be >= 0 and expansion_factor >= 1")
 
@@ -200,7 +209,10 @@ def identity(cfg: TrainConfig) -> dict:
 
 def with_later_fields(old: dict) -> dict:
     """An identity dict saved before the LATER_FIELDS existed, with their old values filled in."""
-    return {**LATER_FIELDS, **old}
+    out = {**LATER_FIELDS, **old}
+    if isinstance(out.get("sae"), dict):
+        out["sae"] = {**LATER_SAE_FIELDS, **out["sae"]}
+    return out
 
 
 def differing_fields(old: dict, new: dict) -> list[str]:

@@ -89,12 +89,13 @@ def fold_input_scale(sae, scale: float) -> None:
 
     Pre-activations on ``scale * x`` are ``scale`` times those of an SAE with encoder bias and
     b_dec divided by ``scale``, so dividing them leaves the same top-k latents with activations
-    in raw units; the decoder directions stay unit norm and the output comes back divided.
+    in raw units; the decoder directions stay unit norm and the output comes back divided. An
+    architecture with a threshold on the activations divides it too
+    (:meth:`thinksae.sae.SparseAutoencoder.fold_input_scale`).
     """
     if scale == 1.0:
         return
-    sae.encoder.bias.div_(scale)
-    sae.b_dec.div_(scale)
+    sae.fold_input_scale(scale)
 
 
 def _source_name(cfg: TrainConfig, source) -> str:

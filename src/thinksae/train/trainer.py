@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..config import config_hash
 from ..errors import ThinksaeError
-from ..sae import Sae
+from ..sae import make_sae
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from .config import (
     PROGRESS_FIELDS,
@@ -87,7 +87,7 @@ class Trainer:
         num_latents = check_sizes(cfg, self.d_in)
         self.dtype = compute_dtype(cfg.dtype, device)
         torch.manual_seed(cfg.seed)
-        self.sae = Sae(self.d_in, cfg.sae, device=device, dtype=torch.float32)
+        self.sae = make_sae(self.d_in, cfg.sae, device=device, dtype=torch.float32)
         for p in self.sae.parameters():
             ranks.broadcast(p.data)
         self.lr = cfg.lr if cfg.lr is not None else default_lr(num_latents)
