@@ -13,11 +13,11 @@ ORDER = ("corpus", "store", "train", "evaluate", "features", "validate", "explai
          "steer", "monitor", "serve", "pipeline", "cli")
 """Stages in data-flow order; `annotations` (verdicts and explanations for the views) sits above
 validate and explain, below the stages that use it."""
-BASE = ("__init__", "__main__", "atomic", "config", "errors", "sae", "models", "data")
-"""Shared by every stage (the SAE and the model loaders; __main__ only starts cli)."""
+BASE = ("__init__", "__main__", "atomic", "config", "errors", "generation", "sae", "models", "data")
+"""Shared by every stage (the SAE and the model loaders, the generation options; __main__ only
+starts cli)."""
 
 KNOWN = {
-    "sae/bound.py": "thinksae.store",  # tokenizer_hash: belongs in models (a base module)
     "validate/causal.py": "thinksae.steer.hooks",  # the steering hook: belongs below validate
     "validate/run.py": "thinksae.steer.spec",  # Intervention: belongs below validate
 }

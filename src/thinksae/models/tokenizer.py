@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from ..errors import ThinksaeError
@@ -25,3 +27,11 @@ def load_tokenizer(spec: str):
     except (OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ThinksaeError(f"cannot load the tokenizer of {spec}: {reason}") from None
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """Hash of a tokenizer's vocabulary and added tokens: detects corpora tokenised differently."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    added = sorted((t.content, i) for i, t in tokenizer.added_tokens_decoder.items())
+    blob = json.dumps([vocab, added], ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

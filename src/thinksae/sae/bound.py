@@ -125,7 +125,7 @@ class SaeAtHookpoint:
         """The data's tokenizer hash (the store's, else ``tokenizer``'s), after checking that the
         store was tokenised with ``tokenizer`` and that the SAE was trained on that tokenizer's
         tokens (where its report card says which)."""
-        from ..store import tokenizer_hash
+        from ..models.tokenizer import tokenizer_hash
 
         model_hash = tokenizer_hash(tokenizer) if tokenizer is not None else None
         data_hash = store.manifest.get("tokenizer_hash") if store is not None else model_hash

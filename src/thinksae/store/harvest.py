@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from ..config import to_dict
 from ..errors import ThinksaeError
 from ..models import DEFAULT_MODEL, capture, dtype_name, load_model, parse_hookpoints, precheck_model
 from ..models.hookpoints import resolve_hookpoint
+from ..models.tokenizer import tokenizer_hash
 from .shards import write_shard
 
 FORMAT = "thinksae-store/1"
@@ -57,14 +57,6 @@ class HarvestConfig:
     """Use only the first N traces of the corpus."""
     progress: bool = True
     """Show a progress bar."""
-
-
-def tokenizer_hash(tokenizer) -> str:
-    """Hash of a tokenizer's vocabulary and added tokens: detects corpora tokenised differently."""
-    vocab = sorted(tokenizer.get_vocab().items())
-    added = sorted((t.content, i) for i, t in tokenizer.added_tokens_decoder.items())
-    blob = json.dumps([vocab, added], ensure_ascii=False).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _read_manifest(path: Path) -> dict | None:
