@@ -179,8 +179,8 @@ def test_steer_streams_both_rows_as_the_steer_module_generates_them(client, tiny
                                                                     app):
     from thinksae.corpus import build_prompt
     from thinksae.generation import GenerationConfig
+    from thinksae.interventions.spec import parse_interventions, parse_window
     from thinksae.steer.generation import Batch, generate_rows
-    from thinksae.steer.spec import parse_interventions, parse_window
 
     r = steer(client, features="3=+6, 17=off")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")

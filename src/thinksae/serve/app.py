@@ -68,7 +68,7 @@ class Workbench:
 
     def markers(self):
         from ..corpus.generate import stop_ids
-        from ..steer.hooks import Markers
+        from ..interventions.hooks import Markers
 
         if self._markers is None:
             self._markers = Markers.from_tokenizer(self.tokenizer, stop_ids(self.model, self.tokenizer))

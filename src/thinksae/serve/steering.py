@@ -1,5 +1,5 @@
 """Steer side by side: one prompt decoded twice in one batch (row 0 the baseline, row 1 steered
-by the request's features, :func:`thinksae.steer.hooks.steering` with per-row settings), each
+by the request's features, :func:`thinksae.interventions.hooks.steering` with per-row settings), each
 step's two tokens reported as they come; then the steered positions and the KL there, measured
 as `thinksae steer` measures them (:mod:`thinksae.steer.generation`). "Save as sweep" runs
 `thinksae steer` itself on the same settings, so it writes the same ``steer.json``.
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import ThinksaeError
-from ..steer.spec import Intervention, Window, parse_interventions, parse_sweep, parse_window
+from ..interventions.spec import Intervention, Window, parse_interventions, parse_sweep, parse_window
 
 FIELDS = {"prompt", "features", "sweep", "start", "end", "max_new_tokens", "think_prefill"}
 
@@ -145,8 +145,8 @@ def stream_steer(model, tokenizer, sae, hookpoint: str, req: SteerRequest, marke
 
     from ..corpus import build_prompt
     from ..corpus.generate import stop_ids
+    from ..interventions.hooks import steering
     from ..steer.generation import Generated, _real_positions, _score
-    from ..steer.hooks import steering
 
     stop = stop_ids(model, tokenizer)
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None),

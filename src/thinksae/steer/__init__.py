@@ -1,12 +1,7 @@
 """Steering: change SAE features at a hookpoint during generation and measure what it does."""
 
-from .generation import Batch, generate_rows, plan_groups, plan_rows
-from .hooks import Markers, RowScanner, SteeredFeatureStats, Steerer, scan, steering
-from .measure import behaviour_counts, compare, summarize, trace_record
-from .regions import baseline_max, max_mask, position_regions, trained_regions
-from .result import SteerResult
-from .run import SteerConfig, steer
-from .spec import (
+from ..interventions.hooks import Markers, RowScanner, SteeredFeatureStats, Steerer, scan, steering
+from ..interventions.spec import (
     Intervention,
     Window,
     check_features,
@@ -17,6 +12,11 @@ from .spec import (
     parse_value,
     parse_window,
 )
+from .generation import Batch, generate_rows, plan_groups, plan_rows
+from .measure import behaviour_counts, compare, summarize, trace_record
+from .regions import baseline_max, max_mask, position_regions, trained_regions
+from .result import SteerResult
+from .run import SteerConfig, steer
 
 __all__ = [
     "Batch", "Intervention", "Markers", "RowScanner", "SteerConfig", "SteerResult",

@@ -32,9 +32,9 @@ from torch import Tensor
 
 from ..corpus.generate import stop_ids
 from ..generation import GenerationConfig
+from ..interventions.hooks import Markers, SteeredFeatureStats, steering
+from ..interventions.spec import Intervention, Window
 from ..models import decoder_stack, output_head
-from .hooks import Markers, SteeredFeatureStats, steering
-from .spec import Intervention, Window
 
 
 @dataclass

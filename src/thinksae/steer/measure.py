@@ -21,8 +21,8 @@ import re
 import statistics
 
 from ..corpus import BEHAVIOUR_VOCAB, answers_match, extract_numeric_answer, find_behaviours
-from .hooks import Markers, scan
-from .spec import Window
+from ..interventions.hooks import Markers, scan
+from ..interventions.spec import Window
 
 PHRASES = [p for phrases in BEHAVIOUR_VOCAB.values() for p in phrases]
 """Behaviour phrases counted, in vocabulary order."""

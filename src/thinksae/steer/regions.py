@@ -18,8 +18,8 @@ from torch import Tensor
 
 from ..corpus import Region, Trace, control_token_ids, tokenize_trace
 from ..errors import ThinksaeError
-from .hooks import Markers, scan
-from .spec import Window
+from ..interventions.hooks import Markers, scan
+from ..interventions.spec import Window
 
 REGIONS = tuple(r.name.lower() for r in Region)
 """Region names in code order: prompt, think, answer, special."""

@@ -19,15 +19,15 @@ from .. import atomic
 from ..config import to_dict
 from ..errors import ThinksaeError
 from ..generation import GenerationConfig, generation_field
+from ..interventions.hooks import Markers, SteeredFeatureStats
+from ..interventions.spec import Intervention, check_features, parse_interventions, parse_sweep, parse_window
 from ..models.loading import DEFAULT_MODEL
 from ..sae.bound import SaeAtHookpoint
 from .generation import generate_rows, plan_groups, plan_rows, prompt_lengths
-from .hooks import Markers, SteeredFeatureStats
 from .measure import compare, divergence, summarize, trace_record
 from .regions import baseline_max, trained_regions
 from .report import print_side_by_side, print_summary, write_sweep_png
 from .result import SteerResult
-from .spec import Intervention, check_features, parse_interventions, parse_sweep, parse_window
 
 FORMAT = "thinksae-steer/1"
 

@@ -124,8 +124,8 @@ def intervene(model, sae, hookpoint: str, batches: list[Batch], intervention, me
               ) -> tuple[np.ndarray, int]:
     """Per trace sums (see :func:`_row_sums`) under one intervention, and how many positions
     the feature fired at."""
+    from ..interventions.hooks import steering
     from ..models.splice import final_hidden, output_head
-    from ..steer.hooks import steering
 
     head = output_head(model)
     parts, fired = [], 0

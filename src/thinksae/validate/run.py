@@ -155,7 +155,7 @@ def _context_and_injection(cfg, inp, feats, stats, strings, docs) -> list[dict]:
 def _causal(cfg, inp, feats, rows, batches, attr, extra) -> tuple[dict[int, dict], list[dict]]:
     """Test (c) of ``feats`` (ablation and clamp) and the ablation of the ``extra`` features
     with the largest attribution; returns per-feature numbers and the attribution check rows."""
-    from ..steer.spec import Intervention
+    from ..interventions.spec import Intervention
     from .causal import effect, intervene
 
     out: dict[int, dict] = {}
