@@ -291,9 +291,11 @@ def test_engine_auto_is_llama_cpp_for_a_gguf_only_when_it_is_installed(tmp_path,
     other = tmp_path / "model_dir"
     other.mkdir()
     monkeypatch.setattr(engines, "installed", lambda module: True)
-    assert engines.resolve_engine("auto", str(gguf)) == "llama.cpp"
-    assert engines.resolve_engine("auto", "offline") == "llama.cpp"
-    assert engines.resolve_engine("auto", str(other)) == "hf"
-    assert engines.resolve_engine("hf", str(gguf)) == "hf"
+    fp32 = {"device": "cpu", "dtype": "float32"}
+    assert engines.resolve_engine("auto", str(gguf), **fp32) == "llama.cpp"
+    assert engines.resolve_engine("auto", "offline", **fp32) == "llama.cpp"
+    assert engines.resolve_engine("auto", str(other), **fp32) == "hf"
+    assert engines.resolve_engine("auto", str(gguf), "cpu", "bfloat16") == "hf"  # fast bf16 here
+    assert engines.resolve_engine("hf", str(gguf), **fp32) == "hf"
     monkeypatch.setattr(engines, "installed", lambda module: False)
-    assert engines.resolve_engine("auto", str(gguf)) == "hf"
+    assert engines.resolve_engine("auto", str(gguf), **fp32) == "hf"

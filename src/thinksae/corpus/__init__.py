@@ -76,7 +76,8 @@ class CorpusConfig:
     engine: str = "hf"
     """Generation engine: `hf` (transformers), `llama.cpp` (a GGUF run quantised on CPU; needs
     `pip install 'thinksae[llamacpp]'`), `vllm` (CUDA), or `auto` (llama.cpp for a GGUF when it
-    is installed, else hf); traces record the engine used in `meta.engine`."""
+    is installed and transformers would run in float32 on this CPU, else hf); traces record the
+    engine used in `meta.engine`."""
     generation: GenerationConfig = generation_field()
     """How to generate (flat options: --max_new_tokens, --do_sample, ...)."""
     answer_tokens: int = 0
@@ -158,7 +159,7 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
     gen = cfg.generation
     gen.check()
     check_batch_size(cfg.batch_size)
-    engine_name = resolve_engine(cfg.engine, cfg.model)
+    engine_name = resolve_engine(cfg.engine, cfg.model, cfg.device, cfg.dtype)
     check_engine(engine_name, cfg.model)
     _check_resumable(cfg)
     problems = repeat_problems(load_prompts(cfg.prompts, cfg.limit), cfg.samples, gen.do_sample)
