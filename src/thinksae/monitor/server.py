@@ -132,6 +132,44 @@ def parse_request(body: Any, monitor, max_prompt_chars: int, max_features: int):
     return plan
 
 
+def event_stream(lock: threading.Lock, work, name: str) -> StreamingResponse:
+    """Run ``work(put, cancel)`` in a thread that holds ``lock`` (already acquired; released when
+    it ends) and stream what it ``put``s as server-sent events; an error is sent as one
+    ``error`` event (the server goes on) and the client going away sets ``cancel``."""
+    cancel = threading.Event()
+    queue: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def put(item) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone: nobody listens any more
+            cancel.set()
+
+    def worker() -> None:
+        try:
+            work(put, cancel)
+        except ThinksaeError as e:
+            put({"type": "error", "message": str(e)})
+        except Exception as e:  # reported to the client; the server goes on
+            put({"type": "error", "message": f"{type(e).__name__}: {e}".splitlines()[0]})
+        finally:
+            lock.release()
+            put(None)
+
+    threading.Thread(target=worker, name=name, daemon=True).start()
+
+    async def stream():
+        try:
+            while (item := await queue.get()) is not None:
+                yield sse(item)
+        finally:
+            cancel.set()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 def create_app(monitor, max_body: int = 64 * 1024, max_prompt_chars: int = 8000,
                max_features: int = 64) -> FastAPI:
     """The app serving ``monitor`` (one generation at a time)."""
@@ -176,39 +214,10 @@ def create_app(monitor, max_body: int = 64 * 1024, max_prompt_chars: int = 8000,
         if not lock.acquire(blocking=False):
             return _error(429, "a generation is already running; try again when it ends",
                           {"Retry-After": "2"})
-        cancel = threading.Event()
-        queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def put(item) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the event loop is gone: nobody listens any more
-                cancel.set()
-
-        def worker() -> None:
-            try:
-                for event in monitor.run(plan, cancel):
-                    put(event.to_dict())
-            except ThinksaeError as e:
-                put({"type": "error", "message": str(e)})
-            except Exception as e:  # reported to the client; the server goes on
-                put({"type": "error", "message": f"{type(e).__name__}: {e}"})
-            finally:
-                lock.release()
-                put(None)
-
-        threading.Thread(target=worker, name="thinksae-monitor", daemon=True).start()
-
-        async def stream():
-            try:
-                while (item := await queue.get()) is not None:
-                    yield sse(item)
-            finally:
-                cancel.set()
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        def work(put, cancel) -> None:
+            for event in monitor.run(plan, cancel):
+                put(event.to_dict())
+        return event_stream(lock, work, "thinksae-monitor")
 
     return app
 

@@ -25,7 +25,6 @@ client that goes away stops its generation after the current token.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import ThinksaeError
-from ..monitor.server import RequestError, _read_json, sse
+from ..monitor.server import RequestError, _read_json, event_stream
 from .config import ServeConfig
 from .steering import parse_steer, save_sweep, stream_steer
 from .workbench import Query, encode_text, feature_rows, load_run, read_run, read_traces, scores_of, select
@@ -186,36 +185,7 @@ def _steer_request(wb: Workbench, body):
 def _event_stream(wb: Workbench, work) -> StreamingResponse:
     """Run ``work(emit, cancel)`` in a thread holding the model lock (already acquired) and
     stream what it emits as server-sent events; the client going away sets ``cancel``."""
-    cancel = threading.Event()
-    queue: asyncio.Queue = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-
-    def put(item) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone: nobody listens
-            cancel.set()
-
-    def worker() -> None:
-        try:
-            work(put, cancel)
-        except Exception as e:  # reported to the client; the server goes on
-            put({"type": "error", "message": f"{type(e).__name__}: {e}".splitlines()[0]})
-        finally:
-            wb.lock.release()
-            put(None)
-
-    threading.Thread(target=worker, name="thinksae-serve", daemon=True).start()
-
-    async def stream():
-        try:
-            while (item := await queue.get()) is not None:
-                yield sse(item)
-        finally:
-            cancel.set()
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return event_stream(wb.lock, work, "thinksae-serve")
 
 
 def _generation_routes(app: FastAPI, wb: Workbench) -> None:
