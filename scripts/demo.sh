@@ -9,10 +9,15 @@ cd "$(dirname "$0")/.."
 "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e .
 # llama.cpp runs the quantised GGUF for the corpus where transformers would decode in float32
-# (CPUs without fast bfloat16: 3.98x the decode speed of float32 transformers, measured). Its first
-# install compiles it (about 9 minutes on 2 cores; pip keeps the wheel, later installs take
-# seconds). THINKSAE_LLAMACPP=0 skips it: the corpus then runs in transformers (engine auto).
-if [ "${THINKSAE_LLAMACPP:-1}" != "0" ]; then
+# (CPUs without fast bfloat16: 3.98x the decode speed of float32 transformers, measured); where
+# bfloat16 is fast it gains nothing and is not installed. Its first install compiles it (9-35
+# minutes on 2 cores; pip keeps the wheel, later installs take seconds). THINKSAE_LLAMACPP=0 never
+# installs it (the corpus then runs in transformers), =1 always does.
+want=${THINKSAE_LLAMACPP:-auto}
+if [ "$want" = "auto" ]; then
+  want=$("$PY" -c "import torch; from thinksae.models import resolve_device, resolve_dtype; d = resolve_device('auto'); print(int(d.type == 'cpu' and resolve_dtype('auto', d) == torch.float32))")
+fi
+if [ "$want" = "1" ]; then
   "$PY" -m pip install -q -e ".[llamacpp]" || echo "thinksae: llama-cpp-python did not install; the corpus runs in transformers"
 fi
 "$PY" -m thinksae models fetch-offline
