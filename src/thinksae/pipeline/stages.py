@@ -32,12 +32,24 @@ UNHASHED = ("progress",)
 """Config fields that do not change a stage's output."""
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "corpus": {"engine": "hf"},
-    "train": {"auxk_norm": "x"},
+    "train": {"auxk_norm": "x", "sae.architecture": "topk"},
 }
-"""Config fields added after run directories were made, with the value that does what the
-stage did before them: left out of the stage's hash while they hold it, so such a run
-directory still skips its done stages (a field whose default changed the output is not here:
-its stage reruns)."""
+"""Config fields added after run directories were made (``a.b``: field b of the nested config
+a), with the value that does what the stage did before them: left out of the stage's hash while
+they hold it, so such a run directory still skips its done stages (a field whose default changed
+the output is not here: its stage reruns)."""
+
+
+def _without_legacy(d: dict[str, Any], legacy: dict[str, Any]) -> dict[str, Any]:
+    """``d`` without the :data:`ADDED_LATER` fields that hold their old-behaviour value."""
+    out = dict(d)
+    for key, old in legacy.items():
+        head, _, field = key.partition(".")
+        if field and isinstance(out.get(head), dict) and out[head].get(field, old) == old:
+            out[head] = {k: v for k, v in out[head].items() if k != field}
+        elif not field and head in out and out[head] == old:
+            del out[head]
+    return out
 
 
 @dataclass
@@ -114,11 +126,8 @@ def stage_hash(stage: str, cfg, upstream: list[str], root: Path | None = None,
         if prefix and isinstance(v, str) and (v == prefix or v.startswith(prefix + "/")):
             return "$RUN" + v[len(prefix):]
         return v
-    legacy = ADDED_LATER.get(stage, {})
-    d = {k: rel(v) for k, v in to_dict(cfg).items()
-         if k not in UNHASHED and not (k in legacy and v == legacy[k])}
-    if isinstance(d.get("sae"), dict) and d["sae"].get("architecture") == "topk":
-        d["sae"] = {k: v for k, v in d["sae"].items() if k != "architecture"}  # added later too
+    d = _without_legacy({k: rel(v) for k, v in to_dict(cfg).items() if k not in UNHASHED},
+                        ADDED_LATER.get(stage, {}))
     parts = {"stage": stage, "config": d, "upstream": upstream}
     if extra is not None:
         parts["extra"] = extra
