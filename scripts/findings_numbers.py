@@ -1,8 +1,10 @@
 """Numbers for docs/findings.md that the run report does not print itself: tokens per region of
 the held-out traces, behaviour tags, the store's size, in-sample reconstruction (beside the
-report's held-out numbers) and each stage's wall time. Reads a finished `thinksae run` directory.
+report's held-out numbers) and each stage's wall time; with ``--tables``, the validation verdicts
+and the explanations' scores as Markdown tables. Reads a finished `thinksae run` directory.
 
     python scripts/findings_numbers.py runs/findings
+    python scripts/findings_numbers.py runs/findings --tables
 """
 
 from __future__ import annotations
@@ -55,6 +57,51 @@ def in_sample(run: Path, hookpoint: str) -> dict:
                if v.get("tokens")}}
 
 
+def _num(v, fmt: str = "{:.3g}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def _interval(r: dict, key: str, fmt: str = "{:.3g}") -> str:
+    lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
+    return f"{_num(r.get(key), fmt)} [{_num(lo, fmt)}, {_num(hi, fmt)}]"
+
+
+def verdict_table(run: Path) -> str:
+    """One row per validated feature (validate/verdicts.jsonl), ordered by why it was picked."""
+    path = run / "validate" / "verdicts.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: (r["why"][0].split("#")[0], int(r["why"][0].split("#")[1])))
+    out = ["| feature | picked as | label | trigger tokens | context think/other [95 %] | "
+           "injection / think [95 %] | ablation Δlog p [95 %] | clamp 2×max Δlog p [95 %] | "
+           "ablation KL | verdict |", "|---:|---|---|---|---|---|---|---|---:|---|"]
+    for r in rows:
+        trig = ", ".join(f"`{t}`".replace("\n", "⏎").replace("\n", "⏎")
+                         for t in r.get("trigger_text", [])[:3])
+        out.append("| " + " | ".join([
+            str(r["feature"]), ", ".join(r["why"]), str(r.get("label")), trig,
+            "only in thinking" if r.get("context_only_in_think") else _interval(r, "context_ratio"),
+            _interval(r, "injection_ratio"), _interval(r, "ablate_dlogp", "{:.4f}"),
+            _interval(r, "clamp_dlogp", "{:.3f}"), _num(r.get("ablate_kl"), "{:.2g}"),
+            f"**{r['verdict']}**"]) + " |")
+    return "\n".join(out)
+
+
+def explain_table(run: Path) -> str:
+    """One row per explained feature (explain/summary.json): the explanation and its AUROCs next
+    to the no-LLM baseline's."""
+    summary = json.loads((run / "explain" / "summary.json").read_text())
+    out = ["| feature | explanation (LLM) | detection AUROC LLM / baseline | "
+           "fuzzing AUROC LLM / baseline |", "|---:|---|---|---|"]
+    for r in summary["features"]:
+        text = (r.get("explanation") or "(none)").replace("|", "\\|")
+        cells = [f"{_num(r.get(f'llm_{s}_auroc'), '{:.2f}')} / "
+                 f"{_num(r.get(f'baseline_{s}_auroc'), '{:.2f}')}" for s in ("detection", "fuzzing")]
+        out.append(f"| {r['feature']} | {text} | {cells[0]} | {cells[1]} |")
+    t = summary["timing"]
+    out.append(f"\nTiming: {json.dumps({k: round(v, 1) for k, v in t.items()})}")
+    return "\n".join(out)
+
+
 def main(run: str) -> None:
     root = Path(run)
     spec = json.loads((root / "run_config.json").read_text())
@@ -69,4 +116,9 @@ def main(run: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/findings")
+    args = [a for a in sys.argv[1:] if a != "--tables"]
+    where = args[0] if args else "runs/findings"
+    if "--tables" in sys.argv:
+        print(verdict_table(Path(where)) + "\n\n" + explain_table(Path(where)))
+    else:
+        main(where)

@@ -32,8 +32,8 @@ class ValidateConfig:
     out: str | None = None
     """Output directory (default: <analysis>/validate): verdicts.jsonl, validation.json."""
     top: int = 10
-    """Validate the top N content features (not dead, rare or formatting) of each score:
-    reason_score, think_rate_ratio, think_mean_ratio."""
+    """Validate the top N features (not dead or rare) of each score: reason_score,
+    think_rate_ratio, think_mean_ratio (formatting ones are judged too: verdict formatting)."""
     features: str | None = None
     """Also validate these features (comma-separated indices)."""
     split: str = "heldout"
