@@ -54,6 +54,30 @@ def test_generate_resume_and_settings_check(tmp_path, model, r1_tokenizer, monke
         build_corpus(cfg, model, r1_tokenizer)
 
 
+def test_kept_traces_copied_in_need_no_engine(tmp_path, model, r1_tokenizer, monkeypatch):  # noqa: F811
+    """A corpus whose every trace is already there (e.g. kept traces copied in) opens no engine
+    and loads no model: re-deriving a run needs neither llama.cpp nor generation."""
+    import thinksae.models as models
+
+    out = tmp_path / "first.jsonl"
+    cfg = CorpusConfig(out=str(out), limit=2, generation=GenerationConfig(max_new_tokens=3),
+                       batch_size=2, progress=False)
+    build_corpus(cfg, model, r1_tokenizer)
+    copy = tmp_path / "run" / "corpus" / "traces.jsonl"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(out.read_bytes())
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    again = CorpusConfig(out=str(copy), limit=2, generation=GenerationConfig(max_new_tokens=3),
+                         engine="llama.cpp", model="not-a-gguf", progress=False)
+    assert build_corpus(again, None, None) == copy
+    assert copy.read_bytes() == out.read_bytes() and config_path(copy).is_file()
+    with open(copy, "ab") as f:  # a half-written last line is not a trace: generation is needed
+        f.write(b'{"id": "math-003"')
+    again.limit = 3
+    with pytest.raises(ThinksaeError, match="llama.cpp|GGUF|gguf"):
+        build_corpus(again, None, None)
+
+
 def test_several_samples_per_question(tmp_path, model, r1_tokenizer):  # noqa: F811
     out = tmp_path / "s.jsonl"
     cfg = CorpusConfig(out=str(out), limit=2, samples=3, batch_size=4, progress=False,

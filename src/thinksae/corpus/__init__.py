@@ -16,6 +16,7 @@ from .engines import ENGINES, check_batch_size, check_engine, open_engine, resol
 from .generate import (
     SAMPLE_SEP,
     THINK_SYSTEM_PROMPT,
+    all_done,
     build_prompt,
     generate_traces,
     question_id,
@@ -159,10 +160,15 @@ def build_corpus(cfg: CorpusConfig, model=None, tokenizer=None) -> Path:
     gen = cfg.generation
     gen.check()
     check_batch_size(cfg.batch_size)
-    engine_name = resolve_engine(cfg.engine, cfg.model, cfg.device, cfg.dtype)
-    check_engine(engine_name, cfg.model)
     _check_resumable(cfg)
     problems = repeat_problems(load_prompts(cfg.prompts, cfg.limit), cfg.samples, gen.do_sample)
+    if all_done(out, [p.id for p in problems]):  # e.g. kept traces copied in: no engine needed
+        print(f"thinksae: all {len(problems)} traces are already in {out}; nothing to generate",
+              flush=True)
+        save_config(cfg, config_path(out))
+        return out
+    engine_name = resolve_engine(cfg.engine, cfg.model, cfg.device, cfg.dtype)
+    check_engine(engine_name, cfg.model)
     if engine_name != "hf":
         tokenizer = tokenizer or load_tokenizer(cfg.model)
     elif model is None or tokenizer is None:

@@ -98,6 +98,21 @@ def _done_ids(out_path: Path) -> dict[str, Trace]:
     return {t.id: t for t in iter_traces(out_path)}
 
 
+def all_done(out_path: str | os.PathLike, ids: Sequence[str]) -> bool:
+    """Whether every id in ``ids`` already has a whole trace line in ``out_path`` (read only: a
+    cut-short last line does not count and is left for the resuming run to repair)."""
+    path = Path(out_path)
+    if not path.is_file():
+        return False
+    done = set()
+    for line in path.read_bytes().split(b"\n")[:-1]:  # whole lines only
+        try:
+            done.add(json.loads(line).get("id"))
+        except (ValueError, AttributeError):
+            continue
+    return set(ids) <= done
+
+
 def stop_ids(model, tokenizer) -> list[int]:
     """EOS ids of the tokenizer and the model's generation config, and the pad id."""
     return token_stops(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
