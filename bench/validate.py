@@ -41,8 +41,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
+    from thinksae.interventions.spec import Intervention
     from thinksae.sae import Sae, SaeConfig
-    from thinksae.steer.spec import Intervention
     from thinksae.validate.attribution import attribution
     from thinksae.validate.causal import intervene, prepare
 

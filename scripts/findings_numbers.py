@@ -20,14 +20,14 @@ import numpy as np
 
 def store_numbers(run: Path, hookpoint: str, card: dict) -> dict:
     from thinksae.evaluate import EvalConfig
-    from thinksae.evaluate.checks import split_docs
+    from thinksae.evaluate.checks import docs_of_split
     from thinksae.store import ActivationStore
 
     store = ActivationStore(run / "store" / hookpoint)
     names = store.manifest["regions"]
     regions = store.labels("regions")
     sae_dir = run / "sae" / hookpoint
-    held_docs = split_docs(EvalConfig(sae=str(sae_dir), split="heldout"), sae_dir, card, store)
+    held_docs = docs_of_split(EvalConfig(sae=str(sae_dir), split="heldout"), sae_dir, card, store)
     held = np.isin(store.labels("doc_index"), held_docs)
     behaviours = Counter(store.labels("behaviours").tolist())
     return {
