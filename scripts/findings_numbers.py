@@ -5,6 +5,7 @@ and the explanations' scores as Markdown tables. Reads a finished `thinksae run`
 
     python scripts/findings_numbers.py runs/findings
     python scripts/findings_numbers.py runs/findings --tables
+    python scripts/findings_numbers.py runs/findings --top      # top 10 by each score
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def in_sample(run: Path, hookpoint: str) -> dict:
                                      store=str(run / "store" / hookpoint), split="train",
                                      out=str(Path(tmp) / "train.json"), update_card=False,
                                      progress=False))
-    m = result["metrics"]
+    m = result.to_dict()["metrics"]
     keep = ("tokens", "fvu", "cosine", "l0", "dead_fraction")
-    return {"all": {k: m["all"][k] for k in keep},
+    return {"trained": {k: m["trained"][k] for k in keep}, "all": {k: m["all"][k] for k in keep},
             **{f"region {r}": {k: v[k] for k in keep} for r, v in m["regions"].items()
                if v.get("tokens")}}
 
@@ -86,6 +87,32 @@ def verdict_table(run: Path) -> str:
     return "\n".join(out)
 
 
+def _tok(text: str) -> str:
+    return "`" + text.replace("\n", "⏎").replace("`", "ˋ").replace("|", "\\|") + "`"
+
+
+def top_table(run: Path, score: str, n: int = 10) -> str:
+    """The top ``n`` features (not dead or rare) by ``score``: label, tokens for 90 % of the mass,
+    the three top trigger tokens with their share of the mass, and the strongest context."""
+    from thinksae.features.card import feature_info
+
+    rows = [json.loads(line) for line in (run / "features" / "features.jsonl").open()]
+    alive = sorted((r for r in rows if r["label"] not in ("dead", "rare") and r.get(score) is not None),
+                   key=lambda r: (-r[score], r["feature"]))[:n]
+    out = [f"| feature | {score} | label | tokens for 90 % | top trigger tokens (share of mass) | "
+           "strongest context |", "|---:|---:|---|---:|---|---|"]
+    for r in alive:
+        _, det = feature_info(run / "features", r["feature"])
+        toks = ", ".join(f"{_tok(t['text'])} {100 * t['share']:.1f} %" for t in det["tokens"][:3])
+        c = det["contexts"][0]
+        i = c["trigger"]
+        ctx = "".join(c["tokens"][max(0, i - 6):i]) + "[" + c["tokens"][i] + "]" + \
+            "".join(c["tokens"][i + 1:i + 4])
+        out.append(f"| {r['feature']} | {r[score]:.4g} | {r['label']} | {r['tokens_90']} | {toks} | "
+                   f"{_tok(ctx)} |")
+    return "\n".join(out)
+
+
 def explain_table(run: Path) -> str:
     """One row per explained feature (explain/summary.json): the explanation and its AUROCs next
     to the no-LLM baseline's."""
@@ -116,9 +143,12 @@ def main(run: str) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--tables"]
+    args = [a for a in sys.argv[1:] if a not in ("--tables", "--top")]
     where = args[0] if args else "runs/findings"
-    if "--tables" in sys.argv:
+    if "--top" in sys.argv:
+        print("\n\n".join(top_table(Path(where), s) for s in
+                          ("reason_score", "think_rate_ratio", "think_mean_ratio")))
+    elif "--tables" in sys.argv:
         print(verdict_table(Path(where)) + "\n\n" + explain_table(Path(where)))
     else:
         main(where)
