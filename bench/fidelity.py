@@ -1,7 +1,7 @@
 """Benchmark what a cheaper way of running the model costs in fidelity, against float32 on the
 same tokens, in one run: transformers in bfloat16 (what `dtype: auto` picks on a CPU with fast
 bf16, and on GPUs) and llama.cpp on the quantised GGUF as it is (the corpus engine on CPUs
-without fast bf16). Definitions: `thinksae.models.fidelity`.
+without fast bf16). Definitions: `thinksae.evaluate.fidelity`.
 
 Texts: the first --n traces of a corpus JSONL (default: the findings run's, kept in the repo), cut
 to --tokens tokens, one forward each (teacher forcing: every position is compared on the same
@@ -88,7 +88,7 @@ def llama_logits(gguf: Path, docs, threads: int) -> list[torch.Tensor]:
 
 def report(name: str, ref_logits, logits, seconds: float, acts=None, ref_acts=None, masks=None,
            sae=None) -> None:
-    from thinksae.models.fidelity import FidelityStats, sae_fvu
+    from thinksae.evaluate.fidelity import FidelityStats, sae_fvu
 
     st = FidelityStats()
     for r, o in zip(ref_logits, logits):

@@ -1,10 +1,10 @@
-"""thinksae.models.fidelity: KL, argmax agreement and activation FVU against hand computations."""
+"""thinksae.evaluate.fidelity: KL, argmax agreement and activation FVU against hand computations."""
 
 import math
 
 import torch
 
-from thinksae.models.fidelity import FidelityStats, sae_fvu
+from thinksae.evaluate.fidelity import FidelityStats, sae_fvu
 
 
 def test_next_token_fidelity_by_hand():

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..evaluate.metrics import Moments, fvu
+from .metrics import Moments, fvu
 
 
 class NextTokenFidelity(NamedTuple):
