@@ -120,9 +120,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
+    from thinksae.corpus import Region
+
     sae, regions = None, None
     if args.sae:
-        from thinksae.corpus import Region
         from thinksae.sae.bound import SaeAtHookpoint
         from thinksae.steer.regions import trained_regions
 
@@ -133,7 +134,8 @@ def main() -> None:
     model, tok = load(args.model, "float32")
     print(f"float32 load {time.perf_counter() - t0:.1f} s; hookpoint {args.hookpoint}", flush=True)
     docs = texts(tok, args.traces, args.n, args.tokens)
-    masks = [torch.tensor([r in regions if regions else r != 3 for r in reg]) for _, reg in docs]
+    keep = regions or {r.value for r in Region if r is not Region.SPECIAL}
+    masks = [torch.tensor([r in keep for r in reg]) for _, reg in docs]
     t0 = time.perf_counter()
     ref_logits, ref_acts = hf_run(model, docs, args.hookpoint)
     print(f"{'float32 (reference)':<22} {time.perf_counter() - t0:7.1f} s  "
