@@ -20,7 +20,7 @@ from thinksae.corpus.engines import (
     check_engine,
 )
 from thinksae.corpus.engines.hf import batch_for_memory, sequence_bytes
-from thinksae.corpus.engines.llamacpp import LlamaCppEngine
+from thinksae.corpus.engines.llamacpp import ROOM_SLACK, LlamaCppEngine
 from thinksae.errors import ThinksaeError
 from thinksae.generation import GenerationConfig as Gen
 
@@ -42,7 +42,8 @@ class FakeSession:
 
     def __init__(self, backend, n_ctx, seeds):
         self.backend, self.n_ctx, self.history = backend, n_ctx, {}
-        backend.sessions.append({"n_ctx": n_ctx, "seeds": list(seeds), "steps": []})
+        self.log = {"n_ctx": n_ctx, "seeds": list(seeds), "steps": [], "fed": [], "reseeds": []}
+        backend.sessions.append(self.log)
 
     def _next(self, seq: int) -> int:
         if self.backend.script is not None:
@@ -51,14 +52,21 @@ class FakeSession:
         with torch.no_grad():
             return int(self.backend.model(ids).logits[0, -1].argmax())
 
-    def prefill(self, seq, ids):
-        assert seq not in self.history
+    def prefill(self, seq, ids, held=0):
+        assert self.history.get(seq, []) == list(ids[:held])  # it holds exactly what it is told
         self.history[seq] = list(ids)
         self.backend.prompt_len[seq] = len(ids)
+        self.log["fed"].append(len(ids) - held)
         return self._next(seq)
 
+    def forget(self, seq, keep):
+        self.history[seq] = self.history[seq][:keep]
+
+    def reseed(self, seq, seed):
+        self.log["reseeds"].append((seq, seed))
+
     def step(self, seqs, tokens, positions):
-        self.backend.sessions[-1]["steps"].append(list(seqs))
+        self.log["steps"].append(list(seqs))
         out = []
         for s, t, p in zip(seqs, tokens, positions):
             assert p == len(self.history[s])  # the token goes right after what the sequence holds
@@ -104,10 +112,16 @@ def test_llama_cpp_loop_makes_the_traces_hf_makes(tmp_path, model, r1_tokenizer)
         assert a.meta.pop("model") == "fake.gguf"
         b.meta.pop("model")
         assert a.meta == b.meta  # finished, token counts, forced answers alike
-    # per batch: thinking, then the forced answers; all rows of a batch decoded together
-    assert [len(s["seeds"]) for s in backend.sessions] == [3, 3, 1, 1]
+    # per batch one context: thinking, all rows together, then the forced answer continues in it,
+    # fed only what its prompt adds to the thinking it holds (`</think>` and the blank line)
+    assert [len(s["seeds"]) for s in backend.sessions] == [3, 1]
     assert backend.sessions[0]["steps"][0] == [0, 1, 2]
-    assert len(backend.sessions[0]["steps"]) == 5  # 6 tokens: the prefill's, then 5 steps
+    assert len(backend.sessions[0]["steps"]) == 5 + 3  # 6 tokens: the prefill's, then 5 steps; answer: 3
+    assert all(t.meta.get("forced_answer") for t in got)
+    assert [len(s["reseeds"]) for s in backend.sessions] == [3, 1]
+    answer_fed = backend.sessions[0]["fed"][3:] + backend.sessions[1]["fed"][1:]
+    # fed at most the 6 thinking tokens (retokenized) and the closing ones: never the prompt again
+    assert len(answer_fed) == 4 and all(1 <= n <= 6 + 4 for n in answer_fed) and min(answer_fed) <= 4
 
 
 def test_llama_cpp_stops_and_budget(r1_tokenizer):  # noqa: F811
@@ -118,13 +132,44 @@ def test_llama_cpp_stops_and_budget(r1_tokenizer):  # noqa: F811
     rows = engine.generate(["p"] * 4, list("abcd"), budget=4)
     assert rows == [Row([5, 6], True), Row([7, 8, 9, 10], False), Row([], True), Row([3], True)]
     assert backend.sessions[0]["steps"] == [[0, 1, 3], [0, 1], [1]]  # stopped rows drop out
-    rows = engine.generate(["p"] * 2, list("ab"), budget=1)
+    rows = engine.generate(["p"] * 2, list("ef"), budget=1)
     assert rows == [Row([5], False), Row([7], False)] and backend.sessions[-1]["steps"] == []
     backend.max_seqs = 3  # more prompts than the context holds sequences: run in chunks
-    assert len(engine.generate(["p"] * 4, list("abcd"), budget=2)) == 4
+    assert len(engine.generate(["p"] * 4, list("ghij"), budget=2)) == 4
     assert [len(s["seeds"]) for s in backend.sessions[-2:]] == [3, 1]
     with pytest.raises(ThinksaeError, match="do not belong together"):
         llama(r1_tokenizer, FakeBackend(n_vocab=1000))
+
+
+def test_llama_cpp_continues_a_question_in_the_context_that_holds_it(model, r1_tokenizer, monkeypatch):  # noqa: F811
+    backend = FakeBackend(model)
+    engine = llama(r1_tokenizer, backend)
+    texts, keys = [q.question for q in QUESTIONS[:3]], ["a", "b", "c"]
+    first = engine.generate(texts, keys, budget=5)
+    longer = [t + r1_tokenizer.decode(r.ids) + " so" for t, r in zip(texts, first)]
+    cont = engine.generate(longer[:2], keys[:2], budget=3)
+    assert cont == llama(r1_tokenizer, FakeBackend(model)).generate(longer[:2], keys[:2], budget=3)
+    assert len(backend.sessions) == 1
+    ids = [r1_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    fed = backend.sessions[0]["fed"][3:]
+    assert len(fed) == 2 and all(1 <= n <= 3 for n in fed)  # " so" and what retokenizing moved
+    assert engine.generate(texts[:1], keys[:1], budget=5) == first[:1]  # a shorter prompt: trimmed
+    assert backend.sessions[0]["fed"][-1] == 1 and len(backend.sessions) == 1
+    room = max(map(len, ids)) + 2 * 5 + ROOM_SLACK  # the longest prompt, twice the budget, slack
+    engine.generate(longer[:1], keys[:1], budget=room)  # no room for that: a fresh context
+    assert len(backend.sessions) == 2
+    assert backend.sessions[1]["fed"] == [len(r1_tokenizer(longer[0], add_special_tokens=False)["input_ids"])]
+    engine.generate(longer[:1], ["z"], budget=2)  # an unknown question: a fresh context
+    assert len(backend.sessions) == 3
+
+    def broken(self, seqs, tokens, positions):
+        raise RuntimeError("decode failed")
+
+    monkeypatch.setattr(FakeSession, "step", broken)
+    with pytest.raises(RuntimeError):
+        engine.generate(longer[:1], ["z"], budget=3)
+    assert engine._kept is None  # what a failed context holds is never continued
+    engine.close()
 
 
 def test_llama_cpp_seeds_follow_the_question_not_the_batch(r1_tokenizer):  # noqa: F811
@@ -132,9 +177,11 @@ def test_llama_cpp_seeds_follow_the_question_not_the_batch(r1_tokenizer):  # noq
     engine = llama(r1_tokenizer, backend, do_sample=True, temperature=0.7, top_p=0.9, seed=5)
     engine.generate(["p"] * 3, ["a", "b", "c"], budget=2)
     engine.generate(["p"] * 2, ["c", "d"], budget=2)
-    engine.generate(["p"], ["c"], budget=2, stage="answer")
-    first, second, answer = (s["seeds"] for s in backend.sessions)
-    assert first[2] == second[0] and len(set(first)) == 3 and answer[0] != first[2]
+    engine.generate(["p"], ["c"], budget=2, stage="answer")  # continues in the second context
+    first, second = (s["seeds"] for s in backend.sessions)
+    [(seq, answer)] = backend.sessions[1]["reseeds"]
+    assert first[2] == second[0] and len(set(first)) == 3 and (seq, answer) == (0, Gen(seed=5).row_seeds(
+        ["c"], "answer")[0]) and answer != first[2]
     assert first[2] == Gen(seed=5).batch_seed(["c"]) % 2**32
     assert backend.samplings[0] == Gen(do_sample=True, temperature=0.7, top_p=0.9, seed=5)
 
@@ -275,6 +322,17 @@ def test_real_llama_cpp_on_a_tiny_gguf(tmp_path, model, r1_tokenizer):  # noqa: 
         one = sampled.generate([hf[0].prompt] * 2, ["a", "b"], 8)
         assert one == sampled.generate([hf[0].prompt] * 2, ["a", "b"], 8)  # seeded
         assert one[0] != one[1]  # a seed per question
+        sampled._release()  # its context, before the shared model goes
+        # budget forcing: the answer pass continues in the thinking's context (trimmed, reseeded)
+        gen = dict(generation=Gen(max_new_tokens=6, think_prefill=True), progress=False, answer_tokens=4)
+        forced_hf = generate_traces(model, r1_tokenizer, QUESTIONS, tmp_path / "fhf.jsonl", batch_size=4,
+                                    **gen)
+        fresh = LlamaCppEngine(gguf, r1_tokenizer, Gen(), engine.backend)
+        forced_ll = generate_traces(None, r1_tokenizer, QUESTIONS, tmp_path / "fll.jsonl", batch_size=4,
+                                    engine=fresh, **gen)
+        assert sum(bool(t.meta.get("forced_answer")) for t in forced_hf) >= 2
+        assert [t.completion for t in forced_ll] == [t.completion for t in forced_hf]
+        fresh._release()
     finally:
         engine.close()
     build_corpus(cfg, tokenizer=r1_tokenizer)

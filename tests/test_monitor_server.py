@@ -48,6 +48,10 @@ def generate(client, **body):
 def test_page_and_info(client):
     page = client.get("/")
     assert page.status_code == 200 and "thinksae monitor" in page.text
+    assert '<script src="sse.js">' in page.text  # relative: also right where the app is mounted
+    js = client.get("/sse.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    assert "async function postEvents" in js.text
     info = client.get("/api/info").json()
     assert info["hookpoint"] == HOOKPOINT and info["num_latents"] == 256
     assert info["features"] == [1, 2, 5] and info["rules"][0]["name"] == "seen"

@@ -61,9 +61,12 @@ def test_pages_and_info(client):
     assert info["features_analysed"] == 256 and info["busy"] is False
     for path, needle in (("/", "features"), ("/try", "try text"), ("/steer", "steer"),
                          ("/monitor/", "thinksae monitor"), ("/run/index.html", "run report"),
-                         ("/static/common.js", "postEvents")):
+                         ("/static/common.js", "postJSON"), ("/monitor/sse.js", "postEvents")):
         r = client.get(path)
         assert r.status_code == 200 and needle in r.text, path
+    for page in ("/", "/try", "/steer"):  # the event-stream reader is the monitor's, loaded first
+        text = client.get(page).text
+        assert 0 <= text.index('src="/monitor/sse.js"') < text.index('src="/static/common.js"'), page
     assert client.get("/monitor/api/info").json()["hookpoint"] == HOOKPOINT
     assert client.get("/features/index.html", follow_redirects=False).headers["location"] == "/"
 

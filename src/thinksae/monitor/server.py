@@ -1,7 +1,7 @@
 """The monitor's web app (FastAPI): a page, and generations streamed as server-sent events.
 
-- ``GET /`` the page; ``GET /api/info`` the SAE, hookpoint, default features and rules;
-  ``GET /api/alerts?limit=N`` the last alerts of the JSONL log.
+- ``GET /`` the page (``GET /sse.js`` its event-stream reader); ``GET /api/info`` the SAE,
+  hookpoint, default features and rules; ``GET /api/alerts?limit=N`` the last alerts of the JSONL log.
 - ``POST /api/generate`` with a JSON body ``{"prompt": str, "features": [int] | "1,2",
   "rules": [rule, ...], "max_new_tokens": int, "value": "topk" | "pre"}`` (all but the prompt
   optional; ``value`` defaults to the monitor's) answers
@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 
 from ..errors import ThinksaeError
 from .alerts import read_alerts
 from .events import VALUE_LABELS, VALUES
 
 PAGE = Path(__file__).parent / "static" / "index.html"
+SSE_JS = PAGE.with_name("sse.js")  # also loaded by the workbench pages
 _FIELDS = {"prompt", "features", "rules", "max_new_tokens", "value"}
 
 
@@ -60,11 +61,31 @@ class RequestError(Exception):
         self.status = status
 
 
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """A JSON error: ``{"error": message}`` with ``status`` (and ``headers``)."""
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def _read_json(request: Request, limit: int) -> Any:
+def add_error_handlers(app: FastAPI) -> None:
+    """Answer a :class:`RequestError` with its status and ``{"error": message}``, a
+    :class:`ThinksaeError` with 422, anything else with 500 and its first line (shared by the
+    monitor and the workbench)."""
+
+    @app.exception_handler(RequestError)
+    async def request_error(_request: Request, exc: RequestError):
+        return error_response(exc.status, str(exc))
+
+    @app.exception_handler(ThinksaeError)
+    async def thinksae_error(_request: Request, exc: ThinksaeError):
+        return error_response(422, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception):
+        return error_response(500, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body parsed as JSON: 413 past ``limit`` bytes, 400 when it is not JSON."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise RequestError(413, f"request body over {limit} bytes")
@@ -177,18 +198,15 @@ def create_app(monitor, max_body: int = 64 * 1024, max_prompt_chars: int = 8000,
     lock = threading.Lock()
     page = PAGE.read_text()
     app.state.lock = lock
-
-    @app.exception_handler(RequestError)
-    async def request_error(_request: Request, exc: RequestError):
-        return _error(exc.status, str(exc))
-
-    @app.exception_handler(Exception)
-    async def unexpected(_request: Request, exc: Exception):
-        return _error(500, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    add_error_handlers(app)
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
         return HTMLResponse(page)
+
+    @app.get("/sse.js")
+    async def sse_js():
+        return FileResponse(SSE_JS, media_type="text/javascript")
 
     @app.get("/api/info")
     async def info():
@@ -209,10 +227,10 @@ def create_app(monitor, max_body: int = 64 * 1024, max_prompt_chars: int = 8000,
 
     @app.post("/api/generate")
     async def generate(request: Request):
-        body = await _read_json(request, max_body)
+        body = await read_json(request, max_body)
         plan = parse_request(body, monitor, max_prompt_chars, max_features)
         if not lock.acquire(blocking=False):
-            return _error(429, "a generation is already running; try again when it ends",
+            return error_response(429, "a generation is already running; try again when it ends",
                           {"Retry-After": "2"})
         def work(put, cancel) -> None:
             for event in monitor.run(plan, cancel):

@@ -35,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import ThinksaeError
-from ..monitor.server import RequestError, _read_json, event_stream
+from ..monitor.server import RequestError, add_error_handlers, error_response, event_stream, read_json
 from .config import ServeConfig
 from .steering import parse_steer, save_sweep, stream_steer
 from .workbench import Query, encode_text, feature_rows, load_run, read_run, read_traces, scores_of, select
@@ -79,12 +79,8 @@ class Workbench:
         return float(value) if isinstance(value, (int, float)) else None
 
 
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
 def _busy() -> JSONResponse:
-    return _error(429, "the model is busy with another request; try again when it ends",
+    return error_response(429, "the model is busy with another request; try again when it ends",
                   {"Retry-After": "2"})
 
 
@@ -193,7 +189,7 @@ def _generation_routes(app: FastAPI, wb: Workbench) -> None:
 
     @app.post("/api/encode")
     async def encode(request: Request):
-        body = await _read_json(request, cfg.max_body)
+        body = await read_json(request, cfg.max_body)
         if not isinstance(body, dict) or not isinstance(body.get("text"), str) or set(body) - {
                 "text", "special_tokens"} or not isinstance(body.get("special_tokens", True), bool):
             raise RequestError(422, 'expected {"text": str, "special_tokens": bool (optional)}')
@@ -211,7 +207,7 @@ def _generation_routes(app: FastAPI, wb: Workbench) -> None:
 
     @app.post("/api/steer")
     async def steer(request: Request):
-        req = _steer_request(wb, await _read_json(request, cfg.max_body))
+        req = _steer_request(wb, await read_json(request, cfg.max_body))
         if not wb.lock.acquire(blocking=False):
             return _busy()
         return _event_stream(wb, lambda emit, cancel: stream_steer(
@@ -219,7 +215,7 @@ def _generation_routes(app: FastAPI, wb: Workbench) -> None:
 
     @app.post("/api/steer/save")
     async def save(request: Request):
-        req = _steer_request(wb, await _read_json(request, cfg.max_body))
+        req = _steer_request(wb, await read_json(request, cfg.max_body))
         if not wb.lock.acquire(blocking=False):
             return _busy()
         out = base = wb.info.root / "serve" / time.strftime("steer-%Y%m%d-%H%M%S")
@@ -254,18 +250,7 @@ def create_app(run_dir: str | Path, model=None, tokenizer=None, sae=None,
     wb.lock = mon.state.lock  # one lock for every use of the model
     app = FastAPI(title="thinksae workbench", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.workbench = wb
-
-    @app.exception_handler(RequestError)
-    async def request_error(_request: Request, exc: RequestError):
-        return _error(exc.status, str(exc))
-
-    @app.exception_handler(ThinksaeError)
-    async def thinksae_error(_request: Request, exc: ThinksaeError):
-        return _error(422, str(exc))
-
-    @app.exception_handler(Exception)
-    async def unexpected(_request: Request, exc: Exception):
-        return _error(500, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    add_error_handlers(app)
 
     @app.get("/api/info")
     async def info():
