@@ -67,9 +67,17 @@ def main() -> None:
         engine._release()
         forced = sum(bool(t.meta.get("forced_answer")) for t in traces[name])
         print(f"  {name:>13}: {walls[name]:7.1f} s  ({forced} of {len(problems)} answers forced)")
-    same = sum(a.completion == b.completion for a, b in zip(*traces.values()))
+    pairs = list(zip(*traces.values()))
+    same = sum(a.completion == b.completion for a, b in pairs)
     print(f"continued / fresh: {walls['fresh context'] / walls['continued']:.2f}x faster; "
           f"{same}/{len(problems)} completions identical")
+    for a, b in pairs:
+        if a.completion != b.completion:
+            cut = next(i for i, (x, y) in enumerate(zip(a.completion + "\0", b.completion + "\1")) if x != y)
+            close = a.completion.find("</think>")
+            where = "in the answer" if 0 <= close < cut else "before </think>"
+            print(f"  {a.id}: parts at character {cut} ({where}): {a.completion[cut:cut + 30]!r} vs "
+                  f"{b.completion[cut:cut + 30]!r}")
     backend.close()
 
 

@@ -62,6 +62,11 @@ class FakeSession:
     def forget(self, seq, keep):
         self.history[seq] = self.history[seq][:keep]
 
+    def share_prefix(self, seqs, ids):
+        assert all(s not in self.history for s in seqs)
+        self.history.update({s: list(ids) for s in seqs})
+        self.log["shared"] = len(ids)
+
     def reseed(self, seq, seed):
         self.log["reseeds"].append((seq, seed))
 
@@ -94,6 +99,10 @@ class FakeBackend:
         yield FakeSession(self, n_ctx, seeds)
 
 
+def _common(a, b) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def llama(tokenizer, backend, **sampling):
     return LlamaCppEngine("fake.gguf", tokenizer, Gen(**sampling), backend=backend)
 
@@ -116,6 +125,12 @@ def test_llama_cpp_loop_makes_the_traces_hf_makes(tmp_path, model, r1_tokenizer)
     # fed only what its prompt adds to the thinking it holds (`</think>` and the blank line)
     assert [len(s["seeds"]) for s in backend.sessions] == [3, 1]
     assert backend.sessions[0]["steps"][0] == [0, 1, 2]
+    # the 3 prompts' common start (chat template, system prompt) fed once, then each its own rest
+    prompt_ids = [r1_tokenizer(t.prompt, add_special_tokens=False)["input_ids"] for t in got[:3]]
+    shared = backend.sessions[0]["shared"]
+    assert 0 < shared == min(_common(prompt_ids[0], r) for r in prompt_ids)
+    assert backend.sessions[0]["fed"][:3] == [len(r) - shared for r in prompt_ids]
+    assert "shared" not in backend.sessions[1]  # one row: nothing to share
     assert len(backend.sessions[0]["steps"]) == 5 + 3  # 6 tokens: the prefill's, then 5 steps; answer: 3
     assert all(t.meta.get("forced_answer") for t in got)
     assert [len(s["reseeds"]) for s in backend.sessions] == [3, 1]

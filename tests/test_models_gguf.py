@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,6 +174,31 @@ def test_second_load_reads_the_copy_with_identical_logits(gguf_file, cache, monk
     chat = [{"role": "user", "content": "hi"}]
     assert tok2.apply_chat_template(chat, tokenize=False) == tok.apply_chat_template(chat, tokenize=False)
     assert (tok2.pad_token, tok2.padding_side) == (tok.pad_token, "left")
+
+
+def test_tokenizer_alone_comes_from_the_copy_once_there_is_one(gguf_file, cache, monkeypatch):
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from thinksae.models import load_tokenizer
+    from thinksae.models.tokenizer import tokenizer_hash
+
+    from_gguf = load_tokenizer(str(gguf_file))  # no copy yet: read from the GGUF
+    assert Path(from_gguf.name_or_path) == gguf_file.parent
+    load_model(str(gguf_file), device="cpu", dtype="float32", progress=False)  # writes the copy
+
+    def no_gguf(*args, **kwargs):
+        raise AssertionError("the GGUF was read again")
+
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", no_gguf)
+    copied = load_tokenizer(str(gguf_file))
+    assert Path(copied.name_or_path) == dq.entry_dir(dq.gguf_sha256(gguf_file), "float32")
+    assert tokenizer_hash(copied) == tokenizer_hash(from_gguf)
+    chat = [{"role": "user", "content": "hi"}]
+    assert copied.apply_chat_template(chat, tokenize=False) == from_gguf.apply_chat_template(
+        chat, tokenize=False)
+    monkeypatch.setenv(dq.ENV_SWITCH, "0")  # switched off: the GGUF again
+    with pytest.raises(AssertionError, match="read again"):
+        load_tokenizer(str(gguf_file))
 
 
 def test_corrupted_copy_falls_back_to_the_gguf_and_is_rewritten(gguf_file, cache, capfd):

@@ -5,9 +5,10 @@ a ``llama_batch`` holding one token of every running sequence per step (each seq
 cache slot, ``seq_id``), after prefilling each prompt on its own. The context of the last call is
 kept: a prompt that extends what a sequence of it already holds (budget forcing's answer pass is
 the thinking plus ``</think>``, under the same question id) is fed only its new tokens, instead
-of the whole prompt and thinking again. The loop (budget, stop tokens, positions) lives in
-:class:`LlamaCppEngine`; the ctypes calls in :class:`LlamaCppBackend`, so that a fake backend can
-test the loop without the compiled package.
+of the whole prompt and thinking again. In a fresh context the start the prompts share (chat
+template and system prompt) is computed once and copied to every sequence. The loop (budget,
+stop tokens, positions) lives in :class:`LlamaCppEngine`; the ctypes calls in
+:class:`LlamaCppBackend`, so that a fake backend can test the loop without the compiled package.
 """
 
 from __future__ import annotations
@@ -116,6 +117,16 @@ class _Session:
         """Drop what sequence ``seq`` holds from position ``keep`` on."""
         if not self.lc.llama_memory_seq_rm(self.lc.llama_get_memory(self.ctx), seq, keep, -1):
             raise ThinksaeError(f"llama.cpp could not trim sequence {seq} to {keep} tokens")
+
+    def share_prefix(self, seqs: list[int], ids: list[int]) -> None:
+        """Feed ``ids`` to the first of ``seqs`` (all empty) and copy it to the others: each then
+        holds ``ids``, computed once. (Between KV streams llama.cpp copies whole sequences only.)"""
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            self._decode([(seqs[0], t, start + j, False)
+                          for j, t in enumerate(ids[start:start + PREFILL_CHUNK])])
+        memory = self.lc.llama_get_memory(self.ctx)
+        for seq in seqs[1:]:
+            self.lc.llama_memory_seq_cp(memory, seqs[0], seq, -1, -1)
 
     def reseed(self, seq: int, seed: int) -> None:
         """A fresh sampler for sequence ``seq``."""
@@ -232,7 +243,13 @@ class LlamaCppEngine:
         stack = contextlib.ExitStack()
         session = stack.enter_context(self.backend.session(len(rows) * per_seq, self.sampling, seeds))
         self._kept = _KeptSession(stack, session, per_seq, {k: i for i, k in enumerate(keys)}, {})
-        return self._kept, list(range(len(rows))), [0] * len(rows)
+        seqs = list(range(len(rows)))
+        # the prompts' common start (chat template, system prompt) is computed once, not per row
+        shared = min(_common_prefix(rows[0], r) for r in rows) if len(rows) > 1 else 0
+        shared = min(shared, min(map(len, rows)) - 1)  # each row feeds one token at least
+        if shared > 0:
+            session.share_prefix(seqs, rows[0][:shared])
+        return self._kept, seqs, [max(shared, 0)] * len(rows)
 
     def _generate(self, rows: list[list[int]], keys: list[str], seeds: list[int],
                   budget: int) -> list[Row]:
