@@ -20,7 +20,7 @@ from thinksae.corpus.engines import (
     check_engine,
 )
 from thinksae.corpus.engines.hf import batch_for_memory, sequence_bytes
-from thinksae.corpus.engines.llamacpp import ROOM_SLACK, LlamaCppEngine
+from thinksae.corpus.engines.llamacpp import ROOM_SLACK, LlamaCppEngine, _common_prefix
 from thinksae.errors import ThinksaeError
 from thinksae.generation import GenerationConfig as Gen
 
@@ -99,10 +99,6 @@ class FakeBackend:
         yield FakeSession(self, n_ctx, seeds)
 
 
-def _common(a, b) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
 def llama(tokenizer, backend, **sampling):
     return LlamaCppEngine("fake.gguf", tokenizer, Gen(**sampling), backend=backend)
 
@@ -128,7 +124,7 @@ def test_llama_cpp_loop_makes_the_traces_hf_makes(tmp_path, model, r1_tokenizer)
     # the 3 prompts' common start (chat template, system prompt) fed once, then each its own rest
     prompt_ids = [r1_tokenizer(t.prompt, add_special_tokens=False)["input_ids"] for t in got[:3]]
     shared = backend.sessions[0]["shared"]
-    assert 0 < shared == min(_common(prompt_ids[0], r) for r in prompt_ids)
+    assert 0 < shared == min(_common_prefix(prompt_ids[0], r) for r in prompt_ids)
     assert backend.sessions[0]["fed"][:3] == [len(r) - shared for r in prompt_ids]
     assert "shared" not in backend.sessions[1]  # one row: nothing to share
     assert len(backend.sessions[0]["steps"]) == 5 + 3  # 6 tokens: the prefill's, then 5 steps; answer: 3

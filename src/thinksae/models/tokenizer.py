@@ -16,8 +16,11 @@ def _dequant_copy(source: str, kwargs: dict) -> Path | None:
     """A verified de-quantised copy (any dtype) of the GGUF in ``kwargs``: it holds the GGUF's own
     tokenizer, already converted (reading it from the GGUF takes ~13 s for the offline model)."""
     from . import dequant_cache as dq
+    from .offline import default_cache_dir
 
     if "gguf_file" not in kwargs or not dq.enabled():
+        return None
+    if not any((default_cache_dir() / dq.DEQUANT_SUBDIR).glob("*-*")):  # no copy at all: hash nothing
         return None
     sha = dq.gguf_sha256(Path(source) / kwargs["gguf_file"])
     for dtype in ("float32", "bfloat16", "float16"):

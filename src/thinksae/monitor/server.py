@@ -231,7 +231,7 @@ def create_app(monitor, max_body: int = 64 * 1024, max_prompt_chars: int = 8000,
         plan = parse_request(body, monitor, max_prompt_chars, max_features)
         if not lock.acquire(blocking=False):
             return error_response(429, "a generation is already running; try again when it ends",
-                          {"Retry-After": "2"})
+                                  {"Retry-After": "2"})
         def work(put, cancel) -> None:
             for event in monitor.run(plan, cancel):
                 put(event.to_dict())

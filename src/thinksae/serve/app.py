@@ -81,7 +81,7 @@ class Workbench:
 
 def _busy() -> JSONResponse:
     return error_response(429, "the model is busy with another request; try again when it ends",
-                  {"Retry-After": "2"})
+                          {"Retry-After": "2"})
 
 
 def _page(name: str) -> HTMLResponse:

@@ -170,7 +170,8 @@ class _KeptSession:
     per_seq: int
     """Tokens each sequence has room for."""
     seq_of: dict[str, int]
-    held: dict[int, list[int]]
+    ids_of: dict[int, list[int]]
+    """Per sequence, the ids its KV cache holds."""
 
     def held_prefix(self, keys: list[str], rows: list[list[int]], budget: int) -> list[int] | None:
         """Per row, how many of its first ids the sequence of its question already holds (one
@@ -179,7 +180,7 @@ class _KeptSession:
             return None
         if any(not r or len(r) + budget > self.per_seq for r in rows):
             return None
-        return [min(_common_prefix(self.held[self.seq_of[k]], r), len(r) - 1) for k, r in zip(keys, rows)]
+        return [min(_common_prefix(self.ids_of[self.seq_of[k]], r), len(r) - 1) for k, r in zip(keys, rows)]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -270,7 +271,7 @@ class LlamaCppEngine:
         session = kept.session
         token = [session.prefill(s, r, n) for s, r, n in zip(seqs, rows, held)]
         for s, r in zip(seqs, rows):
-            kept.held[s] = list(r)
+            kept.ids_of[s] = list(r)
         active = list(range(len(rows)))
         for step in range(budget):
             for i in active:
@@ -282,9 +283,9 @@ class LlamaCppEngine:
             if not active or step == budget - 1:
                 break
             new = session.step([seqs[i] for i in active], [token[i] for i in active],
-                               [len(kept.held[seqs[i]]) for i in active])
+                               [len(kept.ids_of[seqs[i]]) for i in active])
             for i, t in zip(active, new):
-                kept.held[seqs[i]].append(token[i])
+                kept.ids_of[seqs[i]].append(token[i])
                 token[i] = t
 
     def _release(self) -> None:
