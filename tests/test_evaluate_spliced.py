@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -210,3 +211,63 @@ def test_positions_kept_clean_are_not_replaced(model, batch):
         assert torch.equal(replaced[:, 0], clean[:, 0])
     assert bool((spliced[real] == 0).all()) and bool((zero[real] == 0).all())
     torch.testing.assert_close(as_mean[real], mean.expand_as(as_mean[real]).to(as_mean.dtype))
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=D, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      initializer_range=0.1)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@torch.inference_mode()
+def test_blocks_above_run_alone_match_a_whole_pass_bit_for_bit(model, batch, arch):
+    from thinksae.models.splice import final_hidden_from, resume_layer
+
+    net = model if arch == "qwen2" else _tiny_llama()
+    ids, mask = batch
+    module = resolve_hookpoint(net, "layers.0")
+    seen = []
+    with splice(module, lambda out: seen.append(out) or out):
+        clean = final_hidden(net, ids, mask)
+    layer = resume_layer(net, "layers.0")
+    assert layer == 0
+    assert torch.equal(final_hidden_from(net, layer, seen[0], mask), clean)
+    shifted = seen[0] * 0.5 + 1.0
+    with splice(module, replace_with(shifted)):
+        want = final_hidden(net, ids, mask)
+    got = final_hidden_from(net, layer, shifted, mask)
+    assert torch.equal(got, want) and not torch.equal(got, clean)
+    assert len(net.model.layers) == 3  # the stack is whole again
+
+
+def test_resume_layer_only_for_whole_block_outputs_of_known_models(model, monkeypatch):
+    splice_module = importlib.import_module("thinksae.models.splice")
+
+    assert splice_module.resume_layer(model, "layers.1") == 1
+    assert splice_module.resume_layer(model, "layers.1.mlp") is None
+    assert splice_module.resume_layer(model, "embed_tokens") is None
+    monkeypatch.setattr(splice_module, "RESUMABLE_TYPES", frozenset())
+    assert splice_module.resume_layer(model, "layers.1") is None
+
+
+@torch.inference_mode()
+def test_spliced_batch_same_losses_with_and_without_resuming(model, batch, monkeypatch):
+    splice_module = importlib.import_module("thinksae.models.splice")
+
+    ids, mask = batch
+    keep = torch.zeros_like(mask, dtype=torch.bool)
+    keep[:, 0] = True
+    mean = torch.randn(D)
+    args = dict(mean=mean, keep_clean=keep)
+    resumed = spliced_batch(model, "layers.1", _sae(), ids, mask, **args)
+    monkeypatch.setattr(splice_module, "RESUMABLE_TYPES", frozenset())
+    whole = spliced_batch(model, "layers.1", _sae(), ids, mask, **args)
+    assert set(resumed.losses) == set(whole.losses) == {
+        "ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl_spliced"}
+    for name, values in whole.losses.items():
+        assert torch.equal(resumed.losses[name], values), name

@@ -93,3 +93,42 @@ def test_settings_in_one_batch_match_separate_runs(tiny_model, tokenizer, setup,
     strong = [together[1][p][0].ids[together[1][p][1]] for p in range(3)]
     assert all(torch.equal(a, b) for a, b in zip(base, ident))  # identity = baseline, also sampled
     assert any(not torch.equal(a, b) for a, b in zip(base, strong))
+
+
+@pytest.mark.parametrize("window", [Window("think", "none"), Window("prompt", "none")])
+def test_shared_prefill_gives_the_rows_of_full_prefills(tiny_model, tokenizer, setup, window,
+                                                        monkeypatch):
+    """Prompt positions before the first steered one are prefilled once per prompt and copied to
+    its rows: the same tokens, steered positions and KL as prefilling every row, and the identity
+    setting still has KL exactly 0."""
+    import thinksae.steer.generation as generation_module
+    from thinksae.steer.prefill import unsteered_length
+
+    sae, prompts, markers = setup
+    generation = GenerationConfig(max_new_tokens=6)
+    ids = [f"q{i}" for i in range(len(prompts))]
+    lengths = prompt_lengths(tokenizer, prompts)
+    batches = plan_rows(plan_groups(lengths, 3), [0, 1, 2, 3], 12, lengths)
+    common = dict(model=tiny_model, tokenizer=tokenizer, prompts=prompts, ids=ids,
+                  generation=generation, sae=sae, hookpoint="layers.1", window=window,
+                  markers=markers, batches=batches, specs=SETTINGS)
+    used = []
+    monkeypatch.setattr(generation_module, "unsteered_length",
+                        lambda *a: used.append(unsteered_length(*a)) or used[-1])
+    shared = generate_rows(**common)
+    assert used and 0 < used[0] < batches[0].width
+    monkeypatch.setattr(generation_module, "unsteered_length", lambda *a: 0)
+    full = generate_rows(**common)
+    for s, spec in enumerate(SETTINGS):
+        for p in range(len(prompts)):
+            (g1, r1), (g2, r2) = shared[s][p], full[s][p]
+            assert torch.equal(g1.ids[r1], g2.ids[r2])
+            if spec:
+                assert torch.equal(g1.steered[r1], g2.steered[r2])
+                assert not g1.steered[r1, :used[0]].any()
+                torch.testing.assert_close(g1.kl[r1], g2.kl[r2], equal_nan=True, rtol=1e-4,
+                                           atol=1e-6)
+    identity = torch.stack([g.kl[r] for g, r in shared[2].values()])
+    assert torch.equal(identity[~identity.isnan()], torch.zeros(int((~identity.isnan()).sum()),
+                                                                dtype=torch.float64))
+    assert (~identity.isnan()).sum() > 0

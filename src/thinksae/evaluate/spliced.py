@@ -14,7 +14,9 @@ the token whose hookpoint output was replaced and whose prediction is scored):
 - ``kl_spliced`` = mean over positions of KL(p_clean ‖ p_spliced)
   = Σ_v p_clean(v) (ln p_clean(v) − ln p_spliced(v)) over the vocabulary.
 
-Logits are the model's output embeddings applied to the final hidden state, computed a few
+Each replacement runs only the blocks above the hookpoint from the replaced output where the
+model allows it (:func:`~thinksae.models.splice.resume_layer`); the blocks below ran once, in the
+clean pass. Logits are the model's output embeddings applied to the final hidden state, computed a few
 hundred positions at a time, so no [batch, seq, vocab] tensor is ever held.
 """
 
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import resolve_hookpoint
-from ..models.splice import final_hidden, output_head, splice
+from ..models.splice import final_hidden, final_hidden_from, output_head, resume_layer, splice
 from .metrics import loss_recovered
 
 
@@ -126,7 +128,12 @@ def spliced_batch(model: nn.Module, hookpoint: str, sae, input_ids: Tensor,
         keep = keep_clean.to(clean.device)[..., None]
         replacements = {name: torch.where(keep, clean, value.to(clean.device, clean.dtype))
                         for name, value in replacements.items()}
+    layer = resume_layer(model, hookpoint)
     for name, value in replacements.items():
+        if layer is not None:  # the blocks below the hookpoint ran once, in the clean pass
+            hidden[name] = final_hidden_from(model, layer, replace_with(value)(clean),
+                                             attention_mask)
+            continue
         with splice(module, replace_with(value)):
             hidden[name] = final_hidden(model, input_ids, attention_mask)
     loss_mask = token_mask.clone()

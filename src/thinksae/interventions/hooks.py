@@ -262,6 +262,17 @@ class Steerer:
         self.last_mask = self.mask if self.last_mask is None else torch.cat(
             [self.last_mask, self.mask], dim=1)
 
+    def prime(self, prefix: Tensor, prompt_len: int) -> None:
+        """Start fresh sequences whose first tokens ``prefix [batch, n]`` are already in the KV
+        cache (a shared prefill, run without this steerer): the scanners read them, so the next
+        call continues at position n. None of them may be steered or recorded."""
+        if self.record:
+            raise ThinksaeError("a recording steerer must see every position: no shared prefill")
+        self.prompt_len = prompt_len
+        self.before_forward(prefix, 0)
+        if self.window is None or (self.mask is not None and bool(self.mask.any())):
+            raise ThinksaeError("a shared prefill must end before the first steered position")
+
     def _encode(self, x: Tensor) -> Tensor:
         """f of ``feature_list`` for rows ``x [n, d_in]``, float32 ``[n, F]``."""
         acts, idx = self.sae.encode(x.to(self.sae.device, self.sae.dtype))

@@ -15,7 +15,9 @@ row samples the same tokens whatever else shares its batch, so an identity setti
 the baseline and the results do not depend on ``batch_size`` (nor, for greedy decoding, beyond
 floating-point effects of the batch shape).
 
-After a batch, one teacher-forced pass with and one without steering over its finished steered
+The prompt positions before the first steered one are prefilled once per distinct prompt of a
+batch and copied to its rows (:mod:`.prefill`; not when recording activations, which needs every
+position). After a batch, one teacher-forced pass with and one without steering over its finished steered
 rows give the KL of the next-token distribution at the steered positions: KL(p_clean ‖
 p_steered), both on the steered trace's prefix.
 """
@@ -35,6 +37,7 @@ from ..generation import GenerationConfig
 from ..interventions.hooks import Markers, SteeredFeatureStats, steering
 from ..interventions.spec import Intervention, Window
 from ..models import decoder_stack, output_head
+from .prefill import SharedPrefill, cache_argument, cache_for, hidden_after, shared_prefill, unsteered_length
 
 
 @dataclass
@@ -180,20 +183,26 @@ def generate_rows(model, tokenizer, prompts: list[str], ids: list[str], batches:
         if generation.do_sample:
             processors.append(RowSampler([generation.batch_seed([ids[p]]) for _, p in batch.rows],
                                          generation.temperature, generation.top_p, device))
+        prefill = None if record else shared_prefill(
+            model, input_ids, mask, [p for _, p in batch.rows],
+            unsteered_length(input_ids, batch.width, window, markers))
+        cached = {cache_argument(model): cache_for(prefill)} if prefill is not None else {}
         steer = steering(model, sae, hookpoint, row_specs, window, markers, record) \
             if any(row_specs) or record else contextlib.nullcontext()
         with steer as steerer:
+            if steerer is not None and prefill is not None:
+                steerer.prime(input_ids[:, :prefill.length], batch.width)
             out = model.generate(input_ids=input_ids, attention_mask=mask,
                                  max_new_tokens=generation.max_new_tokens, do_sample=False,
                                  eos_token_id=stop, pad_token_id=pad_id,
-                                 logits_processor=processors)
+                                 logits_processor=processors, **cached)
         gen = Generated(out, batch.width, _real_positions(out, mask, set(stop)))
         if steerer is not None:
             gen.row_stats = [steerer.stats_for([r], [i.feature for i in spec]) if spec else None
                              for r, spec in enumerate(row_specs)]
             gen.acts, gen.features = steerer.acts, steerer.feature_list
         if any(row_specs):
-            _score(model, sae, hookpoint, row_specs, window, markers, gen, kl)
+            _score(model, sae, hookpoint, row_specs, window, markers, gen, kl, prefill)
         for row, (s, p) in enumerate(batch.rows):
             result[s][p] = (gen, row)
         if progress is not None:
@@ -201,14 +210,26 @@ def generate_rows(model, tokenizer, prompts: list[str], ids: list[str], batches:
     return result
 
 
-def _score(model, sae, hookpoint, row_specs, window, markers, gen: Generated, kl: bool) -> None:
-    """Steered positions of the finished steered rows and, with ``kl``, the KL at each."""
+def _score(model, sae, hookpoint, row_specs, window, markers, gen: Generated, kl: bool,
+           prefill: SharedPrefill | None) -> None:
+    """Steered positions of the finished steered rows and, with ``kl``, the KL at each (both
+    passes from the batch's shared prefill when it has one)."""
     keep = [r for r, spec in enumerate(row_specs) if spec]
     ids, real = gen.ids[keep], gen.real[keep]
+    rows = torch.tensor(keep, device=ids.device)
+    start = prefill.length if prefill is not None else 0
+
+    def hidden() -> Tensor:
+        if prefill is None:
+            return _hidden(model, ids, real)
+        return hidden_after(model, prefill, rows, ids, real)
+
     with steering(model, sae, hookpoint, [row_specs[r] for r in keep], window,
                   markers) as steerer:
         steerer.prompt_len = gen.width
-        h_steered = _hidden(model, ids, real) if kl else None
+        if kl and prefill is not None:
+            steerer.prime(ids[:, :start], gen.width)
+        h_steered = hidden() if kl else None
         if not kl:
             steerer.before_forward(ids, 0)
         flags = steerer.last_mask
@@ -216,8 +237,9 @@ def _score(model, sae, hookpoint, row_specs, window, markers, gen: Generated, kl
     gen.steered = torch.zeros_like(gen.real)
     gen.steered[keep] = flags
     if kl:
-        h_clean = _hidden(model, ids, real)
-        values = kl_at(model, h_clean[flags], h_steered[flags])
+        h_clean = hidden()
+        after = flags[:, start:]  # none of the prefill's positions is steered
+        values = kl_at(model, h_clean[after], h_steered[after])
         sub = torch.full(ids.shape, float("nan"), dtype=torch.float64, device=values.device)
         sub[flags] = values
         gen.kl = torch.full(gen.ids.shape, float("nan"), dtype=torch.float64,
