@@ -130,7 +130,7 @@ def test_pipeline_sections_give_generation_options_flat(tmp_path):
 def test_presets_and_the_findings_config_still_read(tmp_path):
     demo = resolve(None, "offline-demo", {"out": str(tmp_path)})
     gen = build_config("corpus", demo, False, {"out": "t.jsonl"}).generation
-    assert (gen.max_new_tokens, gen.think_prefill) == (192, True)
+    assert (gen.max_new_tokens, gen.think_prefill) == (128, True)
     assert gen.system_prompt.startswith("Think step by step inside <think>")
     findings = resolve(str(ROOT / "configs" / "offline-findings.yaml"), None, {"out": str(tmp_path)})
     gen = build_config("corpus", findings, False, {"out": "t.jsonl"}).generation

@@ -63,7 +63,8 @@ def test_stage_hashes_of_the_offline_demo_are_those_of_the_previous_version(
     (out / "features").mkdir(parents=True)
     (out / "features" / "features.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     digests = _no_actions(monkeypatch)
-    old_corpus = {"engine": "hf", "batch_size": 16}  # the preset's corpus before engine: auto
+    # the preset's corpus before engine: auto and before it was sized for CPUs without fast bf16
+    old_corpus = {"engine": "hf", "batch_size": 16, "max_new_tokens": 192, "answer_tokens": 48}
     Pipeline(resolve(None, "offline-demo", {"out": str(out), "corpus": old_corpus}),
              progress=False).run()
     assert {k: digests[k] for k in KEPT} == {k: OLD_HASHES[k] for k in KEPT}

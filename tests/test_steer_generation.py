@@ -132,3 +132,31 @@ def test_shared_prefill_gives_the_rows_of_full_prefills(tiny_model, tokenizer, s
     assert torch.equal(identity[~identity.isnan()], torch.zeros(int((~identity.isnan()).sum()),
                                                                 dtype=torch.float64))
     assert (~identity.isnan()).sum() > 0
+
+
+def test_rows_the_steering_never_changed_get_kl_0_without_passes(tiny_model, tokenizer, setup,
+                                                                 monkeypatch):
+    """KL passes run only for rows whose hookpoint output the steering changed while they were
+    generated; the identity setting's rows get KL exactly 0 at their steered positions."""
+    import thinksae.steer.generation as generation_module
+
+    sae, prompts, markers = setup
+    lengths = prompt_lengths(tokenizer, prompts)
+    batches = plan_rows(plan_groups(lengths, 3), [0, 1, 2, 3], 12, lengths)
+    passed = []
+    real_kl_rows = generation_module._kl_rows
+    monkeypatch.setattr(generation_module, "_kl_rows",
+                        lambda *a: passed.append(a[-1].tolist()) or real_kl_rows(*a))
+    out = generate_rows(tiny_model, tokenizer, prompts, [f"q{i}" for i in range(3)], batches,
+                        GenerationConfig(max_new_tokens=6), SETTINGS, sae, "layers.1",
+                        Window("prompt", "none"), markers)
+    rows = batches[0].rows
+    assert passed == [[r for r, (s, _) in enumerate(rows) if s in (1, 3)]]
+    for p in range(3):
+        gen, r = out[2][p]
+        flagged = gen.steered[r]
+        assert flagged.any() and torch.equal(gen.kl[r][flagged], torch.zeros(int(flagged.sum()),
+                                                                                dtype=torch.float64))
+        assert gen.kl[r][~flagged].isnan().all()
+        moved, m = out[1][p]
+        assert (moved.kl[m][moved.steered[m]] > 0).any()

@@ -121,6 +121,10 @@ def test_identity_interventions_leave_the_model_exactly_clean(model, sae, ids):
         hx, hidden = _run(model, ids)
     assert steerer.stats.positions == ids.numel()
     assert torch.equal(hx, x) and torch.equal(hidden, clean)
+    assert not any(steerer.changed(r) for r in range(ids.shape[0]))
+    with steering(model, sae, HP, [Intervention(never, "clamp", 5.0)]) as moved:
+        _run(model, ids)
+    assert all(moved.changed(r) for r in range(ids.shape[0]))
 
 
 @torch.no_grad()

@@ -224,6 +224,7 @@ class Steerer:
         non-padding position (0 elsewhere), since the last fresh start."""
         self._acc = torch.zeros((0, 3, len(col)), dtype=torch.float64)  # rows × (fired, sum, max)
         self._positions = torch.zeros(0, dtype=torch.long)
+        self._changed: set[int] = set()
 
     def _row_settings(self, batch: int) -> Tensor:
         if not self.per_row:
@@ -310,6 +311,12 @@ class Steerer:
                 out.act_max[f] = float(acc[:, 2, j].max())
         return out
 
+    def changed(self, row: int) -> bool:
+        """Whether the interventions changed batch row ``row``'s hookpoint output anywhere so far
+        (an identity setting never does, nor a scale, clamp to 0 or ablation of features that
+        never fired where it steered: such a row ran bit for bit as unsteered)."""
+        return row in self._changed
+
     @property
     def stats(self) -> SteeredFeatureStats:
         """Statistics of every row and feature."""
@@ -347,6 +354,9 @@ class Steerer:
         self._count(rows[on], f[on])
         coef = self.coef[setting.to(self.coef.device)[rows]]  # [n, F, 2]
         change = torch.where(on[:, None], coef[..., 0] * f + coef[..., 1] - f, 0.0)
+        moved = (change != 0).any(-1)
+        if bool(moved.any()):
+            self._changed.update(rows[moved].tolist())
         delta = (change @ self.sae.W_dec[self.features].float()).to(out.device)
         steered = out.clone()
         steered[sel] = (x.float() + delta).to(out.dtype)

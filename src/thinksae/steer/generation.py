@@ -202,7 +202,8 @@ def generate_rows(model, tokenizer, prompts: list[str], ids: list[str], batches:
                              for r, spec in enumerate(row_specs)]
             gen.acts, gen.features = steerer.acts, steerer.feature_list
         if any(row_specs):
-            _score(model, sae, hookpoint, row_specs, window, markers, gen, kl, prefill)
+            moved = [steerer.changed(r) for r in range(len(batch.rows))]
+            _score(model, sae, hookpoint, row_specs, window, markers, gen, kl, prefill, moved)
         for row, (s, p) in enumerate(batch.rows):
             result[s][p] = (gen, row)
         if progress is not None:
@@ -211,12 +212,38 @@ def generate_rows(model, tokenizer, prompts: list[str], ids: list[str], batches:
 
 
 def _score(model, sae, hookpoint, row_specs, window, markers, gen: Generated, kl: bool,
-           prefill: SharedPrefill | None) -> None:
-    """Steered positions of the finished steered rows and, with ``kl``, the KL at each (both
-    passes from the batch's shared prefill when it has one)."""
+           prefill: SharedPrefill | None, moved: list[bool]) -> None:
+    """Steered positions of the finished steered rows and, with ``kl``, the KL at each: 0 for a
+    row the steering never changed while it was generated (it ran as unsteered), else from a
+    teacher-forced pass with and one without steering (both from the batch's shared prefill
+    when it has one)."""
     keep = [r for r, spec in enumerate(row_specs) if spec]
     ids, real = gen.ids[keep], gen.real[keep]
-    rows = torch.tensor(keep, device=ids.device)
+    with steering(model, sae, hookpoint, [row_specs[r] for r in keep], window,
+                  markers) as steerer:
+        steerer.prompt_len = gen.width
+        steerer.before_forward(ids, 0)
+        flags = steerer.last_mask
+    flags = (torch.ones_like(real) if flags is None else flags.bool()) & real
+    gen.steered = torch.zeros_like(gen.real)
+    gen.steered[keep] = flags
+    if not kl:
+        return
+    sub = torch.full(ids.shape, float("nan"), dtype=torch.float64, device=ids.device)
+    sub[flags] = 0.0
+    pick = [j for j, r in enumerate(keep) if moved[r]]
+    if pick:
+        sub[pick] = _kl_rows(model, sae, hookpoint, [row_specs[keep[j]] for j in pick], window,
+                             markers, ids[pick], real[pick], flags[pick], gen.width, prefill,
+                             torch.tensor([keep[j] for j in pick], device=ids.device))
+    gen.kl = torch.full(gen.ids.shape, float("nan"), dtype=torch.float64, device=ids.device)
+    gen.kl[keep] = sub
+
+
+def _kl_rows(model, sae, hookpoint, specs, window, markers, ids: Tensor, real: Tensor,
+             flags: Tensor, width: int, prefill: SharedPrefill | None, rows: Tensor) -> Tensor:
+    """KL per position (NaN where not steered) of finished rows ``ids`` (batch ``rows``):
+    teacher-forced passes with and without their steering."""
     start = prefill.length if prefill is not None else 0
 
     def hidden() -> Tensor:
@@ -224,24 +251,14 @@ def _score(model, sae, hookpoint, row_specs, window, markers, gen: Generated, kl
             return _hidden(model, ids, real)
         return hidden_after(model, prefill, rows, ids, real)
 
-    with steering(model, sae, hookpoint, [row_specs[r] for r in keep], window,
-                  markers) as steerer:
-        steerer.prompt_len = gen.width
-        if kl and prefill is not None:
-            steerer.prime(ids[:, :start], gen.width)
-        h_steered = hidden() if kl else None
-        if not kl:
-            steerer.before_forward(ids, 0)
-        flags = steerer.last_mask
-    flags = (torch.ones_like(real) if flags is None else flags.bool()) & real
-    gen.steered = torch.zeros_like(gen.real)
-    gen.steered[keep] = flags
-    if kl:
-        h_clean = hidden()
-        after = flags[:, start:]  # none of the prefill's positions is steered
-        values = kl_at(model, h_clean[after], h_steered[after])
-        sub = torch.full(ids.shape, float("nan"), dtype=torch.float64, device=values.device)
-        sub[flags] = values
-        gen.kl = torch.full(gen.ids.shape, float("nan"), dtype=torch.float64,
-                            device=values.device)
-        gen.kl[keep] = sub
+    with steering(model, sae, hookpoint, specs, window, markers) as steerer:
+        steerer.prompt_len = width
+        if prefill is not None:
+            steerer.prime(ids[:, :start], width)
+        h_steered = hidden()
+    h_clean = hidden()
+    after = flags[:, start:]  # none of the prefill's positions is steered
+    values = kl_at(model, h_clean[after], h_steered[after])
+    out = torch.full(ids.shape, float("nan"), dtype=torch.float64, device=values.device)
+    out[flags] = values
+    return out
