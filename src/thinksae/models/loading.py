@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import ThinksaeError
+from .packed import pack_linears, packing_wanted
 
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 OFFLINE_ALIAS = "offline"
@@ -202,7 +203,8 @@ def load_model(
     batched generation) and has a pad token. ``trust_remote_code`` stays off. ``progress=False``
     hides transformers' loading bars (weights, GGUF de-quantisation). A GGUF is de-quantised once
     and then loaded from a verified copy in the cache (`dequant_cache`); ``dequant_cache=False``
-    (or ``THINKSAE_DEQUANT_CACHE=0``) loads the GGUF itself every time.
+    (or ``THINKSAE_DEQUANT_CACHE=0``) loads the GGUF itself every time. A float32 model on CPU
+    gets pre-packed block linears (:mod:`.packed`; ``THINKSAE_PACKED=0``: plain ones).
     """
     from . import dequant_cache as dq
 
@@ -219,4 +221,6 @@ def load_model(
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     model.to(dev).eval()
+    if packing_wanted(dev, torch_dtype):
+        pack_linears(model)
     return model, tok
