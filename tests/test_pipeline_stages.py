@@ -65,7 +65,8 @@ def test_stage_hashes_of_the_offline_demo_are_those_of_the_previous_version(
     digests = _no_actions(monkeypatch)
     # the preset's corpus before engine: auto and before it was sized for CPUs without fast bf16
     old_corpus = {"engine": "hf", "batch_size": 16, "max_new_tokens": 192, "answer_tokens": 48}
-    Pipeline(resolve(None, "offline-demo", {"out": str(out), "corpus": old_corpus}),
+    Pipeline(resolve(None, "offline-demo", {"out": str(out), "corpus": old_corpus,
+                                            "train": {"epochs": 20}}),
              progress=False).run()
     assert {k: digests[k] for k in KEPT} == {k: OLD_HASHES[k] for k in KEPT}
     assert all(digests[k] != OLD_HASHES[k] for k in OLD_HASHES if k not in KEPT)

@@ -1,7 +1,8 @@
 """Steer side by side: one prompt decoded twice in one batch (row 0 the baseline, row 1 steered
 by the request's features, :func:`thinksae.interventions.hooks.steering` with per-row settings), each
 step's two tokens reported as they come; then the steered positions and the KL there, measured
-as `thinksae steer` measures them (:mod:`thinksae.steer.generation`). "Save as sweep" runs
+as `thinksae steer` measures them (:mod:`thinksae.steer.generation`; the prompt positions before
+the first steered one prefilled once for both rows, as there). "Save as sweep" runs
 `thinksae steer` itself on the same settings, so it writes the same ``steer.json``.
 
 A generated token is shown as steered, with a KL, when the position that chose it was steered:
@@ -147,6 +148,7 @@ def stream_steer(model, tokenizer, sae, hookpoint: str, req: SteerRequest, marke
     from ..corpus.generate import stop_ids
     from ..interventions.hooks import steering
     from ..steer.generation import Generated, _real_positions, _score
+    from ..steer.prefill import cache_argument, cache_for, shared_prefill, unsteered_length
 
     stop = stop_ids(model, tokenizer)
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None),
@@ -160,17 +162,24 @@ def stream_steer(model, tokenizer, sae, hookpoint: str, req: SteerRequest, marke
     emit({"type": "start", "prompt_tokens": len(row), "features": [i.spec for i in req.interventions],
           "window": req.window.to_dict()})
     t0 = time.perf_counter()
-    with steering(model, sae, hookpoint, specs, req.window, markers):
+    prefill = shared_prefill(model, ids, mask, [0, 0],
+                             unsteered_length(ids, len(row), req.window, markers))
+    cached = {cache_argument(model): cache_for(prefill)} if prefill is not None else {}
+    with steering(model, sae, hookpoint, specs, req.window, markers) as steerer:
+        if prefill is not None:
+            steerer.prime(ids[:, :prefill.length], len(row))
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=req.max_new_tokens,
                              do_sample=False, eos_token_id=stop, pad_token_id=pad_id,
                              streamer=_stepper(emit, tokenizer, set(stop)),
-                             stopping_criteria=StoppingCriteriaList([_cancelled(cancel)]))
+                             stopping_criteria=StoppingCriteriaList([_cancelled(cancel)]),
+                             **cached)
     seconds = time.perf_counter() - t0
     if cancel.is_set():
         emit({"type": "done", "reason": "cancelled"})
         return
     gen = Generated(out, len(row), _real_positions(out, mask, set(stop)))
-    _score(model, sae, hookpoint, specs, req.window, markers, gen, kl=True)
+    _score(model, sae, hookpoint, specs, req.window, markers, gen, kl=True, prefill=prefill,
+           moved=[steerer.changed(r) for r in range(len(specs))])
     emit(_done(tokenizer, gen, set(stop), req.max_new_tokens, seconds))
 
 

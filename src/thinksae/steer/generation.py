@@ -212,11 +212,11 @@ def generate_rows(model, tokenizer, prompts: list[str], ids: list[str], batches:
 
 
 def _score(model, sae, hookpoint, row_specs, window, markers, gen: Generated, kl: bool,
-           prefill: SharedPrefill | None, moved: list[bool]) -> None:
+           prefill: SharedPrefill | None = None, moved: list[bool] | None = None) -> None:
     """Steered positions of the finished steered rows and, with ``kl``, the KL at each: 0 for a
-    row the steering never changed while it was generated (it ran as unsteered), else from a
-    teacher-forced pass with and one without steering (both from the batch's shared prefill
-    when it has one)."""
+    row the steering never changed while it was generated (``moved``, from
+    :meth:`Steerer.changed`; None: every row may have changed), else from a teacher-forced pass
+    with and one without steering (both from the batch's shared prefill when it has one)."""
     keep = [r for r, spec in enumerate(row_specs) if spec]
     ids, real = gen.ids[keep], gen.real[keep]
     with steering(model, sae, hookpoint, [row_specs[r] for r in keep], window,
@@ -231,7 +231,7 @@ def _score(model, sae, hookpoint, row_specs, window, markers, gen: Generated, kl
         return
     sub = torch.full(ids.shape, float("nan"), dtype=torch.float64, device=ids.device)
     sub[flags] = 0.0
-    pick = [j for j, r in enumerate(keep) if moved[r]]
+    pick = [j for j, r in enumerate(keep) if moved is None or moved[r]]
     if pick:
         sub[pick] = _kl_rows(model, sae, hookpoint, [row_specs[keep[j]] for j in pick], window,
                              markers, ids[pick], real[pick], flags[pick], gen.width, prefill,
