@@ -66,7 +66,8 @@ def steering_arms(model, tok, sae, hookpoint, feature, questions, new_tokens) ->
             if g1.kl is not None and s:
                 a, b = g1.kl[r1], g2.kl[r2]
                 both = ~a.isnan() & ~b.isnan()
-                kl_diff = max(kl_diff, float((a[both] - b[both]).abs().max(initial=0.0)))
+                if both.any():
+                    kl_diff = max(kl_diff, float((a[both] - b[both]).abs().max()))
     rows = len(specs) * len(prompts)
     print(f"steering, {len(prompts)} questions x {len(specs)} settings, {new_tokens} tokens: "
           f"shared {shared_s:.1f} s, whole {whole_s:.1f} s, {whole_s / shared_s:.2f}x; "
