@@ -17,9 +17,11 @@ floating-point effects of the batch shape).
 
 The prompt positions before the first steered one are prefilled once per distinct prompt of a
 batch and copied to its rows (:mod:`.prefill`; not when recording activations, which needs every
-position). After a batch, one teacher-forced pass with and one without steering over its finished steered
-rows give the KL of the next-token distribution at the steered positions: KL(p_clean ‖
-p_steered), both on the steered trace's prefix.
+position). After a batch, one teacher-forced pass with and one without steering over its
+finished steered rows give the KL of the next-token distribution at the steered positions:
+KL(p_clean ‖ p_steered), both on the steered trace's prefix. A row the steering never changed
+while it was generated (``Steerer.changed``: an identity setting, or features that never fired
+where they were scaled or ablated) ran as unsteered: its KL is 0 there, without the passes.
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ from ..generation import GenerationConfig
 from ..interventions.hooks import Markers, SteeredFeatureStats, steering
 from ..interventions.spec import Intervention, Window
 from ..models import decoder_stack, output_head
-from .prefill import SharedPrefill, cache_argument, cache_for, hidden_after, shared_prefill, unsteered_length
+from .prefill import (
+    SharedPrefill,
+    cache_argument,
+    cache_for,
+    hidden_after,
+    positions,
+    shared_prefill,
+    unsteered_length,
+)
 
 
 @dataclass
@@ -140,9 +150,8 @@ def _real_positions(ids: Tensor, prompt_mask: Tensor, stop: set[int]) -> Tensor:
 
 def _hidden(model, ids: Tensor, real: Tensor) -> Tensor:
     """Final hidden states of a left-padded batch, positions numbered as generate numbers them."""
-    pos = (real.long().cumsum(1) - 1).clamp_min(0)
-    out = decoder_stack(model)(input_ids=ids, attention_mask=real.long(), position_ids=pos,
-                               use_cache=False)
+    out = decoder_stack(model)(input_ids=ids, attention_mask=real.long(),
+                               position_ids=positions(real), use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 

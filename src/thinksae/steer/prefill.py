@@ -55,7 +55,7 @@ def cache_argument(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _positions(mask: Tensor) -> Tensor:
+def positions(mask: Tensor) -> Tensor:
     """Position ids of a left-padded batch, numbered as ``generate`` numbers them."""
     return (mask.long().cumsum(1) - 1).clamp_min(0)
 
@@ -70,7 +70,7 @@ def shared_prefill(model: nn.Module, ids: Tensor, mask: Tensor, prompt_of_row: l
     first_row = [prompt_of_row.index(p) for p in distinct]
     sub_ids, sub_mask = ids[first_row, :length], mask[first_row, :length]
     out = decoder_stack(model)(input_ids=sub_ids, attention_mask=sub_mask,
-                               position_ids=_positions(sub_mask), use_cache=True)
+                               position_ids=positions(sub_mask), use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     if cache is None:
         return None
@@ -93,6 +93,6 @@ def hidden_after(model: nn.Module, prefill: SharedPrefill, rows: Tensor, ids: Te
     attention mask and positions numbered as ``generate`` numbers them."""
     n = prefill.length
     out = decoder_stack(model)(input_ids=ids[:, n:], attention_mask=real.long(),
-                               position_ids=_positions(real)[:, n:], use_cache=True,
+                               position_ids=positions(real)[:, n:], use_cache=True,
                                **{cache_argument(model): cache_for(prefill, rows)})
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
