@@ -1,7 +1,9 @@
 """Benchmark corpus generation: the HF engine's decode speed against batch size next to the time of
 its weight matmuls alone, and the llama.cpp engine on the same prompts, in one run.
 
-HF (float32): for each batch size B, prefill B built-in prompts (cut to --prompt_tokens, left
+HF (float32), first with plain linears, then with the block linears pre-packed for oneDNN (what
+`load_model` does for float32 on CPU; the step-time ratio per batch): for each batch size B,
+prefill B built-in prompts (cut to --prompt_tokens, left
 padded), then time --new_tokens greedy decode steps with the KV cache: tokens/s = B / step time.
 "matmul" is one pass of a [B, in] input through every linear layer (q, k, v, o, gate, up, down of
 each block and lm_head): what a step cannot go below when it is bound by the weights.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import time
 from pathlib import Path
 
@@ -40,6 +43,7 @@ def load(spec: str):
     from thinksae.corpus.engines import gguf_file
     from thinksae.models import load_model
 
+    os.environ["THINKSAE_PACKED"] = "0"  # plain linears first; main() packs them for the second arm
     model, tok = load_model(spec, device="cpu", dtype="float32", progress=False)
     gguf = None
     try:
@@ -85,14 +89,17 @@ def hf_decode(model, rows: list[list[int]], steps: int) -> tuple[float, float]:
 
 @torch.inference_mode()
 def matmul_time(model, batch: int, repeats: int = 2) -> float:
-    """Seconds for one [batch, in] pass through every nn.Linear of the model (best of repeats)."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    """Seconds for one [batch, in] pass through every linear layer of the model, plain or packed
+    (best of repeats)."""
+    from thinksae.models.packed import PackedLinear
+
+    linears = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
     inputs = {m.in_features: torch.randn(batch, m.in_features) for m in linears}
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         for m in linears:
-            torch.nn.functional.linear(inputs[m.in_features], m.weight)
+            m(inputs[m.in_features])
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -145,6 +152,8 @@ def agreement(model, tok, gguf: Path, n: int, budget: int) -> None:
 
 
 def main() -> None:
+    from thinksae.models.packed import pack_linears
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="offline", help="offline (GGUF), tiny (smoke) or a model spec")
     ap.add_argument("--batches", default="1,8,16,32,64", help="HF batch sizes")
@@ -162,15 +171,27 @@ def main() -> None:
     model, tok, gguf = load(args.model)
     print(f"model {args.model}: loaded in {time.perf_counter() - t0:.0f} s; {args.threads} threads, "
           f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}")
-    print(f"HF float32, prompts cut to {args.prompt_tokens} tokens, {args.new_tokens} decode steps")
-    print(f"{'batch':>5} {'prefill s':>9} {'step s':>7} {'tok/s':>7} {'matmul s':>8} {'step/matmul':>11}")
-    hf_rate = {}
-    for b in batches:
-        rows = prompt_ids(tok, prompts(tok, b), args.prompt_tokens)
-        prefill, step = hf_decode(model, rows, args.new_tokens)
-        mm = matmul_time(model, b)
-        hf_rate[b] = b / step
-        print(f"{b:5d} {prefill:9.2f} {step:7.3f} {b / step:7.1f} {mm:8.3f} {step / mm:11.2f}")
+    hf_rate, plain_step = {}, {}
+    for arm in ("plain", "packed"):
+        if arm == "packed":
+            t0 = time.perf_counter()
+            if not pack_linears(model):
+                print("packed: skipped (torch cannot pack linears with oneDNN here)")
+                break
+            print(f"packed the block linears in {time.perf_counter() - t0:.1f} s")
+        print(f"HF float32, {arm} linears, prompts cut to {args.prompt_tokens} tokens, "
+              f"{args.new_tokens} decode steps")
+        print(f"{'batch':>5} {'prefill s':>9} {'step s':>7} {'tok/s':>7} {'matmul s':>8} "
+              f"{'step/matmul':>11} {'plain/packed':>12}")
+        for b in batches:
+            rows = prompt_ids(tok, prompts(tok, b), args.prompt_tokens)
+            prefill, step = hf_decode(model, rows, args.new_tokens)
+            mm = matmul_time(model, b)
+            hf_rate[b] = max(hf_rate.get(b, 0.0), b / step)
+            ratio = f"{plain_step[b] / step:12.2f}" if arm == "packed" else ""
+            plain_step.setdefault(b, step)
+            print(f"{b:5d} {prefill:9.2f} {step:7.3f} {b / step:7.1f} {mm:8.3f} {step / mm:11.2f}"
+                  f" {ratio}")
     if gguf is None:
         print("llama.cpp: skipped (the model is not a GGUF)")
         return
