@@ -32,8 +32,9 @@ def resolve_engine(engine: str, model: str, device: str = "auto", dtype: str = "
     installed and transformers would decode in float32 on the CPU (no fast bfloat16 here, so
     the quantised weights are the fewer bytes to read), else ``hf``. Measured on the demo's 32
     traces (2-core EPYC with avx512_bf16): transformers in bfloat16 4:48, llama.cpp 5:03 — no
-    gain where bfloat16 is fast; against float32 transformers llama.cpp decoded 3.98x faster, and
-    wrote the demo corpus 4.51x faster (whole commands, torch held to AVX2: README, Engines).
+    gain where bfloat16 is fast; against float32 transformers (batch 16) llama.cpp wrote the
+    demo corpus 3.13x faster on a 2-core AVX2-only EPYC (whole commands, one pair: README,
+    Engines).
     Any other name is returned as it is."""
     if engine != "auto":
         return engine
