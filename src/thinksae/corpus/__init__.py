@@ -73,7 +73,7 @@ class CorpusConfig:
     batch_size: int | str = "auto"
     """Questions generated together, or `auto`: on hf as many as fit half the free memory (KV
     cache + prefill from the model config), at most 64 (CPU decoding is bound by reading the
-    weights, so big batches are nearly free); 8 on llama.cpp; 64 on vllm."""
+    weights, so big batches are nearly free); 32 on llama.cpp; 64 on vllm."""
     engine: str = "hf"
     """Generation engine: `hf` (transformers), `llama.cpp` (a GGUF run quantised on CPU; needs
     `pip install 'thinksae[llamacpp]'`), `vllm` (CUDA), or `auto` (llama.cpp for a GGUF when it

@@ -32,9 +32,9 @@ def resolve_engine(engine: str, model: str, device: str = "auto", dtype: str = "
     installed and transformers would decode in float32 on the CPU (no fast bfloat16 here, so
     the quantised weights are the fewer bytes to read), else ``hf``. Measured on the demo's 32
     traces (2-core EPYC with avx512_bf16): transformers in bfloat16 4:48, llama.cpp 5:03 — no
-    gain where bfloat16 is fast; against float32 transformers (batch 16) llama.cpp wrote the
-    demo corpus 3.13x faster on a 2-core AVX2-only EPYC (whole commands, one pair: README,
-    Engines).
+    gain where bfloat16 is fast; against float32 transformers (batch 16, plain linears)
+    llama.cpp wrote the demo corpus 4.48x faster on a 2-core AVX2-only EPYC (136.8 vs 613.5 s,
+    whole commands, median of two farm-bench pairs: README, Engines).
     Any other name is returned as it is."""
     if engine != "auto":
         return engine
