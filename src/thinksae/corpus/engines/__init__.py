@@ -33,8 +33,8 @@ def resolve_engine(engine: str, model: str, device: str = "auto", dtype: str = "
     the quantised weights are the fewer bytes to read), else ``hf``. Measured on the demo's 32
     traces (2-core EPYC with avx512_bf16): transformers in bfloat16 4:48, llama.cpp 5:03 — no
     gain where bfloat16 is fast; against float32 transformers (batch 16, plain linears)
-    llama.cpp wrote the demo corpus 4.48x faster on a 2-core AVX2-only EPYC (136.8 vs 613.5 s,
-    whole commands, median of two farm-bench pairs: README, Engines).
+    llama.cpp wrote the demo corpus 3.13x faster on a 2-core AVX2-only EPYC (one farm-bench
+    pair) and 4.48x on one with avx512_bf16 (two pairs), whole commands: README, Engines.
     Any other name is returned as it is."""
     if engine != "auto":
         return engine
