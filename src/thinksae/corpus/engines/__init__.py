@@ -34,7 +34,8 @@ def resolve_engine(engine: str, model: str, device: str = "auto", dtype: str = "
     traces (2-core EPYC with avx512_bf16): transformers in bfloat16 4:48, llama.cpp 5:03 — no
     gain where bfloat16 is fast; against float32 transformers (batch 16, plain linears)
     llama.cpp wrote the demo corpus 3.13x faster on a 2-core AVX2-only EPYC (one farm-bench
-    pair) and 4.48x on one with avx512_bf16 (two pairs), whole commands: README, Engines.
+    pair), 4.48x on one with avx512_bf16 (two pairs) and 4.01x on that one held to AVX2 (one
+    pair), whole commands: README, Engines.
     Any other name is returned as it is."""
     if engine != "auto":
         return engine
