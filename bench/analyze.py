@@ -36,7 +36,7 @@ def build_store(path: Path, tokens: int, d: int, tokenizer_spec: str, per_shard:
     from thinksae import atomic
     from thinksae.corpus import behaviour_names
     from thinksae.store import tokenizer_hash
-    from thinksae.store.harvest import FORMAT, MANIFEST
+    from thinksae.store.shard_parts import FORMAT, MANIFEST
     from thinksae.store.shards import write_shard
 
     tok = AutoTokenizer.from_pretrained(tokenizer_spec)

@@ -30,7 +30,8 @@ def run_arm(engine, tok, problems, gen, batch: int, answer_tokens: int) -> tuple
 
 
 def main() -> None:
-    from thinksae.corpus import THINK_SYSTEM_PROMPT, builtin_problems
+    from thinksae.chat import THINK_SYSTEM_PROMPT
+    from thinksae.corpus import builtin_problems
     from thinksae.corpus.engines import gguf_file
     from thinksae.corpus.engines.llamacpp import LlamaCppBackend, LlamaCppEngine
     from thinksae.generation import GenerationConfig

@@ -54,7 +54,8 @@ def load(spec: str):
 
 
 def prompts(tok, n: int) -> list[str]:
-    from thinksae.corpus import THINK_SYSTEM_PROMPT, build_prompt, builtin_problems
+    from thinksae.chat import THINK_SYSTEM_PROMPT, build_prompt
+    from thinksae.corpus import builtin_problems
 
     problems = builtin_problems()
     return [build_prompt(tok, problems[i % len(problems)].question, THINK_SYSTEM_PROMPT, True)

@@ -8,7 +8,7 @@ Measures greedy generation tokens/s of the same prompt under four conditions, in
 ``--reps`` rounds (median reported):
 
   generate   Hugging Face ``model.generate``, no monitor (the reference)
-  loop       the monitor's own token loop with no watch-list (no hook)
+  loop       the monitor (the one decoding API) with no watch-list (no recording)
   watch      the monitor with a ``--features``-feature watch-list and one rule, default value
              topk: ``Sae.encode`` per token, i.e. the full encoder GEMM and top-k (the goal:
              >= 0.95x of ``loop``, the same loop without a watch-list)
@@ -115,13 +115,14 @@ def component_times(model, sae, prompt_ids, device, n: int) -> dict[str, list[fl
     robust to other processes through the minimum."""
     from transformers import DynamicCache
 
-    from thinksae.monitor.engine import WatchList, _cache_kwarg
+    from thinksae.generation.prefill import cache_argument
+    from thinksae.monitor.engine import WatchList
 
     watch = WatchList(sae, list(range(16)))
     x = torch.randn(1, sae.d_in, device=device)
     out: dict[str, list[float]] = {"step": [], "encode": []}
     with torch.inference_mode():
-        cache = {_cache_kwarg(model): DynamicCache()}
+        cache = {cache_argument(model): DynamicCache()}
         model(input_ids=torch.tensor([prompt_ids], device=device), **cache, use_cache=True,
               logits_to_keep=1)
         token = torch.tensor([[prompt_ids[-1]]], device=device)

@@ -27,25 +27,24 @@ from generate import load  # bench/generate.py: offline, tiny or any model spec
 
 
 def steering_arms(model, tok, sae, hookpoint, feature, questions, new_tokens) -> None:
-    import thinksae.steer.generation as generation_module
-    from thinksae.corpus import THINK_SYSTEM_PROMPT, build_prompt, builtin_problems
-    from thinksae.corpus.generate import stop_ids
+    import thinksae.generation.decode as generation_module
+    from thinksae.chat import THINK_SYSTEM_PROMPT, ThinkMarkers, build_prompt, stop_ids
+    from thinksae.corpus import builtin_problems
     from thinksae.generation import GenerationConfig
-    from thinksae.interventions.hooks import Steerer
-    from thinksae.steer import Intervention, Markers, Window
+    from thinksae.generation.batches import plan_groups, plan_rows, prompt_lengths
+    from thinksae.interventions import Intervention, Steerer, Window
 
     problems = builtin_problems()[:questions]
     prompts = [build_prompt(tok, p.question, THINK_SYSTEM_PROMPT, True) for p in problems]
     specs = [[]] + [[Intervention(feature, kind, value)] for kind, value in
                     (("scale", 1.0), ("clamp", 0.0), ("clamp", 2.0), ("clamp", 10.0))]
-    lengths = generation_module.prompt_lengths(tok, prompts)
-    groups = generation_module.plan_groups(lengths, max(1, 48 // len(specs)))
-    batches = generation_module.plan_rows(groups, list(range(len(specs))), 48, lengths)
-    markers = Markers.from_tokenizer(tok, stop_ids(model, tok), sentences=False)
-    args = dict(model=model, tokenizer=tok, prompts=prompts, ids=[p.id for p in problems],
-                batches=batches, generation=GenerationConfig(max_new_tokens=new_tokens),
-                specs=specs, sae=sae, hookpoint=hookpoint, window=Window("prompt", "none"),
-                markers=markers)
+    lengths = prompt_lengths(tok, prompts)
+    groups = plan_groups(lengths, max(1, 48 // len(specs)))
+    batches = plan_rows(groups, list(range(len(specs))), 48, lengths)
+    markers = ThinkMarkers.from_tokenizer(tok, stop_ids(model, tok), sentences=False)
+    dec = generation_module.Decoding(model, tok, sae, hookpoint, Window("prompt", "none"), markers)
+    args = dict(dec=dec, prompts=prompts, ids=[p.id for p in problems], batches=batches,
+                generation=GenerationConfig(max_new_tokens=new_tokens), specs=specs)
     t0 = time.perf_counter()
     shared = generation_module.generate_rows(**args)
     shared_s = time.perf_counter() - t0

@@ -10,10 +10,10 @@ cd "$(dirname "$0")/.."
 # llama.cpp runs the quantised GGUF for the corpus where transformers would decode in float32
 # (CPUs without fast bfloat16: README, Engines); where bfloat16 is fast it gains nothing and is not
 # installed. Its first install compiles it (9-35 minutes on 2 cores; pip keeps the wheel, later
-# installs take seconds). THINKSAE_LLAMACPP=0 never installs it (the corpus then runs in
-# transformers), =1 always does. Decided from the source tree (thinksae.models needs only torch),
+# installs take seconds). THINKSAE_LLAMACPP=off never installs it (the corpus then runs in
+# transformers), =on always does (values: src/thinksae/env.py). Decided from the source tree (thinksae.models needs only torch),
 # so that thinksae and its extra are installed in one pip run.
-want=${THINKSAE_LLAMACPP:-auto}
+want=$(PYTHONPATH=src "$PY" -m thinksae.env THINKSAE_LLAMACPP auto)  # 1, 0 or auto (src/thinksae/env.py)
 if [ "$want" = "auto" ]; then
   want=$(PYTHONPATH=src "$PY" -c "import torch; from thinksae.models import resolve_device, resolve_dtype; d = resolve_device('auto'); print(int(d.type == 'cpu' and resolve_dtype('auto', d) == torch.float32))")
 fi

@@ -57,7 +57,7 @@ def test_generate_resume_and_settings_check(tmp_path, model, r1_tokenizer, monke
 def test_kept_traces_copied_in_need_no_engine(tmp_path, model, r1_tokenizer, monkeypatch):  # noqa: F811
     """A corpus whose every trace is already there (e.g. kept traces copied in) opens no engine
     and loads no model: re-deriving a run needs neither llama.cpp nor generation."""
-    import thinksae.models as models
+    import thinksae.corpus.run as models
 
     out = tmp_path / "first.jsonl"
     cfg = CorpusConfig(out=str(out), limit=2, generation=GenerationConfig(max_new_tokens=3),
@@ -94,7 +94,7 @@ def test_several_samples_per_question(tmp_path, model, r1_tokenizer):  # noqa: F
 
 
 def test_bad_generation_options_fail_before_the_model_loads(tmp_path, monkeypatch):
-    import thinksae.models as models
+    import thinksae.corpus.run as models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     for bad, message in ((dict(answer_tokens=-1), "answer_tokens must be >= 0"),
@@ -152,7 +152,7 @@ def test_samples_need_sampling_and_at_least_one():
 
 
 def test_model_loaded_lazily(tmp_path, model, r1_tokenizer, monkeypatch):  # noqa: F811
-    import thinksae.models as models
+    import thinksae.corpus.run as models
 
     calls = []
 

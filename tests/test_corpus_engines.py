@@ -223,7 +223,7 @@ class FakeVLLM:
 
 
 def test_vllm_engine_with_a_fake_module(tmp_path, r1_tokenizer, monkeypatch):  # noqa: F811
-    import thinksae.models as models
+    import thinksae.corpus.run as models
 
     fake = FakeVLLM(r1_tokenizer)
     monkeypatch.setitem(sys.modules, "vllm", fake.module)
@@ -249,7 +249,7 @@ def test_vllm_engine_with_a_fake_module(tmp_path, r1_tokenizer, monkeypatch):  #
 
 
 def test_engines_refused_in_one_line_before_anything_loads(tmp_path, monkeypatch):
-    import thinksae.models as models
+    import thinksae.corpus.run as models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     not_gguf = tmp_path / "model.gguf"

@@ -11,16 +11,11 @@ from helpers_corpus import (  # noqa: F401  (fixtures)
     tiny_qwen2,
 )
 
-from thinksae.corpus import (
-    THINK_SYSTEM_PROMPT,
-    Problem,
-    build_prompt,
-    generate_traces,
-    read_traces,
-)
-from thinksae.corpus.generate import trim_at_stop
+from thinksae.chat import THINK_SYSTEM_PROMPT, build_prompt
+from thinksae.corpus import Problem, generate_traces, read_traces
 from thinksae.errors import ThinksaeError
 from thinksae.generation import GenerationConfig
+from thinksae.generation.batches import trim_at_stop
 
 QUESTIONS = [
     Problem("a", "What is 2+2?", 4.0),

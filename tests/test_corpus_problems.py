@@ -91,7 +91,7 @@ def test_load_prompts_sources(tmp_path, monkeypatch):
     with pytest.raises(ThinksaeError, match="not 'builtin'"):
         load_prompts(str(tmp_path / "missing.jsonl"))
 
-    import thinksae.models.loading as loading
+    import thinksae.corpus.traces as loading
 
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

@@ -140,7 +140,7 @@ def test_load_traces_sources(tmp_path, r1_tokenizer):  # noqa: F811
 
 
 def test_hub_unreachable_is_one_clear_error(monkeypatch):
-    import thinksae.models.loading as loading
+    import thinksae.corpus.traces as loading
 
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from thinksae.errors import ThinksaeError
-from thinksae.features import FeatureCollector, ReasonMatcher, TokenInfo, read_vocab, reason_score
-from thinksae.features.reason_score import REASON_VOCAB, REFERENCE_TOKENS
+from thinksae.features import FeatureCollector, ReasonMatcher, TokenInfo, read_vocab
+from thinksae.features.reason_score import REASON_VOCAB, REFERENCE_TOKENS, reason_score
 from thinksae.features.scores import reason_scores
 
 

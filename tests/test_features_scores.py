@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from thinksae.errors import ThinksaeError
-from thinksae.features import FeatureCollector, FeatureStats, TokenInfo, logit_lens
+from thinksae.features import FeatureCollector, FeatureStats, TokenInfo
+from thinksae.features.logit_lens import logit_lens
 from thinksae.features.scores import (
     label_features,
     mean_ratio,

@@ -17,7 +17,7 @@ from thinksae.errors import ThinksaeError
 from thinksae.generation import GenerationConfig
 from thinksae.monitor import MonitorConfig
 from thinksae.pipeline import resolve
-from thinksae.pipeline.stages import build_config
+from thinksae.pipeline.context import build_config
 from thinksae.steer import SteerConfig
 
 GEN = [f.name for f in dataclasses.fields(GenerationConfig)]

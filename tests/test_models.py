@@ -7,7 +7,7 @@ import torch
 
 from thinksae import ThinksaeError
 from thinksae.models import capture, load_model, resolve_dtype, resolve_hookpoint
-from thinksae.models.loading import _pretrained_kwargs, loading_bars
+from thinksae.models.loading import loading_bars, pretrained_kwargs
 
 
 def _ids(tokenizer, texts):
@@ -122,7 +122,7 @@ def test_load_model_bad_specs(tmp_path):
 def test_uncached_hub_id_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ThinksaeError, match="hub is unreachable"):
-        _pretrained_kwargs("no-such-org/no-such-model-xyz")
+        pretrained_kwargs("no-such-org/no-such-model-xyz")
 
 
 def test_dtype_rules():

@@ -8,14 +8,13 @@ import pytest
 import torch
 from test_monitor_helpers import HOOKPOINT, QUESTION, tiny_sae
 
-from thinksae.corpus import build_prompt
+from thinksae.chat import PREFILL_TAIL, ThinkMarkers, ThinkTracker, build_prompt
 from thinksae.errors import ThinksaeError
 from thinksae.models import capture, decoder_stack, resolve_hookpoint
 from thinksae.monitor import (
     AlertEvent,
     DoneEvent,
     Monitor,
-    RegionTracker,
     TokenEvent,
     WatchList,
     read_alerts,
@@ -46,7 +45,7 @@ def test_watch_list_values(sae):
             full_pre = sae.pre_acts(x)
             assert torch.equal(pre.values(x), full_pre[:, WATCH].relu())
             dense = sae.dense_acts(x)[:, WATCH]
-            assert torch.equal(topk.values(x), dense) and torch.equal(topk.topk(x), dense)
+            assert torch.equal(topk.values(x), dense)
             active = dense > 0
             hits += int(active.sum())
             assert torch.equal(pre.values(x)[active], dense[active])
@@ -89,13 +88,23 @@ def test_sampled_text_and_regions(tiny_model, tokenizer, sae):
     assert all(e.region in ("think", "special") for e in tokens(events))
 
 
+def _regions(tokenizer, prompt: list[int], seq: list[int], special=()) -> list[str]:
+    """Regions of ``seq`` generated after ``prompt``, as the monitor labels them."""
+    markers = ThinkMarkers.from_tokenizer(tokenizer, sentences=False, special_ids=special)
+    tracker = ThinkTracker(markers, len(prompt), lambda ids: tokenizer.decode(ids))
+    for t in prompt:
+        tracker.push(t)
+    return [tracker.push(t) for t in seq]
+
+
 def test_region_tracker(tokenizer):
     open_id, close_id = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
     word = tokenizer("hello", add_special_tokens=False).input_ids[0]
-    r = RegionTracker(tokenizer, [1, 2, 3], {open_id, close_id})
     seq = [word, open_id, word, word, close_id, word]
-    assert [r.push(t) for t in seq] == ["answer", "special", "think", "think", "special", "answer"]
-    assert RegionTracker(tokenizer, [1, open_id, 2]).push(word) == "think"
+    assert _regions(tokenizer, [1, 2, 3], seq) == [
+        "answer", "special", "think", "think", "special", "answer"]
+    assert _regions(tokenizer, [1, open_id, 2], [word]) == ["think"]
+    assert PREFILL_TAIL == 4 and _regions(tokenizer, [open_id, 1, 2, 3, 4], [word]) == ["answer"]
 
 
 class _PlainThink:
@@ -103,6 +112,7 @@ class _PlainThink:
 
     def __init__(self, tok):
         self.tok = tok
+        self.eos_token_id = tok.eos_token_id
 
     def convert_tokens_to_ids(self, tokens):
         return [None for _ in tokens]
@@ -115,11 +125,11 @@ def test_region_tracker_follows_plain_text_markers(tokenizer):
     open_id, close_id = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
     word = tokenizer("hello", add_special_tokens=False).input_ids[0]
     plain = _PlainThink(tokenizer)
-    r = RegionTracker(plain, tokenizer("Question?", add_special_tokens=False).input_ids)
     seq = [word, open_id, word, word, close_id, word]
-    assert [r.push(t) for t in seq] == ["answer", "answer", "think", "think", "think", "answer"]
+    assert _regions(plain, tokenizer("Question?", add_special_tokens=False).input_ids, seq) == [
+        "answer", "answer", "think", "think", "think", "answer"]
     prefilled = tokenizer("Q?<think>\n", add_special_tokens=False).input_ids
-    assert RegionTracker(plain, prefilled).push(word) == "think"
+    assert _regions(plain, prefilled, [word]) == ["think"]
 
 
 def test_stop_action_stops_generation_and_logs(tiny_model, tokenizer, sae, tmp_path):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+import thinksae.pipeline.run as run_module
 from thinksae.cli import main
 from thinksae.features.report import read_feature_row
 from thinksae.pipeline import Pipeline, resolve
-from thinksae.pipeline import runner as run_module
 from thinksae.store import ActivationStore
 
 REPORT_FILES = ("index.html", "report.json", "summary.md")
@@ -154,9 +154,7 @@ def test_interrupted_anywhere_the_next_run_gives_the_same_report(reference, monk
     shutil.rmtree(out)
     path = out.with_name("interrupted.yaml")
     import thinksae.corpus.generate as generate
-    from thinksae.store import harvest as _  # noqa: F401  (the function shadows its module)
-
-    harvest_mod = sys.modules["thinksae.store.harvest"]
+    import thinksae.store.run as harvest_mod
     from thinksae.train.trainer import Trainer
 
     def once(target, name, wrapper):
@@ -315,7 +313,6 @@ def test_validate_and_explain_stages_reach_the_report_and_the_dashboard(
     """A run with `validate:` and `explain:` sections (a scripted explainer around the tiny model,
     the tiny model as scorer): both sections in report.json and summary.md, the run's verdicts
     and explanations on the analysis dashboard, and features.jsonl untouched by them."""
-    import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
     from helpers_explain import ScriptedModel

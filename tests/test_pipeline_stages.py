@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 import thinksae.pipeline.report as report_module
+import thinksae.pipeline.run as run_module
 from thinksae import atomic
 from thinksae.errors import ThinksaeError
 from thinksae.pipeline import Pipeline, Stage, Step, resolve, table
-from thinksae.pipeline import runner as run_module
 
 # The hash of every stage of the offline-demo preset as the last released version computed it
 # (commit 0178bdd): a run directory made by it must skip the stages whose output is unchanged —
@@ -52,7 +52,7 @@ def _no_actions(monkeypatch, run: tuple[str, ...] = ()) -> dict[str, str]:
             return real(name, stage_dir, cfg, digest, action, log)
         return False
     monkeypatch.setattr(run_module, "run_stage", fake)
-    monkeypatch.setattr(report_module, "write_report", lambda root, sae_dir=None: Path(root))
+    monkeypatch.setattr(run_module, "write_report", lambda root, sae_dir=None: Path(root))
     return digests
 
 
@@ -197,7 +197,7 @@ def test_a_stage_cannot_run_when_a_stage_it_reads_from_is_off(tmp_path, monkeypa
 
 def test_a_field_added_later_enters_the_hash_once_it_leaves_its_old_behaviour():
     from thinksae.corpus import CorpusConfig
-    from thinksae.pipeline.stages import stage_hash
+    from thinksae.pipeline.markers import stage_hash
 
     def digest(**kw):
         return stage_hash("corpus", CorpusConfig(out="t.jsonl", **kw), [])

@@ -22,7 +22,8 @@ from thinksae.sae import (
     save_saelens,
 )
 from thinksae.sae.batchtopk_sae import THRESHOLD_RATE
-from thinksae.train.config import TrainConfig, check_config
+from thinksae.train.checks import check_config
+from thinksae.train.config import TrainConfig
 
 D, N, K = 16, 48, 3
 
@@ -230,7 +231,7 @@ def test_run_directories_from_before_the_architecture_option_keep_their_train_ha
     hashes as the SAE config without the field did."""
     from dataclasses import dataclass
 
-    from thinksae.pipeline.stages import stage_hash
+    from thinksae.pipeline.markers import stage_hash
 
     @dataclass
     class OldSaeConfig:  # SaeConfig's fields before `architecture`

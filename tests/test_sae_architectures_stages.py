@@ -108,7 +108,7 @@ def _monitor_reads_encode(sae, model, tokenizer):
     from thinksae.models import capture
 
     watch = list(range(0, sae.num_latents, 7))
-    prompt = Monitor(model, tokenizer, sae, HOOKPOINT, watch).prompt_ids(QUESTION)
+    prompt = Monitor(model, tokenizer, sae, HOOKPOINT, watch).prepare(QUESTION).ids
     for value in ("topk", "pre"):
         mon = Monitor(model, tokenizer, sae, HOOKPOINT, watch, value=value)
         toks = [e for e in mon.watch(QUESTION, max_new_tokens=3) if isinstance(e, TokenEvent)]

@@ -6,9 +6,7 @@ bad requests, one model user at a time, client disconnect, the CLI."""
 from __future__ import annotations
 
 import json
-import sys
 import time
-import types
 
 import pytest
 import torch
@@ -112,8 +110,9 @@ def test_explanations_are_searched_when_the_stage_exists(run_dir, tiny_model, to
         assert folder == run_dir / "explain"
         return {7: {"explanation": "counts apples"}, 9: "mentions pencils"}
 
-    monkeypatch.setitem(sys.modules, "thinksae.explain",
-                        types.SimpleNamespace(read_explanations=read_explanations))
+    import thinksae.serve.workbench as workbench
+
+    monkeypatch.setattr(workbench, "read_explanations", read_explanations)
     (run_dir / "explain").mkdir(exist_ok=True)
     try:
         with TestClient(create_app(run_dir, tiny_model, tokenizer, tiny_sae())) as c:
@@ -180,10 +179,11 @@ def steer(client, **body):
 
 def test_steer_streams_both_rows_as_the_steer_module_generates_them(client, tiny_model, tokenizer,
                                                                     app):
-    from thinksae.corpus import build_prompt
+    from thinksae.chat import build_prompt
     from thinksae.generation import GenerationConfig
+    from thinksae.generation.batches import Batch
+    from thinksae.generation.decode import Decoding, generate_rows
     from thinksae.interventions.spec import parse_interventions, parse_window
-    from thinksae.steer.generation import Batch, generate_rows
 
     r = steer(client, features="3=+6, 17=off")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -201,9 +201,10 @@ def test_steer_streams_both_rows_as_the_steer_module_generates_them(client, tiny
     prompt = build_prompt(tokenizer, QUESTION)
     width = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     wb = app.state.workbench
-    ref = generate_rows(tiny_model, tokenizer, [prompt], ["q"], [Batch([(0, 0), (1, 0)], width)],
-                        GenerationConfig(max_new_tokens=6), [[], parse_interventions("3=+6, 17=off")],
-                        wb.sae, HOOKPOINT, parse_window("prompt", "none"), wb.markers())
+    dec = Decoding(tiny_model, tokenizer, wb.sae, HOOKPOINT, parse_window("prompt", "none"),
+                   wb.markers())
+    ref = generate_rows(dec, [prompt], ["q"], [Batch([(0, 0), (1, 0)], width)],
+                        GenerationConfig(max_new_tokens=6), [[], parse_interventions("3=+6, 17=off")])
     gen, _ = ref[1][0]
     assert [t["id"] for t in done["baseline"]["tokens"]] == gen.ids[0, width:].tolist()
     assert [t["id"] for t in done["steered"]["tokens"]] == gen.ids[1, width:].tolist()
@@ -284,8 +285,8 @@ def test_client_going_away_stops_generation(client, app, tiny_model):
 def test_save_as_sweep_writes_the_cli_steer_json(client, run_dir, tiny_model, tokenizer, tmp_path,
                                                  monkeypatch):
     from thinksae.generation import GenerationConfig
-    from thinksae.steer.run import SteerConfig
-    from thinksae.steer.run import steer as steer_cli
+    from thinksae.steer.config import SteerConfig
+    from thinksae.steer.run import run as steer_cli
 
     body = {"prompt": QUESTION, "features": "3", "sweep": "0,x2", "start": "prompt", "end": "none",
             "max_new_tokens": 4}
@@ -325,7 +326,7 @@ def test_cli(tmp_path, capsys):
 def test_cli_serves_the_run_and_warns_when_exposed(run_dir, monkeypatch, capsys):
     import uvicorn
 
-    import thinksae.serve.app as app_module
+    import thinksae.serve.run as app_module
 
     served = {}
     monkeypatch.setattr(app_module, "create_app", lambda run, cfg: served.setdefault("cfg", cfg))

@@ -181,12 +181,12 @@ def test_think_window_without_think_tokens_is_refused(tmp_path, sae_dir, tiny_mo
     """Tokenizers where <think> is plain text (Qwen2.5-Coder) cannot open a think window."""
     import thinksae.steer.run as steer_run
 
-    real = steer_run.Markers.from_tokenizer
+    real = steer_run.ThinkMarkers.from_tokenizer
 
     def plain(tokenizer, stop_ids=(), sentences=True):
         return dataclasses.replace(real(tokenizer, stop_ids, sentences), single_token=False)
 
-    monkeypatch.setattr(steer_run.Markers, "from_tokenizer", staticmethod(plain))
+    monkeypatch.setattr(steer_run.ThinkMarkers, "from_tokenizer", staticmethod(plain))
     out = tmp_path / "never"
     assert main(_args(sae_dir, tiny_model_dir, out, "--feature", "1=0", "--prompt", "hi",
                       "--start", "think")) == 2

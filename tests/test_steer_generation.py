@@ -6,19 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinksae.corpus import build_prompt
-from thinksae.corpus.generate import stop_ids
+from thinksae.chat import ThinkMarkers, build_prompt, stop_ids
 from thinksae.generation import GenerationConfig
+from thinksae.generation.batches import plan_groups, plan_rows, prompt_lengths
+from thinksae.generation.decode import Decoding, generate_rows
+from thinksae.interventions import Intervention, Window
 from thinksae.sae import Sae, SaeConfig
-from thinksae.steer import (
-    Intervention,
-    Markers,
-    Window,
-    generate_rows,
-    plan_groups,
-    plan_rows,
-)
-from thinksae.steer.generation import prompt_lengths
 
 QUESTIONS = ["What is 2+2?", "Tom has 7 apples and eats 2. How many are left?",
              "A pencil costs 3 dollars. How much do 4 pencils cost?"]
@@ -56,7 +49,7 @@ def setup(tiny_model, tokenizer):
     torch.manual_seed(1)
     sae = Sae(64, SaeConfig(expansion_factor=2, k=4))
     prompts = [build_prompt(tokenizer, q, None, True) for q in QUESTIONS]
-    markers = Markers.from_tokenizer(tokenizer, stop_ids(tiny_model, tokenizer), sentences=False)
+    markers = ThinkMarkers.from_tokenizer(tokenizer, stop_ids(tiny_model, tokenizer), sentences=False)
     return sae, prompts, markers
 
 
@@ -68,14 +61,13 @@ def test_settings_in_one_batch_match_separate_runs(tiny_model, tokenizer, setup,
     ids = [f"q{i}" for i in range(len(prompts))]
     lengths = prompt_lengths(tokenizer, prompts)
     groups = plan_groups(lengths, 3)
-    common = dict(model=tiny_model, tokenizer=tokenizer, prompts=prompts, ids=ids,
-                  generation=generation, sae=sae, hookpoint="layers.1", window=Window("think", "none"),
-                  markers=markers)
+    dec = Decoding(tiny_model, tokenizer, sae, "layers.1", Window("think", "none"), markers)
+    common = dict(prompts=prompts, ids=ids, generation=generation)
     batches = plan_rows(groups, [0, 1, 2, 3], 12, lengths)
     assert len(batches) == 1 and len(batches[0].rows) == 12
-    together = generate_rows(**common, batches=batches, specs=SETTINGS)
+    together = generate_rows(dec, **common, batches=batches, specs=SETTINGS)
     for s, spec in enumerate(SETTINGS):
-        (alone,) = generate_rows(**common, batches=plan_rows(groups, [0], 3, lengths),
+        (alone,) = generate_rows(dec, **common, batches=plan_rows(groups, [0], 3, lengths),
                                  specs=[spec])
         for p in range(len(prompts)):
             (g1, r1), (g2, r2) = together[s][p], alone[p]
@@ -101,24 +93,23 @@ def test_shared_prefill_gives_the_rows_of_full_prefills(tiny_model, tokenizer, s
     """Prompt positions before the first steered one are prefilled once per prompt and copied to
     its rows: the same tokens, steered positions and KL as prefilling every row, and the identity
     setting still has KL exactly 0."""
-    import thinksae.steer.generation as generation_module
-    from thinksae.steer.prefill import unsteered_length
+    import thinksae.generation.decode as generation_module
+    from thinksae.generation.prefill import unsteered_length
 
     sae, prompts, markers = setup
     generation = GenerationConfig(max_new_tokens=6)
     ids = [f"q{i}" for i in range(len(prompts))]
     lengths = prompt_lengths(tokenizer, prompts)
     batches = plan_rows(plan_groups(lengths, 3), [0, 1, 2, 3], 12, lengths)
-    common = dict(model=tiny_model, tokenizer=tokenizer, prompts=prompts, ids=ids,
-                  generation=generation, sae=sae, hookpoint="layers.1", window=window,
-                  markers=markers, batches=batches, specs=SETTINGS)
+    dec = Decoding(tiny_model, tokenizer, sae, "layers.1", window, markers)
+    common = dict(prompts=prompts, ids=ids, generation=generation, batches=batches, specs=SETTINGS)
     used = []
     monkeypatch.setattr(generation_module, "unsteered_length",
                         lambda *a: used.append(unsteered_length(*a)) or used[-1])
-    shared = generate_rows(**common)
+    shared = generate_rows(dec, **common)
     assert used and 0 < used[0] < batches[0].width
     monkeypatch.setattr(generation_module, "unsteered_length", lambda *a: 0)
-    full = generate_rows(**common)
+    full = generate_rows(dec, **common)
     for s, spec in enumerate(SETTINGS):
         for p in range(len(prompts)):
             (g1, r1), (g2, r2) = shared[s][p], full[s][p]
@@ -138,18 +129,18 @@ def test_rows_the_steering_never_changed_get_kl_0_without_passes(tiny_model, tok
                                                                  monkeypatch):
     """KL passes run only for rows whose hookpoint output the steering changed while they were
     generated; the identity setting's rows get KL exactly 0 at their steered positions."""
-    import thinksae.steer.generation as generation_module
+    from thinksae.generation.kl import SteeredRows
 
     sae, prompts, markers = setup
     lengths = prompt_lengths(tokenizer, prompts)
     batches = plan_rows(plan_groups(lengths, 3), [0, 1, 2, 3], 12, lengths)
     passed = []
-    real_kl_rows = generation_module._kl_rows
-    monkeypatch.setattr(generation_module, "_kl_rows",
-                        lambda *a: passed.append(a[-1].tolist()) or real_kl_rows(*a))
-    out = generate_rows(tiny_model, tokenizer, prompts, [f"q{i}" for i in range(3)], batches,
-                        GenerationConfig(max_new_tokens=6), SETTINGS, sae, "layers.1",
-                        Window("prompt", "none"), markers)
+    real_kl = SteeredRows.kl
+    monkeypatch.setattr(SteeredRows, "kl",
+                        lambda self, *a: passed.append(list(a[-1])) or real_kl(self, *a))
+    dec = Decoding(tiny_model, tokenizer, sae, "layers.1", Window("prompt", "none"), markers)
+    out = generate_rows(dec, prompts, [f"q{i}" for i in range(3)], batches,
+                        GenerationConfig(max_new_tokens=6), SETTINGS)
     rows = batches[0].rows
     assert passed == [[r for r, (s, _) in enumerate(rows) if s in (1, 3)]]
     for p in range(3):

@@ -9,7 +9,7 @@ import torch
 from thinksae.errors import ThinksaeError
 from thinksae.models import capture, decoder_stack, resolve_hookpoint
 from thinksae.sae import Sae, SaeConfig
-from thinksae.steer import Intervention, Markers, Window, scan, steering
+from thinksae.steer import Intervention, ThinkMarkers, Window, scan, steering
 
 HP = "layers.1"
 OPEN, CLOSE, EOS, PAD, DOT = 500, 501, 502, 503, 13
@@ -42,10 +42,8 @@ def ids() -> torch.Tensor:
     return torch.randint(20, 500, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
-def markers() -> Markers:
-    table = torch.zeros(512, dtype=torch.bool)
-    table[DOT] = True
-    return Markers(OPEN, CLOSE, frozenset({EOS, PAD}), table)
+def markers() -> ThinkMarkers:
+    return ThinkMarkers(OPEN, CLOSE, frozenset({EOS, PAD}), frozenset({DOT}))
 
 
 def _run(model, ids, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +264,7 @@ def test_bad_steering_arguments(model, sae):
 
 
 def test_markers_from_the_r1_tokenizer(tokenizer):
-    m = Markers.from_tokenizer(tokenizer, [151654])
+    m = ThinkMarkers.from_tokenizer(tokenizer, [151654])
     assert (m.open_id, m.close_id) == (151648, 151649) and {151643, 151654} <= m.stop_ids
     okay = tokenizer("Okay", add_special_tokens=False)["input_ids"][0]
     assert m.ends_sentence(DOT) and m.ends_sentence(198) and not m.ends_sentence(okay)
@@ -284,8 +282,8 @@ class _NoThinkTokenizer:
 
 
 def test_markers_know_whether_think_tags_are_single_tokens(tokenizer):
-    assert Markers.from_tokenizer(tokenizer, sentences=False).single_token
-    plain = Markers.from_tokenizer(_NoThinkTokenizer(), sentences=False)
+    assert ThinkMarkers.from_tokenizer(tokenizer, sentences=False).single_token
+    plain = ThinkMarkers.from_tokenizer(_NoThinkTokenizer(), sentences=False)
     assert not plain.single_token and plain.stop_ids == frozenset({7})
 
 

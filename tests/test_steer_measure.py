@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from thinksae.corpus import build_prompt
-from thinksae.steer import Markers, Window, behaviour_counts, compare, summarize, trace_record
+from thinksae.chat import build_prompt
+from thinksae.steer import ThinkMarkers, Window, behaviour_counts, compare, summarize, trace_record
 
 EOS, PAD = 151643, 151654
 
@@ -30,7 +30,7 @@ def test_closed_trace(tokenizer):
     thinking = "\nOkay, so the user asks 2+2. Wait, hmm, let me check: 2+2=4. Alternatively 4.\n"
     completion = f"<think>{thinking}</think>\n\nThe answer is \\boxed{{4}}."
     tokens, width, new = _tokens(tokenizer, completion)
-    rec = trace_record(tokenizer, tokens, width, Markers(stop_ids=frozenset({EOS, PAD})),
+    rec = trace_record(tokenizer, tokens, width, ThinkMarkers(stop_ids=frozenset({EOS, PAD})),
                        Window("think", "think_end"), 4.0)
     n_think = len(tokenizer(thinking, add_special_tokens=False)["input_ids"])
     assert rec["completion"] == completion and rec["new_tokens"] == len(new)
@@ -49,7 +49,7 @@ def test_unclosed_trace_has_no_answer_and_steering_numbers(tokenizer):
     kl = [float("nan")] * len(tokens)
     for i in range(width, len(tokens)):
         kl[i] = 0.5 if i % 2 else 0.25
-    rec = trace_record(tokenizer, tokens, width, Markers(stop_ids=frozenset({EOS})),
+    rec = trace_record(tokenizer, tokens, width, ThinkMarkers(stop_ids=frozenset({EOS})),
                        Window("prompt", "think_end"), 4.0, steered, kl)
     assert not rec["reached_think_end"] and not rec["finished"]
     assert rec["answer"] is None and rec["correct"] is False
@@ -93,18 +93,26 @@ def test_summaries_and_deltas():
 
 
 def test_plain_text_thinking_when_markers_are_not_tokens(tokenizer):
-    from thinksae.steer.measure import _plain_text_thinking
+    """The one thinking tracker in text mode (markers found in the decoded text, as for
+    Qwen2.5-Coder): tokens strictly between the marker-completing tokens, and the text between."""
+    from thinksae.chat import ThinkMarkers, ThinkTracker
 
     def ids(text):
         return tokenizer(text, add_special_tokens=False).input_ids
 
+    def follow(prompt, new):
+        plain = ThinkMarkers(stop_ids=frozenset({tokenizer.eos_token_id}), single_token=False)
+        tracker = ThinkTracker(plain, len(prompt), lambda t: tokenizer.decode(t))
+        for t in prompt + new:
+            tracker.push(t)
+        return tracker.think_tokens, tracker.close_pos is not None, tracker.thinking_text
+
     body = ids("Let me add 2 and 2.\n")
-    count, closed, text = _plain_text_thinking(tokenizer, ids("Q?<think>\n"),
-                                               body + ids("</think>\n\n4"))
-    assert (count, closed, text) == (len(body), True, "Let me add 2 and 2.\n")
-    count, closed, text = _plain_text_thinking(tokenizer, ids("Q?"), ids("Sure. <think>Hmm") )
+    assert follow(ids("Q?<think>\n"), body + ids("</think>\n\n4")) == (
+        len(body), True, "Let me add 2 and 2.\n")
+    count, closed, text = follow(ids("Q?"), ids("Sure. <think>Hmm"))
     assert closed is False and text == "Hmm" and count == len(ids("Hmm"))
-    assert _plain_text_thinking(tokenizer, ids("Q?"), ids("No thinking here.")) == (None, False, "")
+    assert follow(ids("Q?"), ids("No thinking here.")) == (None, False, None)
 
 
 def test_divergence_counts_changed_generations_and_where_they_first_differ():

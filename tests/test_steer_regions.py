@@ -9,7 +9,7 @@ from conftest import make_traces
 
 from thinksae.corpus import Region, Trace, tokenize_trace
 from thinksae.errors import ThinksaeError
-from thinksae.steer import Markers, Window, max_mask, position_regions, trained_regions
+from thinksae.steer import ThinkMarkers, Window, max_mask, position_regions, trained_regions
 
 
 def test_trained_regions_from_the_report_card():
@@ -32,7 +32,7 @@ def test_position_regions_label_like_the_store(tokenizer):
 
 
 def test_max_mask_is_the_window_in_the_trained_regions(tokenizer):
-    markers = Markers.from_tokenizer(tokenizer, sentences=False)
+    markers = ThinkMarkers.from_tokenizer(tokenizer, sentences=False)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}],
                                            add_generation_prompt=True, tokenize=False)
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]

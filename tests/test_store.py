@@ -132,9 +132,9 @@ def test_a_resumed_harvest_removes_what_a_killed_write_left(tmp_path, corpus_pat
                                                            tokenizer, monkeypatch):
     """A SIGKILL during a shard write leaves its temp file; the next run clears it and ends with
     the bytes of an uninterrupted harvest."""
-    from thinksae.store import harvest as _  # noqa: F401  (the function shadows its module)
 
-    module = sys.modules["thinksae.store.harvest"]
+    import thinksae.store.run as module
+
     (whole,) = harvest(_cfg(corpus_path, tmp_path / "whole"), tiny_model, tokenizer)
     real, calls = module.write_shard, []
 
@@ -157,7 +157,7 @@ def test_a_resumed_harvest_removes_what_a_killed_write_left(tmp_path, corpus_pat
 
 _SLOW_HARVEST = """
 import importlib, sys, time
-h = importlib.import_module("thinksae.store.harvest")
+h = importlib.import_module("thinksae.store.run")
 from thinksae.store import HarvestConfig, harvest
 real = h.write_shard
 def slow_write(path, tensors):  # instrumentation only: leave time to kill between shards

@@ -14,7 +14,7 @@ from thinksae.errors import ThinksaeError
 from thinksae.evaluate import EvalConfig, evaluate
 from thinksae.sae import SaeConfig, load_sae
 from thinksae.store import ActivationStore, heldout_docs, split_docs
-from thinksae.store.harvest import FORMAT, MANIFEST
+from thinksae.store.shard_parts import FORMAT, MANIFEST
 from thinksae.store.shards import write_shard
 from thinksae.train import TrainConfig, train
 

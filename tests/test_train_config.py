@@ -11,8 +11,8 @@ from simple_parsing import ArgumentParser
 from thinksae.errors import ThinksaeError
 from thinksae.sae import SaeConfig
 from thinksae.train import SyntheticActivations, TrainConfig, default_lr, train
+from thinksae.train.checks import check_config
 from thinksae.train.config import (
-    check_config,
     config_from_dict,
     differing_fields,
     identity,

@@ -100,8 +100,7 @@ def test_train_on_the_fly_end_to_end(qwen, docs, tmp_path):
 
 
 def test_from_config_tokenizes_the_corpus(qwen, tmp_path, monkeypatch):
-    import thinksae.corpus
-    import thinksae.models
+    import thinksae.train.on_the_fly as on_the_fly
 
     corpus = tmp_path / "traces.jsonl"
     traces = [{"id": f"t{i}", "ids": list(range(1 + i, 40 + 3 * i))} for i in range(5)]
@@ -113,10 +112,10 @@ def test_from_config_tokenizes_the_corpus(qwen, tmp_path, monkeypatch):
         seen["load"] = (spec, device, dtype)
         return qwen, tokenizer
 
-    monkeypatch.setattr(thinksae.models, "load_model", fake_load)
-    monkeypatch.setattr(thinksae.corpus, "read_traces",
+    monkeypatch.setattr(on_the_fly, "load_model", fake_load)
+    monkeypatch.setattr(on_the_fly, "read_traces",
                         lambda p: [json.loads(x) for x in open(p)], raising=False)
-    monkeypatch.setattr(thinksae.corpus, "tokenize_trace",
+    monkeypatch.setattr(on_the_fly, "tokenize_trace",
                         lambda tok, t, max_length: SimpleNamespace(input_ids=t["ids"][:max_length]),
                         raising=False)
     cfg = TrainConfig(model="tiny-spec", corpus=str(corpus), hookpoint="layers.0",

@@ -11,7 +11,7 @@ from thinksae import atomic
 from thinksae.errors import ThinksaeError
 from thinksae.sae import SaeConfig
 from thinksae.store import ActivationStore
-from thinksae.store.harvest import FORMAT, MANIFEST
+from thinksae.store.shard_parts import FORMAT, MANIFEST
 from thinksae.store.shards import write_shard
 from thinksae.train import SyntheticActivations, TrainConfig, train
 

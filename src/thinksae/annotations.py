@@ -15,6 +15,13 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from .explain.cache import read_explanations
+from .features.card import print_feature
+from .features.dashboard import DASHBOARD_DIR, write_dashboard
+from .features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
+from .features.stats import FeatureStats
+from .validate.verdicts import read_verdicts
+
 RUN_CONFIG = "run_config.json"
 """The file that marks a `thinksae run` directory."""
 
@@ -39,8 +46,6 @@ def find_annotations(analysis: str | Path, run: str | Path | None = None,
                      explain_dir: str | Path | None = None) -> Annotations:
     """The verdicts and explanations of ``analysis`` (see the module docstring for where they are
     looked for); ``validate_dir`` / ``explain_dir`` name the folders outright."""
-    from .explain import read_explanations
-    from .validate import read_verdicts
 
     analysis, run = Path(analysis), Path(run) if run is not None else None
 
@@ -66,9 +71,6 @@ def refresh_dashboard(analysis: str | Path, run: str | Path | None = None,
     """Redraw the analysis dashboard with the verdicts and explanations found (``find_annotations``);
     None when the analysis has no dashboard, or when there is nothing to show and nothing to take
     off (the dashboard stays as `thinksae analyze` drew it)."""
-    from .features.dashboard import DASHBOARD_DIR, write_dashboard
-    from .features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
-    from .features.stats import FeatureStats
 
     d = Path(analysis)
     index = d / DASHBOARD_DIR / "index.html"
@@ -82,3 +84,17 @@ def refresh_dashboard(analysis: str | Path, run: str | Path | None = None,
     return write_dashboard(d, read_features(d), FeatureStats.load(d / STATS_FILE), strings,
                            meta.get("trace_ids"), int(meta.get("config", {}).get("max_pages", 3000)),
                            found.verdicts, found.explanations)
+
+
+def print_feature_card(cfg) -> None:
+    """`thinksae feature N`: the feature's card from an analysis, with its verdict and
+    explanation when validate and explain have run."""
+    print_feature(cfg, *find_annotations(cfg.analysis))
+
+
+def refresh_after(cfg, result) -> None:
+    """After `thinksae explain` / `validate`: the dashboard shows the new columns (the stage
+    writes only its own folder); prints where the stage wrote."""
+    if cfg.out is None and getattr(cfg, "refresh_dashboard", True):
+        refresh_dashboard(cfg.analysis)
+    print(result.out)

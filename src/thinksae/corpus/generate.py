@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -11,70 +10,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..chat import build_prompt, close_thinking, still_thinking
 from ..errors import ThinksaeError
-from ..generation import GenerationConfig
-from .problems import Problem, extract_numeric_answer
-from .traces import THINK_CLOSE, THINK_OPEN, Trace, append_traces, iter_traces, render_chat
-
-THINK_SYSTEM_PROMPT = (
-    "Think step by step inside <think> </think> tags, then give the final answer."
-)
-"""A system prompt that makes a non-reasoning chat model write a thinking section."""
-
-SAMPLE_SEP = "#"
-"""Separates a question's id from the sample number in trace ids (``<question id>#<n>``)."""
-
-
-def question_of(trace_id: str) -> str:
-    """The question id of a trace id (``gsm8k-00012#3`` → ``gsm8k-00012``; an id without a
-    sample number is its own question)."""
-    head, sep, tail = trace_id.rpartition(SAMPLE_SEP)
-    return head if sep and tail.isdigit() else trace_id
-
-
-def question_id(question: str) -> str:
-    """A stable id for a question given without one: a short hash of its text."""
-    return "q-" + hashlib.sha256(question.encode("utf-8")).hexdigest()[:12]
-
-
-def _as_problem(item: Problem | str | dict) -> Problem:
-    if isinstance(item, Problem):
-        return item
-    if isinstance(item, str):
-        return Problem(question_id(item), item)
-    if isinstance(item, dict) and isinstance(item.get("question"), str):
-        answer = item.get("answer")
-        if isinstance(answer, str):
-            answer = extract_numeric_answer(answer)
-        return Problem(str(item.get("id") or question_id(item["question"])), item["question"],
-                       None if answer is None else float(answer))
-    raise ThinksaeError(f"cannot use {type(item).__name__} as a question")
-
-
-def build_prompt(tokenizer, question: str, system_prompt: str | None = None,
-                 think_prefill: bool = False) -> str:
-    """The chat-templated prompt for ``question``; a system prompt the template rejects (or
-    silently drops) is folded into the user message instead. ``think_prefill`` ends the prompt
-    with ``<think>\n`` (as the current R1 hub template does) unless the template already did,
-    so that the model starts inside its thinking."""
-    text = _templated(tokenizer, question, system_prompt)
-    if think_prefill and not text.rstrip().endswith(THINK_OPEN):
-        text += f"{THINK_OPEN}\n"
-    return text
-
-
-def _templated(tokenizer, question: str, system_prompt: str | None) -> str:
-    user = {"role": "user", "content": question}
-    if not system_prompt:
-        return render_chat(tokenizer, [user])
-    try:
-        text = render_chat(tokenizer, [{"role": "system", "content": system_prompt}, user])
-    except ThinksaeError:
-        text = None
-    if text is None or system_prompt not in text:
-        folded = {"role": "user", "content": f"{system_prompt}\n\n{question}"}
-        text = render_chat(tokenizer, [folded])
-    return text
+from ..generation.config import GenerationConfig
+from .engines import HFEngine, auto_batch_size, check_batch_size
+from .problems import Problem, as_problem
+from .traces import Trace, append_traces, iter_traces
 
 
 def _done_ids(out_path: Path) -> dict[str, Trace]:
@@ -113,60 +54,6 @@ def all_done(out_path: str | os.PathLike, ids: Sequence[str]) -> bool:
     return set(ids) <= done
 
 
-def stop_ids(model, tokenizer) -> list[int]:
-    """EOS ids of the tokenizer and the model's generation config, and the pad id."""
-    return token_stops(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
-
-
-def token_stops(tokenizer, extra_eos: int | Sequence[int] | None = None) -> list[int]:
-    """The tokenizer's EOS id, ``extra_eos`` (an engine's own end-of-generation ids) and the pad id."""
-    ids = set()
-    for source in (tokenizer.eos_token_id, extra_eos):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source is not None:
-            ids.update(int(i) for i in source)
-    if not ids:
-        raise ThinksaeError("the tokenizer has no end-of-sequence token: cannot stop generation")
-    if tokenizer.pad_token_id is not None:
-        ids.add(int(tokenizer.pad_token_id))
-    return sorted(ids)
-
-
-def trim_at_stop(new_ids: list[int], stop: set[int], pad_id: int | None) -> tuple[list[int], bool]:
-    """Generated ids up to (not including) the first stop token; whether it stopped."""
-    for i, t in enumerate(new_ids):
-        if t in stop:
-            return new_ids[:i], True
-    while new_ids and new_ids[-1] == pad_id:
-        new_ids = new_ids[:-1]
-    return new_ids, False
-
-
-def still_thinking(prompt: str, completion: str) -> bool:
-    """Whether a trace's thinking was opened (in the prompt or the completion) and never closed."""
-    opened = prompt.rstrip().endswith(THINK_OPEN) or THINK_OPEN in completion
-    return opened and THINK_CLOSE not in completion
-
-
-def close_thinking(completion: str) -> str:
-    """``completion`` with its thinking closed, ready for the answer to follow."""
-    return completion + ("" if completion.endswith("\n") else "\n") + f"{THINK_CLOSE}\n\n"
-
-
-def left_pad(tokenizer, prompts: list[str], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids of the prompts (no added special tokens: the template has them), left-padded."""
-    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.as_tensor(r)
-            mask[i, width - len(r):] = 1
-    return ids, mask
-
-
 @torch.inference_mode()
 def generate_traces(
     model,
@@ -197,8 +84,6 @@ def generate_traces(
     ``forced_answer`` (and ``engine`` which engine wrote it). Returns the traces of all
     ``questions``, in order.
     """
-    from .engines import HFEngine, auto_batch_size, check_batch_size
-
     gen = generation or GenerationConfig()
     check_batch_size(batch_size)
     gen.check()
@@ -206,35 +91,43 @@ def generate_traces(
         raise ThinksaeError(f"answer_tokens must be >= 0, got {answer_tokens}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    problems = list({p.id: p for p in map(_as_problem, questions)}.values())
+    problems = list({p.id: p for p in map(as_problem, questions)}.values())
     prompts = {p.id: build_prompt(tokenizer, p.question, gen.system_prompt, gen.think_prefill)
                for p in problems}
-    max_new_tokens = gen.max_new_tokens
     if engine is None:
         engine = HFEngine(model, tokenizer, gen)
     if batch_size == "auto":
         batch_size = auto_batch_size(engine, tokenizer, list(prompts.values()),
-                                     max_new_tokens + answer_tokens)
+                                     gen.max_new_tokens + answer_tokens)
     done = _done_ids(out_path)
+    _generate_batches(engine, tokenizer, problems, prompts, out_path, done, batch_size,
+                      (gen.max_new_tokens, answer_tokens), _trace_settings(engine, gen, answer_tokens),
+                      progress)
+    return [done[p.id] for p in problems]
+
+
+def _generate_batches(engine, tokenizer, problems: list[Problem], prompts: dict[str, str],
+                      out_path: Path, done: dict[str, Trace], batch_size: int,
+                      budgets: tuple[int, int], settings: dict, progress: bool) -> None:
+    """Generate the batches holding a question not in ``done``, appending each batch's traces
+    to ``out_path`` (and ``done``) as one write; ``budgets``: new tokens of thinking, of a
+    forced answer."""
     # Batches are fixed slices of the whole question list, so a resumed run generates exactly the
     # batches (same rows, same padding) an uninterrupted one would; a batch cut short is redone.
     batches = [problems[i:i + batch_size] for i in range(0, len(problems), batch_size)]
     todo = [b for b in batches if any(p.id not in done for p in b)]
-    settings = _trace_settings(engine, gen, answer_tokens)
-
     bar = tqdm(total=len(problems), initial=len(problems) - sum(map(len, todo)), desc="generate",
                unit="trace", disable=not progress)
     try:
         for batch in todo:
             made = _generate_batch(engine, tokenizer, batch, [prompts[p.id] for p in batch],
-                                   max_new_tokens, answer_tokens, settings, done)
+                                   *budgets, settings, done)
             append_traces(out_path, made)  # one write per batch: a batch lands whole or not at all
             for trace in made:
                 done[trace.id] = trace
             bar.update(len(made))
     finally:
         bar.close()
-    return [done[p.id] for p in problems]
 
 
 def _trace_settings(engine, gen: GenerationConfig, answer_tokens: int) -> dict:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import hashlib
 import json
 import math
 import operator
@@ -11,8 +13,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..chat import THINK_CLOSE
 from ..errors import ThinksaeError
-from .traces import THINK_CLOSE
+from .traces import load_hub_dataset
 
 BUILTIN = "builtin"
 GSM8K = "gsm8k"
@@ -45,8 +48,6 @@ def _gsm8k_answer(solution: str) -> float | None:
 
 
 def _load_gsm8k(split: str) -> list[Problem]:
-    from .traces import load_hub_dataset
-
     try:
         ds = load_hub_dataset("openai/gsm8k", "main", split=split)
     except ThinksaeError as e:
@@ -202,3 +203,47 @@ def safe_arithmetic(expr: str) -> float:
     except SyntaxError:
         raise ThinksaeError(f"not an arithmetic expression: {expr!r}") from None
     return float(value(tree))
+
+
+SAMPLE_SEP = "#"
+"""Separates a question's id from the sample number in trace ids (``<question id>#<n>``)."""
+
+
+def question_of(trace_id: str) -> str:
+    """The question id of a trace id (``gsm8k-00012#3`` → ``gsm8k-00012``; an id without a
+    sample number is its own question)."""
+    head, sep, tail = trace_id.rpartition(SAMPLE_SEP)
+    return head if sep and tail.isdigit() else trace_id
+
+
+def question_id(question: str) -> str:
+    """A stable id for a question given without one: a short hash of its text."""
+    return "q-" + hashlib.sha256(question.encode("utf-8")).hexdigest()[:12]
+
+
+def as_problem(item: Problem | str | dict) -> Problem:
+    if isinstance(item, Problem):
+        return item
+    if isinstance(item, str):
+        return Problem(question_id(item), item)
+    if isinstance(item, dict) and isinstance(item.get("question"), str):
+        answer = item.get("answer")
+        if isinstance(answer, str):
+            answer = extract_numeric_answer(answer)
+        return Problem(str(item.get("id") or question_id(item["question"])), item["question"],
+                       None if answer is None else float(answer))
+    raise ThinksaeError(f"cannot use {type(item).__name__} as a question")
+
+
+def repeat_problems(problems: list[Problem], samples: int, do_sample: bool) -> list[Problem]:
+    """Each problem ``samples`` times, as ``<id>#0``, ``<id>#1``, ... (question-major order);
+    the problems as they are for one sample."""
+    if samples < 1:
+        raise ThinksaeError(f"samples must be at least 1, got {samples}")
+    if samples == 1:
+        return problems
+    if not do_sample:
+        raise ThinksaeError(f"samples {samples} needs --do_sample: greedy decoding would write "
+                            "the same trace each time")
+    return [dataclasses.replace(p, id=f"{p.id}{SAMPLE_SEP}{n}") for p in problems
+            for n in range(samples)]

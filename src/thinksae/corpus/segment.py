@@ -13,8 +13,9 @@ import re
 from enum import IntEnum
 from typing import NamedTuple
 
+from ..chat import think_spans
 from ..errors import ThinksaeError
-from .traces import THINK_CLOSE, THINK_OPEN, Trace
+from .traces import Trace
 
 
 class Region(IntEnum):
@@ -97,39 +98,6 @@ def control_token_ids(tokenizer) -> set[int]:
     return ids
 
 
-class _Spans(NamedTuple):
-    think_start: int  # first character of thinking (after the opening marker)
-    think_end: int  # first character after thinking (start of the closing marker)
-    markers: list[tuple[int, int]]  # character spans of the marker texts
-    answer_start: int  # first character of the answer region
-
-
-def _find_spans(text: str, prompt_end: int) -> tuple[_Spans, list[str]]:
-    """Where thinking and answer lie in ``text``, with warnings for malformed traces."""
-    warns, markers = [], []
-    head = text[:prompt_end].rstrip()
-    if head.endswith(THINK_OPEN):  # the template opened the thinking
-        open_at = len(head) - len(THINK_OPEN)
-    else:
-        open_at = text.find(THINK_OPEN, prompt_end)
-    if open_at >= 0:
-        markers.append((open_at, open_at + len(THINK_OPEN)))
-        think_start = open_at + len(THINK_OPEN)
-    else:
-        think_start = prompt_end
-    close_at = text.find(THINK_CLOSE, think_start)
-    if close_at >= 0:
-        markers.append((close_at, close_at + len(THINK_CLOSE)))
-        if open_at < 0:
-            warns.append("no <think> marker: thinking taken from the start of the completion")
-        return _Spans(think_start, close_at, markers, close_at + len(THINK_CLOSE)), warns
-    if open_at >= 0:
-        warns.append("no </think> marker: thinking runs to the end (truncated trace?)")
-        return _Spans(think_start, len(text), markers, len(text)), warns
-    warns.append("no <think> marker: the completion is labelled answer")
-    return _Spans(prompt_end, prompt_end, markers, prompt_end), warns
-
-
 def _overlaps(spans: list[tuple[int, int]], start: int, end: int) -> bool:
     lo, hi = (start, end) if end > start else (start, start + 1)
     return any(a < hi and lo < b for a, b in spans)
@@ -160,7 +128,7 @@ def tokenize_trace(
         ids, offsets = ids[:max_length], offsets[:max_length]
 
     prompt_end = len(trace.prompt)
-    spans, warns = _find_spans(text, prompt_end)
+    spans, warns = think_spans(text, prompt_end)
     control = control_token_ids(tokenizer)
     regions = []
     for tid, (start, end) in zip(ids, offsets, strict=True):

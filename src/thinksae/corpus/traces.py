@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import atomic
+from ..chat import THINK_CLOSE, THINK_OPEN, render_chat
+from ..env import hub_offline
 from ..errors import ThinksaeError
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
+from ..models.loading import hub_reachable
 
 ASSISTANT_MARKERS = (
     "<｜Assistant｜>",  # DeepSeek-R1 / R1-Distill
@@ -143,21 +143,6 @@ def append_traces(path: str | os.PathLike, traces: Sequence[Trace]) -> None:
     atomic.append_line(path, "\n".join(_trace_line(t).rstrip("\n") for t in traces))
 
 
-def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
-    """Messages rendered by the tokenizer's chat template, ending with the generation prompt."""
-    if tokenizer is None:
-        raise ThinksaeError("these records need a chat template: pass a tokenizer")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ThinksaeError("the tokenizer has no chat template; give traces with full prompt text")
-    try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    except Exception as e:  # jinja2 TemplateError and friends: report the template's complaint
-        raise ThinksaeError(f"chat template failed: {str(e).splitlines()[0]}") from None
-    if not isinstance(text, str):
-        raise ThinksaeError("chat template did not render to text")
-    return text
-
-
 def _strip_duplicate_open(prompt: str, completion: str) -> str:
     """Drop a leading ``<think>`` from the completion when the prompt already ends with one."""
     if prompt.rstrip().endswith(THINK_OPEN) and completion.lstrip().startswith(THINK_OPEN):
@@ -278,11 +263,7 @@ def load_hub_dataset(source: str, *args, split: str = "train"):
     """``datasets.load_dataset(source, *args, split=split)`` with one clear error when offline."""
     import datasets
 
-    from ..models.loading import hub_reachable
-
-    offline = any(os.environ.get(v, "0").lower() in ("1", "true", "yes")
-                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    if not offline and not hub_reachable():
+    if not hub_offline() and not hub_reachable():
         raise _hub_error(source, "the hub is unreachable")
     try:
         return datasets.load_dataset(source, *args, split=split)

@@ -1,11 +1,11 @@
-"""SAE evaluation: reconstruction metrics and spliced next-token losses, per region and behaviour."""
+"""SAE evaluation: reconstruction metrics and spliced next-token losses, per region and behaviour.
+`thinksae eval`: :mod:`.config`, :mod:`.run`."""
 
-from .metrics import TokenGroups, fvu, latent_frequency_histogram, loss_recovered
-from .result import EvalData, EvalResult
-from .run import EvalConfig, evaluate
-from .spliced import add_error_back, replace_with, spliced_batch
+from ..lazy import lazy_exports
 
-__all__ = [
-    "EvalConfig", "EvalData", "EvalResult", "TokenGroups", "add_error_back", "evaluate", "fvu",
-    "latent_frequency_histogram", "loss_recovered", "replace_with", "spliced_batch",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "EvalConfig": "config", "evaluate": "run:run", "TokenGroups": "metrics", "fvu": "metrics",
+    "latent_frequency_histogram": "metrics", "loss_recovered": "metrics", "EvalData": "result",
+    "EvalResult": "result", "add_error_back": "spliced", "replace_with": "spliced",
+    "spliced_batch": "spliced",
+})

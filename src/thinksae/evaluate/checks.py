@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..atomic import sha256_file
+from ..corpus.segment import Region
+from ..corpus.traces import iter_traces
 from ..errors import ThinksaeError
+from ..store.split import SPLITS
 
 
 def check_options(cfg, have_model: bool) -> None:
@@ -32,8 +36,6 @@ def check_options(cfg, have_model: bool) -> None:
 
 def splice_region_names(text: str) -> list[str]:
     """The region names of ``--splice_regions`` (comma-separated), each a known region."""
-    from ..corpus import Region
-
     names = [r.name.lower() for r in Region]
     wanted = [n.strip() for n in text.split(",") if n.strip()]
     if not wanted or any(n not in names for n in wanted):
@@ -47,8 +49,6 @@ def docs_of_split(cfg, sae_dir: Path, card: dict, store):
     it was trained on: the same store, or the corpus that store was harvested from."""
     import numpy as np
 
-    from ..atomic import sha256_file
-    from ..store import SPLITS
 
     if cfg.split not in SPLITS:
         raise ThinksaeError(f"unknown split {cfg.split!r} (use {', '.join(SPLITS)})")
@@ -71,7 +71,6 @@ def docs_of_split(cfg, sae_dir: Path, card: dict, store):
             raise ThinksaeError(f"--split {cfg.split}: corpus {cfg.corpus} is not the one the SAE "
                                 f"in {sae_dir} was trained on (hash {corpus_hash}, trained on "
                                 f"{data.get('corpus_hash')})")
-        from ..corpus import iter_traces
 
         ids = [t.id for t in iter_traces(cfg.corpus)]
     listed = data.get("heldout_traces")

@@ -9,20 +9,22 @@ each region, each behaviour tag and, as the headline, the regions the SAE was tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from simple_parsing import field
 from tqdm.auto import tqdm
 
 from .. import atomic
+from ..binding import ModelSource, bind_sae
 from ..config import to_dict
+from ..corpus.segment import Region, behaviour_names
 from ..errors import ThinksaeError
-from ..sae import update_report_card
+from ..models.hookpoints import capture
 from ..sae.bound import SaeAtHookpoint
-from ..sae.formats import detect_format
+from ..sae.formats import detect_format, update_report_card
+from ..store.reader import ActivationStore
 from .checks import check_options, docs_of_split, splice_region_names
+from .config import EvalConfig
 from .headline import headline
 from .metrics import ALL, TRAINED, Grouped, Moments, ReconstructionStats, TokenGroups
 from .metrics import latent_frequency_histogram as frequency_histogram
@@ -32,59 +34,7 @@ from .sources import batches, corpus_docs, pad_right, store_docs, take_chunks, t
 from .spliced import SplicedStats, spliced_batch
 
 
-@dataclass
-class EvalConfig:
-    """Options of `thinksae eval`."""
-
-    sae: str = field(positional=True, metavar="SAE_DIR")
-    """SAE directory (sparsify or SAELens layout), or a training run directory with --hookpoint."""
-    hookpoint: str | None = None
-    """Hookpoint the SAE must read (default: the SAE's own, from thinksae.json or its directory
-    name, e.g. layers.10 or layers.10.mlp)."""
-    store: str | None = None
-    """Activation store of that hookpoint: reconstruction metrics on its tokens. With --model, the
-    model is rerun on the store's token ids for the spliced losses too."""
-    model: str | None = None
-    """Model (hub id, local directory, .gguf or `offline`) for the spliced losses; needs --corpus
-    or --store."""
-    corpus: str | None = None
-    """Trace corpus (JSONL from `thinksae corpus`), tokenised with the model's tokenizer."""
-    tokenizer: str | None = None
-    """Load the model's tokenizer from another spec (default: the model's own)."""
-    out: str | None = None
-    """Result JSON (default: eval.json in the SAE directory). The latent-frequency histogram is
-    written beside it as <name>.latent_frequency.png."""
-    split: str = "all"
-    """Traces to evaluate on: all, heldout (those the SAE's training left out with --holdout) or
-    train (the others). heldout/train need the data the SAE was trained on."""
-    splice_regions: str | None = None
-    """With --model: splice (and ablate) only at tokens of these regions, comma-separated, e.g.
-    prompt,think,answer to leave the special tokens (which an SAE trained with --regions never
-    saw) as they are; default every token."""
-    max_tokens: int | None = None
-    """Evaluate on at most this many tokens (default: all)."""
-    max_length: int = 2048
-    """Corpus: tokens kept per trace."""
-    batch_size: int = 4
-    """Documents per model forward."""
-    chunk_tokens: int = 8192
-    """Tokens per SAE batch when reading a store without a model."""
-    mean_ablation: bool = True
-    """Also report the mean-ablated CE: the hookpoint output replaced by its mean over exactly
-    the tokens replaced (those of --splice_regions; costs a first pass that stops there)."""
-    device: str = "auto"
-    """cpu, cuda, cuda:N or auto."""
-    dtype: str = "auto"
-    """Model dtype: auto (bf16 where fast), float32, bfloat16 or float16. The SAE runs in float32."""
-    update_card: bool = True
-    """Merge the results into the SAE's report card (thinksae.json, section `eval`)."""
-    progress: bool = True
-    """Show a progress bar."""
-
-
 def _label_names(store) -> tuple[list[str], list[str]]:
-    from ..corpus import Region, behaviour_names
-
     manifest = store.manifest if store is not None else {}
     return (list(manifest.get("regions") or [r.name.lower() for r in Region]),
             list(manifest.get("behaviours") or behaviour_names()))
@@ -113,8 +63,6 @@ def _replaced(regions: torch.Tensor, codes: torch.Tensor | None) -> torch.Tensor
 def _ablation_mean(model, hookpoint, docs, batch_size, pad_id, codes, d_in) -> torch.Tensor | None:
     """Mean hookpoint output over exactly the tokens the mean ablation replaces (real tokens of
     the splice regions), float32 ``[d_in]``; None when there are none."""
-    from ..models import capture
-
     device = next(model.parameters()).device
     moments = Moments(d_in)
     for batch in batches(docs, batch_size):
@@ -188,39 +136,25 @@ def _run(cfg, model, tokenizer, store, docs, hookpoint, sae, groups, device):
     return recon, spliced
 
 
-def evaluate(cfg: EvalConfig, model=None, tokenizer=None) -> EvalResult:
+def run(cfg: EvalConfig, model=None, tokenizer=None) -> EvalResult:
     """Evaluate the SAE ``cfg.sae`` as ``cfg`` says; returns the result that is also written to
     the JSON (``cfg.out``), printed as a table and merged into the report card.
 
     ``model``/``tokenizer`` optionally replace loading ``cfg.model``.
     """
-    from ..models import load_model, resolve_device
-    from ..store import ActivationStore
 
     have_model = model is not None or cfg.model is not None
     check_options(cfg, have_model)
     store = ActivationStore(cfg.store) if cfg.store is not None else None
-    bound = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint, store)
-    sae_dir, card, hookpoint = bound.dir, bound.card, bound.hookpoint
+    sae_at = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint, store)
+    sae_dir, card, hookpoint = sae_at.dir, sae_at.card, sae_at.hookpoint
     docs = docs_of_split(cfg, sae_dir, card, store)  # before any model is loaded: cheap to refuse
     region_names, behaviour_names = _label_names(store)
     head = headline(card, region_names, sae_dir)
-    sae = bound.load()
-    if store is not None:
-        bound.check_store(store)
-    bound.precheck(cfg.model, loaded=model)
-    if have_model and model is None:
-        model, tokenizer = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
-                                      progress=cfg.progress)
-    if model is not None:
-        if tokenizer is None:
-            raise ThinksaeError("a model was passed without its tokenizer")
-        bound.check_model(model)
-        device = next(model.parameters()).device
-    else:
-        device = resolve_device(cfg.device)
-    data_hash = bound.check_tokenizers(tokenizer, store)
-    sae = sae.to(device)
+    bound = bind_sae(sae_at, ModelSource.of(cfg), model, tokenizer, store=store,
+                     need_model=have_model)
+    model, tokenizer, sae, device = bound.model, bound.tokenizer, bound.sae, bound.device
+    data_hash = bound.data_hash
     groups = TokenGroups(region_names, behaviour_names, trained=head.regions)
 
     recon, spliced = _run(cfg, model, tokenizer, store, docs, hookpoint, sae, groups, device)

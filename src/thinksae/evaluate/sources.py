@@ -13,6 +13,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..corpus.segment import tokenize_trace
+from ..corpus.traces import iter_traces
+
 
 class Doc(NamedTuple):
     """One document: token ids with a region and a behaviour code per token (1-D tensors)."""
@@ -25,8 +28,6 @@ class Doc(NamedTuple):
 def corpus_docs(path: str | Path, tokenizer, max_length: int, docs=None) -> Iterator[Doc]:
     """The traces of a JSONL corpus, tokenised and labelled as the harvest does (only those at
     the indices ``docs`` when given)."""
-    from ..corpus import iter_traces, tokenize_trace
-
     keep = None if docs is None else {int(i) for i in docs}
     for i, trace in enumerate(iter_traces(path)):
         if keep is not None and i not in keep:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import resolve_hookpoint
+from ..models.hookpoints import resolve_hookpoint
 from ..models.splice import final_hidden, final_hidden_from, output_head, resume_layer, splice
 from .metrics import loss_recovered
 

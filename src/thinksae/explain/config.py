@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ThinksaeError
+from .scorers import SCORERS
 
 
 @dataclass
@@ -89,7 +90,6 @@ def check_config(cfg: ExplainConfig) -> list[str]:
     if cfg.endpoint is not None and not cfg.endpoint.startswith(("http://", "https://")):
         raise ThinksaeError(f"--endpoint must be an http(s) URL (got {cfg.endpoint!r})")
     names = [s.strip() for s in cfg.scorers.split(",") if s.strip()]
-    from .scorers import SCORERS
 
     bad = [s for s in names if s not in SCORERS]
     if bad:

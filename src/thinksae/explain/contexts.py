@@ -14,6 +14,7 @@ import torch
 
 from ..errors import ThinksaeError
 from ..features.report import feature_details, token_text
+from ..features.sources import store_chunks
 from ..features.stats import FeatureStats
 from .prompts import Context
 from .scorers import HeldOut
@@ -45,8 +46,6 @@ class _Labels:
 def encode_features(store, sae, features: list[int], chunk_tokens: int = 8192
                     ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Every firing of ``features`` in the store: feature → (sorted global token indices, activations)."""
-    from ..features.sources import store_chunks
-
     want = torch.tensor(sorted(features), device=sae.device)
     parts: dict[int, list] = {f: [] for f in features}
     offset = 0

@@ -14,9 +14,14 @@ from typing import NamedTuple
 from .. import atomic
 from ..errors import ThinksaeError
 from ..features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
+from ..models.loading import load_model, resolve_device
+from ..sae.bound import SaeAtHookpoint
+from ..store.reader import ActivationStore
 from .cache import EXPLAIN_DIR, SUMMARY_FILE, ExplainCache
 from .config import ExplainConfig, check_config, choose_features
 from .contexts import heldout_contexts, shown_contexts
+from .delphi import read_delphi, write_delphi
+from .explainers import EndpointExplainer, LocalExplainer
 from .prompts import PROMPT_VERSION, baseline_explanation, explainer_prompt, parse_explanation
 from .scorers import LMJudge, make_scorers
 
@@ -36,9 +41,6 @@ class ExplainResult(NamedTuple):
 
 def load_inputs(cfg: ExplainConfig, meta: dict, model=None, tokenizer=None):
     """The one place that loads things: (SAE, store, model getter ``spec → (model, tokenizer)``)."""
-    from ..models import load_model, resolve_device
-    from ..sae.bound import SaeAtHookpoint
-    from ..store import ActivationStore
 
     sae_spec = cfg.sae or meta["sae"].get("path")
     store_spec = cfg.store or meta["source"].get("store")
@@ -67,8 +69,6 @@ def load_inputs(cfg: ExplainConfig, meta: dict, model=None, tokenizer=None):
 
 
 def _explainer(cfg: ExplainConfig, get_model):
-    from .explainers import EndpointExplainer, LocalExplainer
-
     if cfg.endpoint:
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         return EndpointExplainer(cfg.endpoint, cfg.endpoint_model, cfg.timeout,
@@ -161,8 +161,6 @@ def _summary(feats, sources, cache, base_key, scorer_names, explainer_key) -> li
 
 
 def _write_delphi(cfg, meta, feats, sources, cache, base_key, scorer_names) -> None:
-    from .delphi import write_delphi
-
     module = cfg.delphi_module or meta["sae"].get("hookpoint") or "sae"
     for f in feats:
         text = sources["llm"].get(f)
@@ -185,13 +183,11 @@ def _read_inputs(cfg: ExplainConfig) -> tuple[Path, dict, list[dict], list[str],
     feats = choose_features(cfg, rows, int(meta["sae"]["num_latents"]))
     delphi = {}
     if cfg.delphi_in:
-        from .delphi import read_delphi
-
         delphi = read_delphi(cfg.delphi_in, cfg.delphi_module or meta["sae"].get("hookpoint") or "sae")
     return analysis, meta, rows, strings, feats, delphi
 
 
-def explain(cfg: ExplainConfig, model=None, tokenizer=None) -> ExplainResult:
+def run(cfg: ExplainConfig, model=None, tokenizer=None) -> ExplainResult:
     """Explain and score the chosen features of ``cfg.analysis``. ``model``/``tokenizer``, when
     given, serve as both the local explainer and the scorer."""
     scorer_names = check_config(cfg)

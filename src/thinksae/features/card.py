@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from simple_parsing import field
-
 from ..errors import ThinksaeError
+from .config import FeatureCardConfig
+from .dashboard import VERDICT_NUMBERS, fmt, show_token
 from .report import STATS_FILE, VOCAB_FILE, feature_details, load_analysis, read_feature_row
 from .stats import FeatureStats
-
-
-@dataclass
-class FeatureCardConfig:
-    """Options of `thinksae feature`."""
-
-    index: int = field(positional=True)
-    """The feature (latent) index."""
-    analysis: str = "runs/features"
-    """Analysis directory written by `thinksae analyze`."""
-    contexts: int = 5
-    """Top contexts shown."""
-    tokens: int = 10
-    """Top tokens shown."""
 
 
 def feature_info(analysis: str | Path, index: int) -> tuple[dict, dict]:
@@ -46,8 +31,6 @@ def feature_info(analysis: str | Path, index: int) -> tuple[dict, dict]:
 
 
 def _num(x) -> str:
-    from .dashboard import fmt
-
     return fmt(x)
 
 
@@ -60,8 +43,6 @@ def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: in
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
-
-    from .dashboard import show_token
 
     row, det = feature_info(analysis, index)
     head = Table.grid(padding=(0, 2))
@@ -103,8 +84,6 @@ def feature_card(analysis: str | Path, index: int, contexts: int = 5, tokens: in
 def _verdict_part(v: dict | None) -> list:
     """The validation verdict and its key numbers, when the feature was validated."""
     from rich.text import Text
-
-    from .dashboard import VERDICT_NUMBERS
 
     if v is None:
         return []

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ThinksaeError
-from ..models import decoder_stack
+from ..models.hookpoints import decoder_stack
 
 
 def lens_modules(model: nn.Module, d_in: int) -> tuple[nn.Module, nn.Module]:

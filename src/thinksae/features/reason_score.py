@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ThinksaeError
+from .config import ALPHA
 from .tokens import TokenInfo
 
 REASON_VOCAB: tuple[str, ...] = ("alternatively", "hmm", "maybe", "wait", "perhaps", "let me",
@@ -50,7 +51,6 @@ REFERENCE_TOKENS: tuple[str, ...] = tuple(
 first eight words the lower-case and Capitalised forms, each without and with a leading space;
 for "but" and "another" only ``But`` and ``Another``."""
 MATCH_MODES = ("reference", "wide")
-ALPHA = 0.7
 EPS = 1e-12
 WINDOW_BEFORE, WINDOW_AFTER = 1, 2
 

@@ -34,8 +34,9 @@ import torch
 from torch import Tensor
 
 from ..errors import ThinksaeError
+from .config import ALPHA, FDR
 from .inference import bh_adjust, trace_rate_ratio
-from .reason_score import ALPHA, reason_score
+from .reason_score import reason_score
 from .stats import FeatureStats
 from .traces import TRACE_TENSORS
 
@@ -44,7 +45,6 @@ NARROW_TOKENS = 10
 FORMAT_SHARE = 0.8
 COVERAGE = 0.9
 Z95 = 1.959964
-FDR = 0.05
 LABELS = ("dead", "rare", "formatting", "monosemantic", "narrow", "polysemantic")
 
 

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..corpus.segment import tokenize_trace
 from ..errors import ThinksaeError
+from ..models.hookpoints import capture
 from ..store.reader import TOKEN_LABELS
 from ..store.shards import memmap_shard, to_torch
 
@@ -47,8 +49,6 @@ def corpus_chunks(model, tokenizer, traces, hookpoint: str, batch_size: int = 8,
                   max_length: int = 2048) -> Iterator[dict[str, torch.Tensor]]:
     """Run ``model`` over ``traces`` (``batch_size`` at a time, right-padded) and yield each
     batch's tokens with their ``hookpoint`` activations and labels (one chunk per batch)."""
-    from ..corpus import tokenize_trace
-    from ..models import capture
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..corpus.segment import control_token_ids
 from ..errors import ThinksaeError
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -72,8 +73,6 @@ class TokenInfo:
 
     @classmethod
     def _build(cls, tokenizer) -> TokenInfo:
-        from ..corpus import control_token_ids
-
         v = len(tokenizer)
         strings = tokenizer.batch_decode([[i] for i in range(v)], skip_special_tokens=False,
                                          clean_up_tokenization_spaces=False)

@@ -13,161 +13,50 @@ Each batch row may have its own interventions (a sweep decodes the baseline and 
 in the same batches): f'_i = m_i · f_i + a_i with the row's (m_i, a_i) (identity 1, 0 for a
 feature the row does not change, whose x then stays bit for bit).
 
-The window (see :mod:`.spec`) is tracked per sequence: a forward pre-hook on the decoder stack
-reads each call's new token ids and its position in the KV cache, feeds them to one scanner per
-row, and the hookpoint hook steers the positions the scanners mark. A scanner's verdict on a
-position depends only on the tokens up to it, so a cached generation and one teacher-forced pass
-over the finished sequence steer the same positions. Hooks are removed on leaving the context,
-also after an exception.
+The window (:mod:`.window`) is tracked per sequence: a forward pre-hook on the decoder stack
+reads each call's new token ids and its position in the KV cache, feeds them to one
+:class:`~.window.WindowScanner` per row, and the hookpoint hook steers the positions the
+scanners mark. A recording steerer also keeps chosen features' values at every position it
+sees (the SAE's top-k activation, or relu of the pre-activation: ``record_value``), read before
+any change it makes. Hooks are removed on leaving the context, also after an exception.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from ..chat import ThinkMarkers
 from ..errors import ThinksaeError
-from ..models import decoder_stack, resolve_hookpoint, splice
+from ..models.splice import splice
+from ..models.hookpoints import decoder_stack, resolve_hookpoint
 from .spec import Intervention, Window, check_features, check_unique
+from .stats import SteeredFeatureStats
+from .window import WindowScanner
 
-THINK_OPEN_ID, THINK_CLOSE_ID = 151648, 151649
-"""R1-family ids of ``<think>`` and ``</think>`` (used when a tokenizer does not say)."""
-_PREFILL_TAIL = 4
-"""A ``<think>`` among the prompt's last this many tokens is the template's prefilled opening."""
-
-
-@dataclass
-class Markers:
-    """Token ids the window needs: thinking markers, stop ids, sentence-ending tokens."""
-
-    open_id: int = THINK_OPEN_ID
-    close_id: int = THINK_CLOSE_ID
-    stop_ids: frozenset[int] = frozenset()
-    sentence_end: Tensor | None = None
-    """Bool ``[vocab]``: tokens that end a sentence (needed for ``start=sentence``)."""
-    single_token: bool = True
-    """Whether ``<think>`` and ``</think>`` are single tokens of the tokenizer (R1 tokenizers);
-    otherwise the ids above are R1's defaults and will not occur in the text."""
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer, stop_ids: Iterable[int] = (), sentences: bool = True
-                       ) -> Markers:
-        """The markers of ``tokenizer`` (its own ``<think>``/``</think>`` ids when it has them)."""
-        ids = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
-        unk = getattr(tokenizer, "unk_token_id", None)
-        found = [isinstance(i, int) and i != unk for i in ids]
-        open_id, close_id = (i if ok else d
-                             for i, ok, d in zip(ids, found, (THINK_OPEN_ID, THINK_CLOSE_ID)))
-        stops = set(stop_ids) | ({tokenizer.eos_token_id} - {None})
-        sentence_end = None
-        if sentences:
-            texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-            sentence_end = torch.tensor([t.rstrip(" ").endswith((".", "?", "!")) or "\n" in t
-                                         for t in texts])
-        return cls(open_id, close_id, frozenset(int(i) for i in stops), sentence_end, all(found))
-
-    def ends_sentence(self, token: int) -> bool:
-        table = self.sentence_end
-        if table is None:
-            raise ThinksaeError("start=sentence needs the tokenizer's sentence-ending tokens")
-        return 0 <= token < len(table) and bool(table[token])
+RECORD_VALUES = ("topk", "pre")
+"""What a recording steerer keeps per feature: the SAE's top-k activation, or relu(pre)."""
 
 
-@dataclass
-class RowScanner:
-    """Follows one sequence token by token and says which positions are steered."""
+def feature_values(sae, x: Tensor, features: Tensor, value: str = "topk") -> Tensor:
+    """The values of latents ``features`` at rows ``x [n, d_in]``, float32 ``[n, F]``:
 
-    window: Window
-    markers: Markers
-    prompt_len: int
-    pos: int = 0
-    open_pos: int | None = None
-    close_pos: int | None = None
-    stop_pos: int | None = None
-    start_pos: int | None = None
-    end_pos: int | None = None
-
-    def push(self, token: int) -> bool:
-        """Take the token at the next position; whether that position is steered."""
-        t, self.pos = self.pos, self.pos + 1
-        m, w = self.markers, self.window
-        generated = t >= self.prompt_len
-        if self.stop_pos is not None:
-            return False
-        if generated and token in m.stop_ids:
-            self.stop_pos = t
-            return False
-        if token == m.open_id and self.open_pos is None and self.close_pos is None and (
-                generated or t >= self.prompt_len - _PREFILL_TAIL):
-            self.open_pos = t
-        if generated and token == m.close_id and self.close_pos is None:
-            self.close_pos = t
-        opened = self.open_pos is not None
-        if self.end_pos is None and (
-                (w.end == "think_end" and self.close_pos == t)
-                or (isinstance(w.end, int) and opened and t == self.open_pos + w.end)):
-            self.end_pos = t
-        if self.start_pos is None and self.end_pos is None and (
-                (w.start == "prompt" and t >= self.prompt_len - 1)
-                or (w.start == "think" and opened and t == self.open_pos)
-                or (isinstance(w.start, int) and opened and t == self.open_pos + w.start)
-                or (w.start == "sentence" and opened and t > self.open_pos + 1
-                    and self.close_pos is None and m.ends_sentence(token))):
-            self.start_pos = t
-        return self.start_pos is not None and self.end_pos is None
-
-    @property
-    def think_tokens(self) -> int | None:
-        """Tokens strictly between the opening and ``</think>`` (or the end); None unopened."""
-        if self.open_pos is None:
-            return None
-        end = self.close_pos if self.close_pos is not None else (
-            self.stop_pos if self.stop_pos is not None else self.pos)
-        return max(end - self.open_pos - 1, 0)
-
-
-def scan(window: Window, markers: Markers, tokens: list[int], prompt_len: int
-         ) -> tuple[list[bool], RowScanner]:
-    """Steered flags of every position of one sequence, and the scanner (markers found)."""
-    row = RowScanner(window, markers, prompt_len)
-    return [row.push(int(t)) for t in tokens], row
-
-
-@dataclass
-class SteeredFeatureStats:
-    """What the SAE reported at the steered positions, per intervened feature: ``fired`` counts
-    the positions where the feature's activation was > 0 (being among the top k with
-    activation 0 is not firing)."""
-
-    positions: int = 0
-    fired: dict[int, int] = field(default_factory=dict)
-    act_sum: dict[int, float] = field(default_factory=dict)
-    act_max: dict[int, float] = field(default_factory=dict)
-
-    @classmethod
-    def empty(cls, features: Iterable[int]) -> SteeredFeatureStats:
-        features = list(features)
-        return cls(0, dict.fromkeys(features, 0), dict.fromkeys(features, 0.0),
-                   dict.fromkeys(features, 0.0))
-
-    def add(self, other: SteeredFeatureStats) -> None:
-        self.positions += other.positions
-        for f in other.fired:
-            self.fired[f] = self.fired.get(f, 0) + other.fired[f]
-            self.act_sum[f] = self.act_sum.get(f, 0.0) + other.act_sum[f]
-            self.act_max[f] = max(self.act_max.get(f, 0.0), other.act_max[f])
-
-    def to_dict(self) -> dict:
-        n = self.positions
-        return {"steered_positions": n, "features": {
-            str(f): {"fired_fraction": (self.fired[f] / n) if n else None,
-                     "mean_activation": (self.act_sum[f] / n) if n else None,
-                     "max_activation": self.act_max[f] if n else None}
-            for f in self.fired}}
+    - ``topk``: f_i, what the SAE's ``encode`` says (its top k or thresholds; 0 where latent i
+      is not active);
+    - ``pre``: relu(pre_i), pre = (x − b_dec) W_enc[features]ᵀ + b_enc[features] from those
+      encoder rows only — equal to f_i where latent i is active; many inactive latents have
+      pre_i > 0.
+    """
+    x = x.to(sae.device, sae.dtype)
+    if value == "pre":
+        with torch.no_grad():
+            return sae.pre_acts(x, features).relu().float()
+    acts, idx = sae.encode(x)
+    hit = idx[:, None, :] == features[None, :, None]  # [n, F, k]
+    return (acts[:, None, :] * hit).sum(-1).float()
 
 
 def _settings(interventions) -> tuple[list[list[Intervention]], bool]:
@@ -185,10 +74,14 @@ class Steerer:
     """The state behind :func:`steering`: interventions (one setting for every row, or one per
     batch row), window scanners, statistics per row and, with ``record``, the activations."""
 
-    def __init__(self, sae, interventions, window: Window | None, markers: Markers | None,
-                 record: Iterable[int] = ()):
+    def __init__(self, sae, interventions, window: Window | None, markers: ThinkMarkers | None,
+                 record: Iterable[int] = (), record_value: str = "topk"):
         if window is not None and markers is None:
             raise ThinksaeError("a steering window needs the tokenizer's markers")
+        if record_value not in RECORD_VALUES:
+            raise ThinksaeError(f"record value must be one of {', '.join(RECORD_VALUES)} "
+                                f"(got {record_value!r})")
+        self.record_value = record_value
         self.settings, self.per_row = _settings(interventions)
         for setting in self.settings:
             check_features(setting, sae.num_latents)
@@ -212,7 +105,7 @@ class Steerer:
         self.features = torch.tensor(self.feature_list, dtype=torch.long, device=device)
         self.prompt_len: int | None = None
         """Prompt width of the next fresh sequence (default: the width of its first call)."""
-        self.rows: list[RowScanner] = []
+        self.rows: list[WindowScanner] = []
         self.mask: Tensor | None = None
         """``[batch, seq]`` steered positions of the current forward call (None: all)."""
         self.real: Tensor | None = None
@@ -252,7 +145,7 @@ class Steerer:
         batch, width = input_ids.shape
         if past == 0:
             plen = self.prompt_len if self.prompt_len is not None else width
-            self.rows = [RowScanner(self.window, self.markers, plen) for _ in range(batch)]
+            self.rows = [WindowScanner(self.window, self.markers, plen) for _ in range(batch)]
             self.last_mask = None
         elif len(self.rows) != batch or any(r.pos != past for r in self.rows):
             raise ThinksaeError(f"steering lost track of the sequences (a call at position {past} "
@@ -276,9 +169,7 @@ class Steerer:
 
     def _encode(self, x: Tensor) -> Tensor:
         """f of ``feature_list`` for rows ``x [n, d_in]``, float32 ``[n, F]``."""
-        acts, idx = self.sae.encode(x.to(self.sae.device, self.sae.dtype))
-        hit = idx[:, None, :] == self.features[None, :, None]  # [n, F, k]
-        return (acts[:, None, :] * hit).sum(-1).float()
+        return feature_values(self.sae, x, self.features, "topk")
 
     def _count(self, rows: Tensor, f: Tensor) -> None:
         """Statistics of the steered positions (``rows`` their batch rows, ``f`` their acts)."""
@@ -331,6 +222,9 @@ class Steerer:
         if out.ndim != 3:
             raise ThinksaeError(f"steering expects a [batch, seq, d] hookpoint output, got "
                                 f"shape {tuple(out.shape)}")
+        if out.shape[-1] != self.sae.d_in:
+            raise ThinksaeError(f"SAE/model mismatch: the SAE has d_in {self.sae.d_in}, but the "
+                                f"hookpoint output has width {out.shape[-1]}")
         setting = self._row_settings(out.shape[0])
         mask = self.mask if self.window is not None else torch.ones(
             out.shape[:2], dtype=torch.bool, device=out.device)
@@ -348,7 +242,9 @@ class Steerer:
         x = out[sel]
         f = self._encode(x)
         if self.record:
-            record[sel] = f.to(record.device)
+            kept = f if self.record_value == "topk" else \
+                feature_values(self.sae, x, self.features, self.record_value)
+            record[sel] = kept.to(record.device)
         rows = torch.nonzero(sel)[:, 0].to(self.coef.device)
         on = steer[sel].to(self.coef.device)
         self._count(rows[on], f[on])
@@ -377,17 +273,17 @@ def _cache_length(kwargs: dict) -> int:
 
 @contextlib.contextmanager
 def steering(model: nn.Module, sae, hookpoint: str, interventions,
-             window: Window | None = None, markers: Markers | None = None,
-             record: Iterable[int] = ()) -> Iterator[Steerer]:
+             window: Window | None = None, markers: ThinkMarkers | None = None,
+             record: Iterable[int] = (), record_value: str = "topk") -> Iterator[Steerer]:
     """While open, ``model`` runs with ``interventions`` applied at ``hookpoint`` (module
     docstring): a list of :class:`Intervention` for every row, or one such list per batch row
     (an empty list leaves its row unsteered), each feature at most once per list.
     ``window=None`` steers every position of every call; with a window, ``markers``
-    (``Markers.from_tokenizer``) say where thinking opens and closes. ``record`` features'
-    activations are kept at every non-padding position (``Steerer.acts``). Yields the
+    (``ThinkMarkers.from_tokenizer``) say where thinking opens and closes. ``record`` features'
+    values (``record_value``) are kept at every non-padding position (``Steerer.acts``). Yields the
     :class:`Steerer` (its ``last_mask`` and ``stats`` tell what was steered)."""
     module = resolve_hookpoint(model, hookpoint)
-    steerer = Steerer(sae, interventions, window, markers, record)
+    steerer = Steerer(sae, interventions, window, markers, record, record_value)
 
     def pre_hook(_module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)

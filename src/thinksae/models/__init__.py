@@ -1,47 +1,17 @@
-"""Models: load a reasoning model (hub id, local dir, GGUF, or the offline build) and capture hookpoints."""
+"""Models: load a reasoning model (hub id, local dir, GGUF, or the offline build) and capture
+hookpoints. Modules: :mod:`.names` (light), :mod:`.loading`, :mod:`.hookpoints`, :mod:`.precheck`,
+:mod:`.splice`, :mod:`.tokenizer`, :mod:`.offline`, :mod:`.packed`, :mod:`.dequant_cache`."""
 
-from .hookpoints import (
-    Hookpoint,
-    capture,
-    decoder_stack,
-    is_hookpoint,
-    num_layers,
-    parse_hookpoint,
-    parse_hookpoints,
-    resolve_hookpoint,
-)
-from .loading import (
-    DEFAULT_MODEL,
-    OFFLINE_ALIAS,
-    cpu_has_fast_bf16,
-    dtype_name,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-)
-from .precheck import precheck_model
-from .splice import final_hidden, output_head, splice
-from .tokenizer import load_tokenizer
+from ..lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "Hookpoint",
-    "OFFLINE_ALIAS",
-    "capture",
-    "cpu_has_fast_bf16",
-    "decoder_stack",
-    "dtype_name",
-    "final_hidden",
-    "is_hookpoint",
-    "load_model",
-    "load_tokenizer",
-    "num_layers",
-    "output_head",
-    "parse_hookpoint",
-    "parse_hookpoints",
-    "precheck_model",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_hookpoint",
-    "splice",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "DEFAULT_MODEL": "names", "OFFLINE_ALIAS": "names",
+    "Hookpoint": "hookpoints", "capture": "hookpoints", "decoder_stack": "hookpoints",
+    "is_hookpoint": "hookpoints", "num_layers": "hookpoints", "parse_hookpoint": "hookpoints",
+    "parse_hookpoints": "hookpoints", "resolve_hookpoint": "hookpoints",
+    "cpu_has_fast_bf16": "loading", "dtype_name": "loading", "load_model": "loading",
+    "resolve_device": "loading", "resolve_dtype": "loading",
+    "precheck_model": "precheck",
+    "final_hidden": "splice", "output_head": "splice", 
+    "load_tokenizer": "tokenizer",
+})

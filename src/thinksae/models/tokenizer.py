@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from ..errors import ThinksaeError
-from .loading import _pretrained_kwargs
+from . import dequant_cache as dq
+from .loading import pretrained_kwargs
+from .offline import default_cache_dir
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -15,8 +17,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 def _dequant_copy(source: str, kwargs: dict) -> Path | None:
     """A verified de-quantised copy (any dtype) of the GGUF in ``kwargs``: it holds the GGUF's own
     tokenizer, already converted (reading it from the GGUF takes ~13 s for the offline model)."""
-    from . import dequant_cache as dq
-    from .offline import default_cache_dir
 
     if "gguf_file" not in kwargs or not dq.enabled():
         return None
@@ -40,7 +40,7 @@ def load_tokenizer(spec: str):
     if path.is_dir() and any((path / f).is_file() for f in _TOKENIZER_FILES):
         source, kwargs = str(path), {"local_files_only": True}
     else:
-        source, kwargs = _pretrained_kwargs(spec)
+        source, kwargs = pretrained_kwargs(spec)
         copy = _dequant_copy(source, kwargs)
         if copy is not None:
             source, kwargs = str(copy), {"local_files_only": True}

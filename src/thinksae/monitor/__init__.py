@@ -8,19 +8,18 @@ Python API::
         ...  # TokenEvent, AlertEvent, DoneEvent
 
 Interfaces: `thinksae monitor --prompt …` (terminal view) and `thinksae monitor --serve` (web
-app). See :mod:`.engine` for what the reported values are, :mod:`.rules` for the rule format.
+app). `thinksae monitor`: :mod:`.config`, :mod:`.run`; see :mod:`.engine` for what the reported
+values are, :mod:`.rules` for the rule format.
 """
 
-from .alerts import AlertLog, read_alerts
-from .engine import Monitor, Plan, WatchList, check_value
-from .events import VALUE_LABELS, VALUES, AlertEvent, DoneEvent, Event, TokenEvent
-from .rules import Rule, RuleEngine, load_rules, parse_rule, parse_rules, watched_features
-from .run import MonitorConfig, build_monitor, monitor
-from .tokens import RegionTracker
+from ..lazy import lazy_exports
 
-__all__ = [
-    "AlertEvent", "AlertLog", "DoneEvent", "Event", "Monitor", "MonitorConfig", "Plan",
-    "RegionTracker", "Rule", "RuleEngine", "TokenEvent", "VALUES", "VALUE_LABELS", "WatchList",
-    "build_monitor", "check_value", "load_rules", "monitor", "parse_rule", "parse_rules",
-    "read_alerts", "watched_features",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "AlertLog": "alerts", "read_alerts": "alerts",
+    "Monitor": "engine", "Plan": "engine", "WatchList": "engine", "check_value": "engine",
+    "VALUE_LABELS": "events", "VALUES": "events", "AlertEvent": "events", "DoneEvent": "events",
+    "Event": "events", "TokenEvent": "events",
+    "Rule": "rules", "RuleEngine": "rules", "load_rules": "rules", "parse_rule": "rules",
+    "parse_rules": "rules", "watched_features": "rules",
+    "MonitorConfig": "config", "build_monitor": "run", "monitor": "run:run",
+})

@@ -1,46 +1,51 @@
-"""The monitor engine: generate token by token (KV cache) and report watched SAE features.
+"""The monitor engine: generate through the one decoding API (:func:`thinksae.generation.decode.
+generate_rows`) and report watched SAE features per token, apply rules, raise alerts.
 
-Per generated token the hookpoint output x at that token's position is captured by a forward
-hook, and the watched features' values are read from it. Which value (``value``, see
-:data:`thinksae.monitor.events.VALUES`):
+Per generated token the watched features' values are read at that token's own position (the
+decoding API records them while the token is fed, before the next one is chosen), so the event
+for a token comes right after its forward pass. Which value (``value``, see
+:data:`thinksae.monitor.events.VALUES`; :func:`thinksae.interventions.feature_values`):
 
-- ``topk`` (default): what the SAE says, its ``encode`` of x (:class:`thinksae.sae.
-  SparseAutoencoder`, any architecture: the full encoder GEMM, one row of x times W_enc for all
-  latents, then the top k or the thresholds), scattered to all latents and gathered at the
-  watched ones: a latent the SAE does not activate reads 0. Cost per token: one pass over W_enc
-  (``python bench/monitor.py``).
-- ``pre``: ``relu(pre)`` with ``pre = (x - b_dec) @ W_enc[watch].T + b_enc[watch]``, the SAE's
-  ``pre_acts`` at the watched latents only (one small addmm): what a feature would read were it
-  active, equal, bit for bit, to the ``topk`` value where it is (tests check this on CPU). Many
-  inactive latents have ``pre > 0``, so rules on this value alert where the SAE reads 0.
+- ``topk`` (default): what the SAE says, its ``encode`` of x (any architecture: the full encoder
+  GEMM, then the top k or the thresholds): a latent the SAE does not activate reads 0. Cost per
+  token: one pass over W_enc (``python bench/monitor.py``).
+- ``pre``: relu(pre) at the watched latents only (one small addmm): what a feature would read
+  were it active, equal, bit for bit, to the ``topk`` value where it is (tests check this on
+  CPU). Many inactive latents have pre > 0, so rules on this value alert where the SAE reads 0.
 
-The activation of token t is read when t is fed to the model (its own position), so the event for
-a token comes right after its forward pass, before the next token is chosen. End-of-sequence
-tokens end generation and are not fed. When a rule fires its alert is logged (JSONL) and yielded;
-its action may stop generation or switch on a steering intervention (:mod:`thinksae.steer`) for
-every later position. The monitor reads the hookpoint output before any steering is applied.
+End-of-sequence tokens end generation and are not fed. When a rule fires its alert is logged
+(JSONL) and reported; its action may stop generation or switch on a steering intervention for
+every later position. The watched values are read before any steering is applied. Sampling draws
+from a stream seeded by ``seed`` and the prompt (as `thinksae steer` seeds its rows).
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
+import dataclasses
+import queue
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
+from ..chat import Detokenizer, ThinkMarkers, ThinkTracker, build_prompt, stop_ids
+from ..corpus.problems import question_id
+from ..corpus.segment import control_token_ids
 from ..errors import ThinksaeError
-from ..models import resolve_hookpoint
+from ..generation.batches import Batch
+from ..generation.config import GenerationConfig
+from ..generation.decode import DecodeStep, Decoding, generate_rows
+from ..interventions import feature_values
+from ..models.hookpoints import resolve_hookpoint
 from .actions import switch_on_steering
 from .alerts import AlertLog
 from .events import VALUES, AlertEvent, DoneEvent, Event, TokenEvent
 from .rules import Rule, RuleEngine, parse_rules, watched_features
-from .tokens import Detokenizer, RegionTracker
 
 
 def check_value(value: str) -> str:
@@ -51,7 +56,7 @@ def check_value(value: str) -> str:
 
 
 class WatchList:
-    """The watched features of ``sae``, and how to read ``value`` (``topk`` or ``pre``) at them."""
+    """The watched features of ``sae``, and which ``value`` (``topk`` or ``pre``) is read."""
 
     def __init__(self, sae, features: Sequence[int], value: str = "topk"):
         self.features = [int(f) for f in features]
@@ -62,42 +67,15 @@ class WatchList:
         self.sae, self.value = sae, check_value(value)
         self.index = torch.tensor(self.features, dtype=torch.long, device=sae.device)
 
-    def values(self, x: Tensor) -> Tensor:
+    def values(self, x: torch.Tensor) -> torch.Tensor:
         """The watched features' values for rows ``x [n, d]`` → float32 ``[n, F]``."""
-        return self.topk(x) if self.value == "topk" else self.pre(x)
-
-    def topk(self, x: Tensor) -> Tensor:
-        """The SAE's ``encode`` activations at the watched features ``[n, F]`` (0 where a
-        feature is not active)."""
-        return self.sae.dense_acts(x.to(self.sae.device))[:, self.index].float()
-
-    def pre(self, x: Tensor) -> Tensor:
-        """``relu(pre)`` of the watched features ``[n, F]``, from their encoder rows only."""
-        with torch.no_grad():
-            return self.sae.pre_acts(x.to(self.sae.device), self.index).relu()
-
-
-def _cache_kwarg(model) -> str:
-    """``cache`` in recent transformers, ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _sample(logits: Tensor, do_sample: bool, temperature: float, top_p: float,
-            generator: torch.Generator | None) -> int:
-    if not do_sample:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, -1)
-    sorted_p, order = probs.sort(descending=True)
-    keep = sorted_p.cumsum(-1) - sorted_p < top_p
-    sorted_p = sorted_p * keep
-    choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator)
-    return int(order[choice])
+        return feature_values(self.sae, x, self.index, self.value)
 
 
 @dataclass
 class Plan:
-    """A checked request: the prompt's token ids, what to watch, the rules, the token limit,
-    the value watched."""
+    """A checked request: the prompt (as asked, and templated), its token ids, what to watch,
+    the rules, the token limit, the value watched."""
 
     prompt: str
     ids: list[int]
@@ -105,6 +83,8 @@ class Plan:
     rules: list[Rule]
     limit: int
     value: str = "topk"
+    text: str = ""
+    """The prompt as the model reads it (chat-templated unless given templated)."""
 
 
 class Monitor:
@@ -117,42 +97,32 @@ class Monitor:
                  alert_log: str | Path | None = None, max_new_tokens: int = 256,
                  do_sample: bool = False, temperature: float = 0.6, top_p: float = 0.95,
                  seed: int = 0, system_prompt: str | None = None, think_prefill: bool = False):
+        resolve_hookpoint(model, hookpoint)  # an unknown hookpoint is refused now
+        self.dec = Decoding(model, tokenizer, sae, hookpoint)
         self.model, self.tokenizer, self.sae, self.hookpoint = model, tokenizer, sae, hookpoint
-        self.module = resolve_hookpoint(model, hookpoint)
         self.value = check_value(value)
         self.rules = self.check_rules(rules)
         check_rule_values(self.rules, self.value)
         self.features = watched_features(self.rules, features)
         WatchList(sae, self.features)  # validates the indices
         self.log = AlertLog(alert_log) if alert_log else None
-        if max_new_tokens < 1:
-            raise ThinksaeError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
-        if do_sample and not (temperature > 0 and 0 < top_p <= 1):
-            raise ThinksaeError("temperature must be > 0 and top_p in (0, 1] when sampling")
-        self.max_new_tokens, self.do_sample = max_new_tokens, do_sample
-        self.temperature, self.top_p, self.seed = temperature, top_p, seed
-        self.system_prompt, self.think_prefill = system_prompt, think_prefill
-        from ..corpus.generate import stop_ids
-        from ..corpus.segment import control_token_ids
-
-        self.stop_ids = set(stop_ids(model, tokenizer))
-        self.special_ids = control_token_ids(tokenizer)
+        self.generation = GenerationConfig(max_new_tokens, do_sample, temperature, top_p, seed,
+                                           system_prompt, think_prefill)
+        self.generation.check()
+        self.max_new_tokens = max_new_tokens
+        self.markers = ThinkMarkers.from_tokenizer(tokenizer, stop_ids(model, tokenizer),
+                                                   sentences=False,
+                                                   special_ids=control_token_ids(tokenizer))
 
     def check_rules(self, rules: Sequence[Rule | dict], source: str = "rules") -> list[Rule]:
         """Rules validated against the SAE (dicts are parsed; Rule objects re-checked)."""
         raw = [r.to_dict() if isinstance(r, Rule) else r for r in rules]
-        out = parse_rules(raw, source, self.sae.num_latents)
-        return out
+        return parse_rules(raw, source, self.sae.num_latents)
 
-    def prompt_ids(self, prompt: str, templated: bool = False) -> list[int]:
-        from ..corpus import build_prompt
-
-        text = prompt if templated else build_prompt(self.tokenizer, prompt, self.system_prompt,
-                                                     self.think_prefill)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ThinksaeError("the prompt is empty")
-        return ids
+    def prompt_text(self, prompt: str, templated: bool = False) -> str:
+        g = self.generation
+        return prompt if templated else build_prompt(self.tokenizer, prompt, g.system_prompt,
+                                                     g.think_prefill)
 
     def prepare(self, prompt: str, *, features: Sequence[int] | None = None,
                 rules: Sequence[Rule | dict] | None = None, max_new_tokens: int | None = None,
@@ -167,7 +137,11 @@ class Monitor:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ThinksaeError(f"max_new_tokens must be an integer >= 1 (got {limit!r})")
         watch = WatchList(self.sae, feats, value) if feats else None
-        return Plan(prompt, self.prompt_ids(prompt, templated), watch, rule_list, limit, value)
+        text = self.prompt_text(prompt, templated)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ThinksaeError("the prompt is empty")
+        return Plan(prompt, ids, watch, rule_list, limit, value, text)
 
     def watch(self, prompt: str, *, features: Sequence[int] | None = None,
               rules: Sequence[Rule | dict] | None = None, max_new_tokens: int | None = None,
@@ -181,92 +155,122 @@ class Monitor:
                             max_new_tokens=max_new_tokens, templated=templated, value=value)
         return self.run(plan, cancel)
 
-    @torch.inference_mode()
     def run(self, plan: Plan, cancel=None) -> Iterator[Event]:
-        """The events of a prepared generation (see :meth:`watch`)."""
-        yield from self._generate(plan, RuleEngine(plan.rules), cancel)
+        """The events of a prepared generation (see :meth:`watch`), lazily: the generation runs in
+        a thread that waits after each event until the next one is asked for, so a ``cancel``
+        set between two events ends it before another token is fed (leaving the iteration
+        early cancels it the same way)."""
+        cancel = cancel or threading.Event()
+        events: queue.Queue = queue.Queue()
+        asked, closed, done = threading.Semaphore(0), threading.Event(), object()
 
-    def _generate(self, plan: Plan, engine: RuleEngine, cancel) -> Iterator[Event]:
-        from transformers import DynamicCache
+        def put(event: Event) -> None:
+            events.put(event)
+            while not closed.is_set() and not asked.acquire(timeout=0.05):
+                pass
 
-        ids, watch, limit, prompt = plan.ids, plan.watch, plan.limit, plan.prompt
-        model, device = self.model, next(self.model.parameters()).device
-        run_id, t0 = uuid.uuid4().hex[:12], time.perf_counter()
-        regions = RegionTracker(self.tokenizer, ids, self.special_ids)
-        detok = Detokenizer(self.tokenizer)
-        generator = None
-        if self.do_sample:
-            generator = torch.Generator(device=device).manual_seed(self.seed)
-        captured: list[Tensor] = []
+        def work():
+            try:
+                self.emit(plan, put, cancel)
+            except BaseException as e:  # handed to the iterating thread
+                events.put(e)
+            finally:
+                events.put(done)
 
-        def hook(_module, _inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            captured.append(out[:, -1].detach())
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        try:
+            while (item := events.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                asked.release()
+        finally:
+            closed.set()
+            cancel.set()
+            thread.join()
 
-        generated: list[int] = []
-        reason, fired_by = "max_tokens", None
+    def emit(self, plan: Plan, put: Callable[[Event], None], cancel=None) -> None:
+        """Generate ``plan`` and hand every event to ``put`` (the core of :meth:`run`)."""
+        follow = _Follower(self, plan, put)
+        gen = dataclasses.replace(self.generation, max_new_tokens=plan.limit + 1)
         with contextlib.ExitStack() as stack:
-            if watch is not None:
-                handle = self.module.register_forward_hook(hook)
-                stack.callback(handle.remove)
-            cache = {_cache_kwarg(model): DynamicCache()}
-            step_ids = torch.tensor([ids], dtype=torch.long, device=device)
-            logits = model(input_ids=step_ids, **cache, use_cache=True,
-                           logits_to_keep=1).logits[0, -1]
-            steering_on: set[str] = set()
-            position = len(ids)
-            for step in range(limit):
-                if cancel is not None and cancel.is_set():
-                    reason = "cancelled"
-                    break
-                token = _sample(logits, self.do_sample, self.temperature, self.top_p, generator)
-                if token in self.stop_ids:
-                    reason = "eos"
-                    break
-                captured.clear()
-                step_ids = torch.tensor([[token]], dtype=torch.long, device=device)
-                logits = model(input_ids=step_ids, **cache, use_cache=True,
-                               logits_to_keep=1).logits[0, -1]
-                generated.append(token)
-                event = self._token_event(token, detok.push(token), position, step,
-                                          regions.push(token), plan.value, watch, captured)
-                position += 1
-                yield event
-                for rule, values in engine.step(event.region, event.acts):
-                    alert = AlertEvent(rule.name, rule.severity, step, event.position, event.text,
-                                       event.region, values, rule.threshold, rule.action,
-                                       value=plan.value, message=rule.message, run_id=run_id,
-                                       time=time.time())
-                    if self.log is not None:
-                        self.log.append(alert, prompt)
-                    yield alert
-                    if rule.action == "steer" and rule.name not in steering_on:
-                        steering_on.add(rule.name)
-                        stack.enter_context(switch_on_steering(
-                            model, self.sae, self.hookpoint, rule.steer))
-                    elif rule.action == "stop" and fired_by is None:
-                        fired_by = rule.name
-                if fired_by is not None:
-                    reason = "stopped"
-                    break
-        text = self.tokenizer.decode(generated, skip_special_tokens=False,
-                                     clean_up_tokenization_spaces=False)
-        yield DoneEvent(reason, len(generated), text, fired_by, time.perf_counter() - t0, run_id)
+            follow.stack = stack
+            out = generate_rows(
+                self.dec, [plan.text], [question_id(plan.prompt)], [Batch([(0, 0)], len(plan.ids))],
+                gen, [[]], kl=False, record=plan.watch.features if plan.watch else (),
+                record_value=plan.value, on_step=follow.step, cancel=cancel)[0][0]
+        put(follow.done(out, cancel))
 
-    def _token_event(self, token: int, text: str, position: int, step: int, region: str,
-                     value: str, watch: WatchList | None, captured: list[Tensor]) -> TokenEvent:
-        if watch is None:
-            return TokenEvent(token, text, position, step, region, {}, value)
-        if len(captured) != 1:
-            raise ThinksaeError(f"hookpoint {self.hookpoint} ran {len(captured)} times for one "
-                                "token (expected once)")
-        x = captured[0]
-        if x.shape[-1] != self.sae.d_in:
-            raise ThinksaeError(f"the SAE has d_in {self.sae.d_in}, but the model's "
-                                f"{self.hookpoint} output has width {x.shape[-1]}")
-        acts = watch.values(x)[0].tolist()
-        return TokenEvent(token, text, position, step, region, dict(zip(watch.features, acts)),
-                          value)
+
+class _Follower:
+    """Turns the decoding API's steps into token and alert events, and applies rule actions."""
+
+    def __init__(self, mon: Monitor, plan: Plan, put: Callable[[Event], None]):
+        self.mon, self.plan, self.put = mon, plan, put
+        self.run_id, self.t0 = uuid.uuid4().hex[:12], time.perf_counter()
+        self.engine = RuleEngine(plan.rules)
+        self.tracker = ThinkTracker(mon.markers, len(plan.ids), _text_of(mon.tokenizer))
+        for t in plan.ids:
+            self.tracker.push(t)
+        self.detok = Detokenizer(mon.tokenizer)
+        self.generated: list[int] = []
+        self.fired_by: str | None = None
+        self.steering_on: set[str] = set()
+        self.stack: contextlib.ExitStack | None = None
+
+    def step(self, step: DecodeStep) -> bool:
+        """One fed token: its event, the rules, their actions; True ends generation."""
+        token, plan = step.tokens[0], self.plan
+        self.generated.append(token)
+        region = self.tracker.push(token)
+        acts = {} if plan.watch is None else dict(zip(plan.watch.features,
+                                                      step.values[0].tolist()))
+        position = len(plan.ids) + step.step
+        event = TokenEvent(token, self.detok.push(token), position, step.step, region, acts,
+                           plan.value)
+        self.put(event)
+        for rule, values in self.engine.step(region, acts):
+            self._alert(rule, values, event)
+        return self.fired_by is not None or len(self.generated) >= plan.limit
+
+    def _alert(self, rule: Rule, values: dict, event: TokenEvent) -> None:
+        mon, plan = self.mon, self.plan
+        alert = AlertEvent(rule.name, rule.severity, event.step, event.position, event.text,
+                           event.region, values, rule.threshold, rule.action, value=plan.value,
+                           message=rule.message, run_id=self.run_id, time=time.time())
+        if mon.log is not None:
+            mon.log.append(alert, plan.prompt)
+        self.put(alert)
+        if rule.action == "steer" and rule.name not in self.steering_on:
+            self.steering_on.add(rule.name)
+            self.stack.enter_context(switch_on_steering(mon.model, mon.sae, mon.hookpoint,
+                                                        rule.steer))
+        elif rule.action == "stop" and self.fired_by is None:
+            self.fired_by = rule.name
+
+    def done(self, out, cancel) -> DoneEvent:
+        """The final event: why generation ended, its text and time."""
+        gen, row = out
+        if self.fired_by is not None:
+            reason = "stopped"
+        elif len(self.generated) >= self.plan.limit:
+            reason = "max_tokens"
+        elif cancel is not None and cancel.is_set():
+            reason = "cancelled"
+        else:
+            chosen = gen.ids[row, gen.width + len(self.generated):].tolist()
+            reason = "eos" if chosen and chosen[0] in self.mon.markers.stop_ids else "max_tokens"
+        text = self.mon.tokenizer.decode(self.generated, skip_special_tokens=False,
+                                         clean_up_tokenization_spaces=False)
+        return DoneEvent(reason, len(self.generated), text, self.fired_by,
+                         time.perf_counter() - self.t0, self.run_id)
+
+
+def _text_of(tokenizer):
+    def text_of(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return text_of
 
 
 def check_rule_values(rules: Sequence[Rule], value: str) -> None:

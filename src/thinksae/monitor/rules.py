@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ThinksaeError
+from ..interventions.spec import check_features, parse_interventions
 from .events import VALUES
 
 SEVERITIES = ("info", "warning", "critical")
@@ -130,8 +131,6 @@ def _action(where: str, value: Any, num_latents: int | None) -> tuple[str, str |
     if isinstance(value, str) and value.lower() in ("none", "stop"):
         return value.lower(), None
     if isinstance(value, Mapping) and set(value) == {"steer"} and isinstance(value["steer"], str):
-        from ..steer import check_features, parse_interventions
-
         try:
             ivs = parse_interventions(value["steer"])
             if num_latents is not None:

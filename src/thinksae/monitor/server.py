@@ -233,8 +233,7 @@ def create_app(monitor, max_body: int = 64 * 1024, max_prompt_chars: int = 8000,
             return error_response(429, "a generation is already running; try again when it ends",
                                   {"Retry-After": "2"})
         def work(put, cancel) -> None:
-            for event in monitor.run(plan, cancel):
-                put(event.to_dict())
+            monitor.emit(plan, lambda event: put(event.to_dict()), cancel)
         return event_stream(lock, work, "thinksae-monitor")
 
     return app

@@ -1,11 +1,14 @@
 """`thinksae run`: the whole pipeline (corpus → harvest → train → eval → splice → analyze →
 steer → monitor; one record each in `table.TABLE`) into one run directory with a browsable
-report, resumable stage by stage."""
+report, resumable stage by stage. :mod:`.config`, :mod:`.run`; :mod:`.stage` (the record),
+:mod:`.steps` (the stage functions), :mod:`.table`, :mod:`.spec` (configs and presets),
+:mod:`.context`, :mod:`.markers` (hash and skip), :mod:`.report`."""
 
-from .report import write_report
-from .runner import Pipeline, RunConfig, run
-from .spec import STAGES, PipelineSpec, preset_names, resolve
-from .table import TABLE, Stage, Step, pick_feature
+from ..lazy import lazy_exports
 
-__all__ = ["STAGES", "TABLE", "Pipeline", "PipelineSpec", "RunConfig", "Stage", "Step", "pick_feature",
-           "preset_names", "resolve", "run", "write_report"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "RunConfig": "config", "Pipeline": "run", "run_pipeline": "run:run",
+    "write_report": "report", "STAGES": "spec", "PipelineSpec": "spec", "preset_names": "spec",
+    "resolve": "spec", "TABLE": "table", "Stage": "stage", "Step": "stage",
+    "pick_feature": "steps",
+})

@@ -15,9 +15,21 @@ from typing import Any, NamedTuple
 import yaml
 
 from .. import atomic
+from ..annotations import refresh_dashboard
+from ..corpus.problems import answers_match
+from ..corpus.traces import iter_traces
+from ..evaluate.report import rows
+from ..explain.cache import SUMMARY_FILE as EXPLAIN_SUMMARY
+from ..features.card import feature_info
+from ..features.dashboard import fmt, show_token
+from ..features.report import read_features
 from ..features.scores import LABELS
+from ..sae.formats import read_report_card
+from ..store.reader import ActivationStore
+from ..validate.verdicts import KEY_NUMBERS, read_verdicts
+from ..validate.verdicts import SUMMARY_FILE as VALIDATE_SUMMARY
 from . import table
-from .stages import MARKER, read_marker
+from .markers import MARKER, read_marker
 
 SCORES = {  # ranking key → (title, how it reads)
     "reason_score": ("ReasonScore", "Galichin et al.: reasoning-vocabulary windows, entropy-weighted"),
@@ -53,8 +65,6 @@ def _no_clock(d: Any) -> Any:
 
 def _corpus_section(root: Path) -> dict | None:
     """What the traces are: how many, how their thinking ended, how many answered right."""
-    from ..corpus import answers_match, iter_traces
-
     path = root / table.stage("corpus").folder / "traces.jsonl"
     if not path.is_file():
         return None
@@ -75,8 +85,6 @@ def _corpus_section(root: Path) -> dict | None:
 
 def _store_regions(store_dir: Path) -> dict[str, int]:
     """Tokens per region in the activation store."""
-    from ..store import ActivationStore
-
     if not (store_dir / "manifest.json").is_file():
         return {}
     store = ActivationStore(store_dir, allow_incomplete=True)
@@ -88,7 +96,6 @@ def _eval_section(path: Path, root: Path) -> dict | None:
     result = _load(path)
     if not result:
         return None
-    from ..evaluate.report import rows
 
     groups = [{"group": r.group, "label": r.label, "headline": r.headline, **r.metrics}
               for r in rows(result)]  # the headline row first: the SAE's trained regions
@@ -101,8 +108,6 @@ def _eval_section(path: Path, root: Path) -> dict | None:
 
 
 def _features_section(root: Path) -> dict | None:
-    from ..features.card import feature_info
-    from ..features.report import read_features
 
     analysis = root / table.stage("analyze").folder
     if not (analysis / "features.jsonl").is_file():
@@ -175,10 +180,8 @@ def _monitor_section(root: Path) -> dict | None:
 
 
 def _validate_section(root: Path) -> dict | None:
-    from ..validate.verdicts import KEY_NUMBERS, SUMMARY_FILE, read_verdicts
-
     folder = root / table.stage("validate").folder
-    summary = _load(folder / SUMMARY_FILE)
+    summary = _load(folder / VALIDATE_SUMMARY)
     if not summary or (read_marker(folder) or {}).get("status") != "done":
         return None
     rows = [{"feature": f, "verdict": r["verdict"], "label": r.get("label"), "why": r.get("why"),
@@ -206,10 +209,8 @@ def llm_vs_baseline(rows: list[dict], scorer: str) -> dict:
 
 
 def _explain_section(root: Path) -> dict | None:
-    from ..explain.cache import SUMMARY_FILE
-
     folder = root / table.stage("explain").folder
-    summary = _load(folder / SUMMARY_FILE)
+    summary = _load(folder / EXPLAIN_SUMMARY)
     if not summary or (read_marker(folder) or {}).get("status") != "done":
         return None
     keys = [f"{src}_{name}_auroc" for name in ("detection", "fuzzing") for src in ("llm", "baseline")]
@@ -221,7 +222,7 @@ def _explain_section(root: Path) -> dict | None:
             "explainer": next((r.get("explainer") for r in summary["features"]), None),
             "errors": len(summary.get("errors", [])), "rows": rows,
             "compare": {name: llm_vs_baseline(summary["features"], name) for name in scorers},
-            "summary": _rel(folder / SUMMARY_FILE, root)}
+            "summary": _rel(folder / EXPLAIN_SUMMARY, root)}
 
 
 class Run(NamedTuple):
@@ -244,8 +245,6 @@ def _store_section(run: Run) -> dict[str, Any]:
 
 
 def _card_section(run: Run) -> dict[str, Any]:
-    from ..sae import read_report_card
-
     card = read_report_card(run.sae_dir) if run.sae_dir.is_dir() else {}
     card = {k: v for k, v in card.items() if k not in ("eval", "eval_spliced")}
     return {"card": _no_clock(card), "card_path": _rel(run.sae_dir / "thinksae.json", run.root)}
@@ -296,8 +295,6 @@ def collect(root: Path, sae_dir: Path | None = None) -> dict:
 
 def _num(x: Any, digits: int = 3) -> str:
     """Numbers for the report: compact, ``–`` for anything missing."""
-    from ..features.dashboard import fmt
-
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return "–" if x is None or not isinstance(x, (str, bool)) else str(x)
     return fmt(x, digits)
@@ -305,8 +302,6 @@ def _num(x: Any, digits: int = 3) -> str:
 
 def _token(text: str) -> str:
     """A token for a table cell: whitespace made visible, Markdown table bars escaped."""
-    from ..features.dashboard import show_token
-
     return show_token(text).replace("|", "\\|").replace("`", "ˋ")
 
 
@@ -314,8 +309,6 @@ def write_report(root: str | Path, sae_dir: str | Path | None = None) -> Path:
     """Write index.html, report.json and summary.md into the run directory ``root``; redraw the
     analysis dashboard with the run's verdicts and explanations first."""
     from jinja2 import Environment, PackageLoader, select_autoescape
-
-    from ..annotations import refresh_dashboard
 
     root = Path(root)
     # the analysis dashboard with the run's verdicts and explanations (analyze drew it without)

@@ -14,6 +14,7 @@ import yaml
 from ..config import config_fields
 from ..errors import ThinksaeError
 from . import table
+from .stage import Stage, nested_configs
 
 PRESETS_DIR = Path(__file__).with_name("presets")
 
@@ -86,7 +87,7 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_stage(st: table.Stage, options: Any, where: str) -> dict[str, Any] | None:
+def _check_stage(st: Stage, options: Any, where: str) -> dict[str, Any] | None:
     """A stage's section: None when turned off, else its options, every key checked."""
     if options is not None and not isinstance(options, dict):
         raise ThinksaeError(f"{where}: {st.name!r} must be a mapping of `thinksae "
@@ -102,7 +103,7 @@ def _check_stage(st: table.Stage, options: Any, where: str) -> dict[str, Any] | 
             raise ThinksaeError(f"{where}: {st.name}.{key} is set by `thinksae run` itself")
         if key not in names and key not in st.extra and not (st.optional and key == "enabled"):
             raise ThinksaeError(f"{where}: unknown option {st.name}.{key} (see `{st.help}`)")
-    for key, sub in table.nested_configs(cls).items():
+    for key, sub in nested_configs(cls).items():
         sub_names = {f.name for f in dataclasses.fields(sub)}
         bad = sorted(set(options.get(key) or {}) - sub_names)
         if bad:

@@ -1,34 +1,16 @@
 """Sparse autoencoders behind one interface (TopK, BatchTopK, JumpReLU), their sparse kernels,
-and their file formats. An architecture is one module registering a SparseAutoencoder subclass."""
+and their file formats. An architecture is one module registering a SparseAutoencoder subclass
+(:mod:`.registry` imports them all); :mod:`.config` is light (no torch)."""
 
-from .base import (
-    ARCHITECTURES,
-    EncoderOutput,
-    ForwardOutput,
-    SparseAutoencoder,
-    make_sae,
-    register,
-    sae_class,
-)
-from .batchtopk_sae import BatchTopKSae
-from .config import SaeConfig
-from .formats import (
-    load_sae,
-    load_saelens,
-    load_sparsify,
-    read_report_card,
-    resolve_sae_dir,
-    save_saelens,
-    save_sparsify,
-    update_report_card,
-    write_report_card,
-)
-from .jumprelu_sae import JumpReLUSae
-from .topk_sae import Sae
+from ..lazy import lazy_exports
 
-__all__ = [
-    "ARCHITECTURES", "BatchTopKSae", "EncoderOutput", "ForwardOutput", "JumpReLUSae", "Sae",
-    "SaeConfig", "SparseAutoencoder", "load_sae", "load_saelens", "load_sparsify", "make_sae",
-    "read_report_card", "register", "resolve_sae_dir", "sae_class", "save_saelens",
-    "save_sparsify", "update_report_card", "write_report_card",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "SaeConfig": "config",
+    "ARCHITECTURES": "registry", "make_sae": "registry", "register": "registry",
+    "sae_class": "registry", "BatchTopKSae": "registry", "JumpReLUSae": "registry",
+    "Sae": "registry",
+    "EncoderOutput": "base", "ForwardOutput": "base", "SparseAutoencoder": "base",
+    "load_sae": "formats", "load_saelens": "formats", "load_sparsify": "formats",
+    "read_report_card": "formats", "resolve_sae_dir": "formats", "save_saelens": "formats",
+    "save_sparsify": "formats", "update_report_card": "formats", "write_report_card": "formats",
+})

@@ -19,7 +19,11 @@ from typing import Any
 import torch
 
 from ..errors import ThinksaeError
+from ..models.hookpoints import capture, is_hookpoint, resolve_hookpoint
+from ..models.precheck import precheck_model
+from ..models.tokenizer import tokenizer_hash
 from .formats import SPARSIFY_CFG, detect_format, load_sae, read_report_card, resolve_sae_dir
+from .hub import fetch_sae
 
 MISMATCH = "SAE/model mismatch"
 """How every error about an SAE that does not fit the data or the model begins."""
@@ -28,8 +32,6 @@ MISMATCH = "SAE/model mismatch"
 def own_hookpoint(sae_dir: Path, card: dict[str, Any]) -> str | None:
     """The hookpoint an SAE says it reads: its report card's, else its directory name, else its
     SAELens ``metadata.hook_name``, the first that is a hookpoint name; None when none is."""
-    from ..models.hookpoints import is_hookpoint
-
     candidates = [card.get("hookpoint"), sae_dir.name]
     if detect_format(sae_dir) == "saelens":
         candidates.append((_json_or_empty(sae_dir / SPARSIFY_CFG).get("metadata") or {})
@@ -57,8 +59,6 @@ class SaeAtHookpoint:
              fetch: bool = False) -> SaeAtHookpoint:
         """The SAE ``spec`` names (see the module docstring); weights are not read yet."""
         if fetch:
-            from .hub import fetch_sae
-
             sae_dir = fetch_sae(str(spec), hookpoint)
         else:
             sae_dir = resolve_sae_dir(spec, hookpoint)
@@ -84,6 +84,15 @@ class SaeAtHookpoint:
         return self._sae
 
     @property
+    def loaded(self):
+        """The SAE module when :meth:`load` (or :meth:`use`) has run, else None."""
+        return self._sae
+
+    def use(self, sae) -> None:
+        """Take an SAE loaded elsewhere as this directory's weights (trusted as given)."""
+        self._sae = sae
+
+    @property
     def sae(self):
         """The loaded SAE module."""
         if self._sae is None:
@@ -105,15 +114,11 @@ class SaeAtHookpoint:
 
     def precheck(self, spec: str | None, loaded=None) -> None:
         """Before loading model ``spec``: its config has this hookpoint, of this SAE's width."""
-        from ..models import precheck_model
-
         precheck_model(spec, self.hookpoint, d_in=self.d_in, loaded=loaded)
 
     def check_model(self, model) -> None:
         """A loaded model has this hookpoint, and its output there is as wide as the SAE's input
         (measured on a one-token forward that stops at the hookpoint)."""
-        from ..models import capture, resolve_hookpoint
-
         resolve_hookpoint(model, self.hookpoint)
         probe = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
         width = int(capture(model, self.hookpoint, probe)[self.hookpoint].shape[-1])
@@ -125,8 +130,6 @@ class SaeAtHookpoint:
         """The data's tokenizer hash (the store's, else ``tokenizer``'s), after checking that the
         store was tokenised with ``tokenizer`` and that the SAE was trained on that tokenizer's
         tokens (where its report card says which)."""
-        from ..models.tokenizer import tokenizer_hash
-
         model_hash = tokenizer_hash(tokenizer) if tokenizer is not None else None
         data_hash = store.manifest.get("tokenizer_hash") if store is not None else model_hash
         if store is not None and model_hash and data_hash and data_hash != model_hash:

@@ -1,4 +1,5 @@
-"""The SAE's architecture options, saved as sparsify's ``cfg.json``."""
+"""The SAE's architecture options, saved as sparsify's ``cfg.json``; the options of `thinksae convert`
+(light: no torch)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,23 @@ class SaeConfig:
     def latents_for(self, d_in: int) -> int:
         """The number of latents an SAE of this config has on inputs of width ``d_in``."""
         return self.num_latents or d_in * self.expansion_factor
+
+
+FORMATS = ("sparsify", "saelens")
+"""SAE directory layouts thinksae reads and writes."""
+
+
+@dataclass
+class ConvertConfig:
+    """Options of `thinksae convert`."""
+
+    src: str
+    """SAE directory to read (sparsify or SAELens layout; a run directory with one SAE works)."""
+    out: str
+    """Directory to write the converted SAE into (must not hold an SAE already)."""
+    to: str = "saelens"
+    """Format to write: saelens or sparsify."""
+    hookpoint: str | None = None
+    """Pick this hookpoint's SAE from a run directory; also recorded as SAELens hook_name."""
+    model_name: str = ""
+    """SAELens metadata.model_name to record."""

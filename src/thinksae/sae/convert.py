@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ThinksaeError
+from .config import FORMATS, ConvertConfig
 from .formats import detect_format, load_sae, resolve_sae_dir, save_saelens, save_sparsify
-
-FORMATS = ("sparsify", "saelens")
-
-
-@dataclass
-class ConvertConfig:
-    """Options of `thinksae convert`."""
-
-    src: str
-    """SAE directory to read (sparsify or SAELens layout; a run directory with one SAE works)."""
-    out: str
-    """Directory to write the converted SAE into (must not hold an SAE already)."""
-    to: str = "saelens"
-    """Format to write: saelens or sparsify."""
-    hookpoint: str | None = None
-    """Pick this hookpoint's SAE from a run directory; also recorded as SAELens hook_name."""
-    model_name: str = ""
-    """SAELens metadata.model_name to record."""
 
 
 def convert(cfg: ConvertConfig) -> Path:

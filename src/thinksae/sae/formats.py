@@ -27,8 +27,9 @@ from torch import Tensor
 
 from .. import atomic
 from ..errors import ThinksaeError
-from .base import ARCHITECTURES, SparseAutoencoder, sae_class
+from .base import SparseAutoencoder
 from .config import SaeConfig
+from .registry import ARCHITECTURES, sae_class
 
 SPARSIFY_CFG, SPARSIFY_WEIGHTS = "cfg.json", "sae.safetensors"
 SAELENS_WEIGHTS = "sae_weights.safetensors"

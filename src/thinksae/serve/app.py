@@ -34,8 +34,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Stre
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from ..chat import ThinkMarkers
 from ..errors import ThinksaeError
+from ..features.card import feature_info
+from ..features.dashboard import feature_page as render
+from ..features.scores import LABELS
+from ..generation.decode import Decoding
+from ..monitor.engine import Monitor
 from ..monitor.server import RequestError, add_error_handlers, error_response, event_stream, read_json
+from ..monitor.server import create_app as monitor_app
+from ..validate.verdicts import VERDICTS, read_verdicts
 from .config import ServeConfig
 from .steering import parse_steer, save_sweep, stream_steer
 from .workbench import Query, encode_text, feature_rows, load_run, read_run, read_traces, scores_of, select
@@ -49,9 +57,9 @@ class Workbench:
 
     def __init__(self, cfg: ServeConfig, model=None, tokenizer=None, sae=None):
         self.cfg, self.info = cfg, read_run(cfg.run)
-        self.model, self.tokenizer, self.sae = load_run(
-            self.info, model, tokenizer, sae, {"model": cfg.model, "device": cfg.device,
-                                               "dtype": cfg.dtype})
+        self.bound = load_run(self.info, model, tokenizer, sae, {
+            "model": cfg.model, "device": cfg.device, "dtype": cfg.dtype})
+        self.model, self.tokenizer, self.sae = self.bound.model, self.bound.tokenizer, self.bound.sae
         self.lock: threading.Lock = threading.Lock()
         self._rows: tuple[tuple, list[dict]] | None = None
         self._markers = None
@@ -65,13 +73,15 @@ class Workbench:
             self._rows = (key, feature_rows(self.info))
         return self._rows[1]
 
-    def markers(self):
-        from ..corpus.generate import stop_ids
-        from ..interventions.hooks import Markers
-
+    def markers(self) -> ThinkMarkers:
         if self._markers is None:
-            self._markers = Markers.from_tokenizer(self.tokenizer, stop_ids(self.model, self.tokenizer))
+            self._markers = self.bound.markers(sentences=True)
         return self._markers
+
+    def decoding(self) -> Decoding:
+        """How the workbench decodes: the run's model and SAE, the tokenizer's markers."""
+        return Decoding(self.model, self.tokenizer, self.sae, self.info.hookpoint,
+                        markers=self.markers())
 
     def max_act(self, feature: int) -> float | None:
         rows = self.rows()
@@ -114,8 +124,6 @@ def _query(request: Request, scores: list[str]) -> Query:
 def _feature_routes(app: FastAPI, wb: Workbench) -> None:
     @app.get("/api/features")
     async def features(request: Request):
-        from ..features.scores import LABELS
-        from ..validate.verdicts import VERDICTS
 
         rows = wb.rows()
         scores = scores_of(rows)
@@ -125,8 +133,6 @@ def _feature_routes(app: FastAPI, wb: Workbench) -> None:
 
     @app.get("/api/features/{index}")
     async def feature(index: int):
-        from ..features.card import feature_info
-        from ..validate.verdicts import read_verdicts
 
         rows = wb.rows()
         if not 0 <= index < len(rows):
@@ -141,8 +147,6 @@ def _feature_routes(app: FastAPI, wb: Workbench) -> None:
     @app.get("/features/feature-{index}.html", response_class=HTMLResponse)
     async def feature_page(index: int):
         from html import escape
-
-        from ..features.dashboard import feature_page as render
 
         data = await feature(index)
         html = render(data["row"], data["details"], {}, data["verdict"])
@@ -210,8 +214,8 @@ def _generation_routes(app: FastAPI, wb: Workbench) -> None:
         req = _steer_request(wb, await read_json(request, cfg.max_body))
         if not wb.lock.acquire(blocking=False):
             return _busy()
-        return _event_stream(wb, lambda emit, cancel: stream_steer(
-            wb.model, wb.tokenizer, wb.sae, wb.info.hookpoint, req, wb.markers(), emit, cancel))
+        return _event_stream(wb, lambda emit, cancel: stream_steer(wb.decoding(), req, emit,
+                                                                    cancel))
 
     @app.post("/api/steer/save")
     async def save(request: Request):
@@ -238,8 +242,6 @@ def create_app(run_dir: str | Path, model=None, tokenizer=None, sae=None,
     replace loading the run's; ``cfg`` sets the limits (its ``run`` is replaced by ``run_dir``)."""
     from dataclasses import replace
 
-    from ..monitor import Monitor
-    from ..monitor.server import create_app as monitor_app
 
     cfg = replace(cfg or ServeConfig(run=str(run_dir)), run=str(run_dir))
     wb = Workbench(cfg, model, tokenizer, sae)
@@ -270,22 +272,3 @@ def create_app(run_dir: str | Path, model=None, tokenizer=None, sae=None,
     app.mount("/monitor", mon)
     app.mount("/run", StaticFiles(directory=wb.info.root, html=True))
     return app
-
-
-def serve(cfg: ServeConfig) -> None:
-    """`thinksae serve`: load the run's model and SAE, then serve until interrupted."""
-    import uvicorn
-
-    if not 0 < cfg.port < 65536:
-        raise ThinksaeError(f"--port must be in 1..65535 (got {cfg.port})")
-    for name in ("max_new_tokens", "max_text_tokens", "max_body"):
-        if getattr(cfg, name) < 1:
-            raise ThinksaeError(f"--{name} must be at least 1 (got {getattr(cfg, name)})")
-    read_run(cfg.run)  # a one-line error before anything loads
-    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {cfg.host}: anyone who can reach it can read the run and run "
-              "generations (there is no authentication)")
-    app = create_app(cfg.run, cfg=cfg)
-    print(f"thinksae workbench: http://{cfg.host}:{cfg.port}/")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", limit_concurrency=64,
-                timeout_keep_alive=5)

@@ -1,10 +1,12 @@
 """Steer side by side: one prompt decoded twice in one batch (row 0 the baseline, row 1 steered
-by the request's features, :func:`thinksae.interventions.hooks.steering` with per-row settings), each
-step's two tokens reported as they come; then the steered positions and the KL there, measured
-as `thinksae steer` measures them (:mod:`thinksae.steer.generation`; the prompt positions before
-the first steered one prefilled once for both rows, as there). "Save as sweep" runs
+by the request's features) through the one decoding API, each step's two tokens reported as they
+come; then the steered positions and the KL there, as `thinksae steer` measures them (the same
+:func:`thinksae.generation.decode.generate_rows`; the prompt positions before the first steered
+one prefilled once for both rows). "Save as sweep" runs
 `thinksae steer` itself on the same settings, so it writes the same ``steer.json``.
 
+Tokens are reported as the decoding API feeds them (:class:`~thinksae.generation.decode.
+DecodeStep`), and each row's last token, which is chosen but never fed, when generation ends.
 A generated token is shown as steered, with a KL, when the position that chose it was steered:
 token j (at position W + j of a prompt of width W) shows position W + j − 1's flag and
 KL(p_clean ‖ p_steered) of its next-token distribution.
@@ -19,10 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from ..chat import Detokenizer, build_prompt, stop_ids
+from ..corpus.problems import question_id
 from ..errors import ThinksaeError
+from ..generation.batches import Batch
+from ..generation.config import GenerationConfig
+from ..generation.decode import DecodeStep, Decoding, generate_rows
 from ..interventions.spec import Intervention, Window, parse_interventions, parse_sweep, parse_window
+from ..steer.config import SteerConfig
+from ..steer.run import run as steer_run
 
 FIELDS = {"prompt", "features", "sweep", "start", "end", "max_new_tokens", "think_prefill"}
 
@@ -87,7 +94,7 @@ def parse_steer(body: Any, num_latents: int, max_new_tokens: int, max_prompt_cha
                         sweep)
 
 
-def _token_rows(tokenizer, ids: list[int], width: int, stop: set[int]) -> list[int]:
+def _token_rows(ids: list[int], width: int, stop: set[int]) -> list[int]:
     """Generated ids of a row up to and including its first stop token."""
     out = []
     for t in ids[width:]:
@@ -97,90 +104,52 @@ def _token_rows(tokenizer, ids: list[int], width: int, stop: set[int]) -> list[i
     return out
 
 
-def _stepper(emit, tokenizer, stop: set[int]):
-    """A transformers streamer reporting each step's new tokens of both rows (text deltas)."""
-    from transformers.generation.streamers import BaseStreamer
+class _Streamer:
+    """Reports each step's token of both rows (text deltas) as ``token`` events."""
 
-    class Streamer(BaseStreamer):
-        def __init__(self):
-            self.prompt_seen, self.rows, self.texts, self.ended = False, [[], []], ["", ""], [False] * 2
+    def __init__(self, emit, tokenizer, stop: set[int]):
+        self.emit, self.stop = emit, stop
+        self.detok = [Detokenizer(tokenizer), Detokenizer(tokenizer)]
+        self.ended = [False, False]
+        self.steps = [0, 0]
 
-        def put(self, value):
-            if not self.prompt_seen:  # generate reports the prompt first
-                self.prompt_seen = True
-                return
-            for r, t in enumerate(value.reshape(-1).tolist()[:2]):
-                if self.ended[r]:
-                    continue
-                self.rows[r].append(t)
-                self.ended[r] = t in stop
-                text = tokenizer.decode(self.rows[r], skip_special_tokens=False,
-                                        clean_up_tokenization_spaces=False)
-                delta, self.texts[r] = text[len(self.texts[r]):], text
-                emit({"type": "token", "row": ("baseline", "steered")[r],
-                      "step": len(self.rows[r]) - 1, "id": t, "text": delta})
+    def token(self, row: int, token: int) -> None:
+        if self.ended[row]:
+            return
+        self.ended[row] = token in self.stop
+        self.emit({"type": "token", "row": ("baseline", "steered")[row], "step": self.steps[row],
+                   "id": token, "text": self.detok[row].push(token)})
+        self.steps[row] += 1
 
-        def end(self):
-            pass
-
-    return Streamer()
+    def on_step(self, step: DecodeStep) -> None:
+        for row, token in enumerate(step.tokens[:2]):
+            self.token(row, token)
 
 
-def _cancelled(cancel):
-    from transformers import StoppingCriteria
-
-    class Cancel(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
-                              device=input_ids.device)
-
-    return Cancel()
-
-
-@torch.inference_mode()
-def stream_steer(model, tokenizer, sae, hookpoint: str, req: SteerRequest, markers,
-                 emit: Callable[[dict], None], cancel) -> None:
-    """Generate ``req`` baseline and steered in one batch (greedy), calling ``emit`` with a
-    ``start`` event, ``token`` events as they come and a final ``done`` event (module docstring)."""
-    from transformers import StoppingCriteriaList
-
-    from ..corpus import build_prompt
-    from ..corpus.generate import stop_ids
-    from ..interventions.hooks import steering
-    from ..steer.generation import Generated, _real_positions, _score
-    from ..steer.prefill import cache_argument, cache_for, shared_prefill, unsteered_length
-
-    stop = stop_ids(model, tokenizer)
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None),
-                  stop[0])
+def stream_steer(dec: Decoding, req: SteerRequest, emit: Callable[[dict], None], cancel) -> None:
+    """Generate ``req`` baseline and steered in one batch (greedy) through the decoding API
+    (:func:`thinksae.generation.decode.generate_rows`), calling ``emit`` with a ``start`` event,
+    ``token`` events as they come and a final ``done`` event (module docstring)."""
+    tokenizer = dec.tokenizer
+    stop = set(stop_ids(dec.model, tokenizer))
     prompt = build_prompt(tokenizer, req.prompt, None, req.think_prefill)
-    row = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    device = next(model.parameters()).device
-    ids = torch.tensor([row, row], device=device)
-    mask = torch.ones_like(ids)
-    specs = [[], req.interventions]
-    emit({"type": "start", "prompt_tokens": len(row), "features": [i.spec for i in req.interventions],
+    width = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    emit({"type": "start", "prompt_tokens": width, "features": [i.spec for i in req.interventions],
           "window": req.window.to_dict()})
+    streamer = _Streamer(emit, tokenizer, stop)
     t0 = time.perf_counter()
-    prefill = shared_prefill(model, ids, mask, [0, 0],
-                             unsteered_length(ids, len(row), req.window, markers))
-    cached = {cache_argument(model): cache_for(prefill)} if prefill is not None else {}
-    with steering(model, sae, hookpoint, specs, req.window, markers) as steerer:
-        if prefill is not None:
-            steerer.prime(ids[:, :prefill.length], len(row))
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=req.max_new_tokens,
-                             do_sample=False, eos_token_id=stop, pad_token_id=pad_id,
-                             streamer=_stepper(emit, tokenizer, set(stop)),
-                             stopping_criteria=StoppingCriteriaList([_cancelled(cancel)]),
-                             **cached)
+    gen, _ = generate_rows(
+        dec._replace(window=req.window), [prompt], [question_id(req.prompt)],
+        [Batch([(0, 0), (1, 0)], width)], GenerationConfig(max_new_tokens=req.max_new_tokens),
+        [[], req.interventions], kl=True, on_step=streamer.on_step, cancel=cancel)[1][0]
     seconds = time.perf_counter() - t0
     if cancel.is_set():
         emit({"type": "done", "reason": "cancelled"})
         return
-    gen = Generated(out, len(row), _real_positions(out, mask, set(stop)))
-    _score(model, sae, hookpoint, specs, req.window, markers, gen, kl=True, prefill=prefill,
-           moved=[steerer.changed(r) for r in range(len(specs))])
-    emit(_done(tokenizer, gen, set(stop), req.max_new_tokens, seconds))
+    for row in range(2):  # the last token of each row is chosen but never fed through the model
+        for token in _token_rows(gen.ids[row].tolist(), width + streamer.steps[row], stop)[:1]:
+            streamer.token(row, token)
+    emit(_done(tokenizer, gen, stop, req.max_new_tokens, seconds))
 
 
 def _done(tokenizer, gen, stop: set[int], limit: int, seconds: float) -> dict:
@@ -188,7 +157,7 @@ def _done(tokenizer, gen, stop: set[int], limit: int, seconds: float) -> dict:
     flags, kl = gen.steered[1].tolist(), gen.kl[1].tolist()
     rows = {}
     for r, name in enumerate(("baseline", "steered")):
-        new = _token_rows(tokenizer, out[r], w, stop)
+        new = _token_rows(out[r], w, stop)
         tokens = []
         for j, t in enumerate(new):
             item = {"id": t, "text": tokenizer.decode([t], skip_special_tokens=False)}
@@ -210,15 +179,12 @@ def _done(tokenizer, gen, stop: set[int], limit: int, seconds: float) -> dict:
 def save_sweep(sae_dir: Path, hookpoint: str, model, tokenizer, req: SteerRequest, out: Path) -> dict:
     """Run `thinksae steer` on ``req`` (a sweep when it has ``sweep`` values) with the loaded
     model; writes ``out/steer.json`` exactly as the CLI does. Returns ``{path, summary}``."""
-    from ..generation import GenerationConfig
-    from ..steer.run import SteerConfig, steer
-
     cfg = SteerConfig(sae=str(sae_dir), hookpoint=hookpoint, feature=list(req.specs),
                       sweep=list(req.sweep or []), prompt=[req.prompt],
                       start=str(req.window.start), end=str(req.window.end),
                       generation=GenerationConfig(max_new_tokens=req.max_new_tokens,
                                                   think_prefill=req.think_prefill),
                       out=str(out), show=0, progress=False)
-    result = steer(cfg, model=model, tokenizer=tokenizer)
+    result = steer_run(cfg, model=model, tokenizer=tokenizer)
     return {"path": str(out / "steer.json"), "mode": result.mode,
             "runs": [{"label": r["label"], "summary": r["summary"]} for r in result.runs]}

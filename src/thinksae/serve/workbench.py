@@ -17,7 +17,13 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..binding import Bound, ModelSource, bind_sae
 from ..errors import ThinksaeError
+from ..explain.cache import read_explanations
+from ..features.report import read_features
+from ..models.hookpoints import capture
+from ..sae.bound import SaeAtHookpoint
+from ..validate.verdicts import read_verdicts
 
 SEARCH_FIELDS = ("top_token_text", "label", "verdict", "explanation")
 """Row fields the index search matches (case-insensitive substring; any of them)."""
@@ -60,36 +66,20 @@ def read_run(run_dir: str | Path) -> RunInfo:
     return RunInfo(root, config, hookpoint, sae_dir)
 
 
-def load_run(info: RunInfo, model=None, tokenizer=None, sae=None, overrides: dict | None = None):
-    """``(model, tokenizer, sae)`` of the run: the given ones, else loaded once from the run's
-    config (``overrides`` replace its model/device/dtype). The SAE runs in float32 on the
-    model's device."""
-    from ..sae.bound import SaeAtHookpoint
-
-    bound = SaeAtHookpoint.find(info.sae_dir, info.hookpoint)
-    own_sae = sae is None
-    if own_sae:
-        sae = bound.load(dtype=torch.float32)
-    if model is None:
-        from ..models import load_model
-
-        cfg = {**info.config, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        bound.precheck(cfg["model"])
-        model, tokenizer = load_model(cfg["model"], cfg.get("device") or "auto",
-                                      cfg.get("dtype") or "auto", tokenizer=cfg.get("tokenizer"))
-    elif tokenizer is None:
-        raise ThinksaeError("a model was passed without its tokenizer")
-    if own_sae:
-        bound.check_model(model)
-    return model, tokenizer, sae.to(next(model.parameters()).device)
+def load_run(info: RunInfo, model=None, tokenizer=None, sae=None,
+             overrides: dict | None = None) -> Bound:
+    """The run's model, tokenizer and SAE bound at its hookpoint (:func:`thinksae.binding.
+    bind_sae`): the given ones, else loaded once from the run's config (``overrides`` replace
+    its model/device/dtype). The SAE runs in float32 on the model's device."""
+    cfg = {**info.config, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    source = ModelSource(cfg.get("model"), cfg.get("tokenizer"), cfg.get("device") or "auto",
+                         cfg.get("dtype") or "auto")
+    return bind_sae(SaeAtHookpoint.find(info.sae_dir, info.hookpoint), source, model, tokenizer,
+                    sae=sae)
 
 
 def _explanations(info: RunInfo) -> dict[int, str]:
     """Feature → explanation text, from the explain stage when it exists (else {})."""
-    try:
-        from ..explain import read_explanations
-    except ImportError:
-        return {}
     for folder in (info.root / "explain", info.features_dir):
         if folder.is_dir():
             try:
@@ -104,8 +94,6 @@ def _explanations(info: RunInfo) -> dict[int, str]:
 
 def feature_rows(info: RunInfo) -> list[dict]:
     """The analysis' rows with ``verdict`` and ``explanation`` added where the run has them."""
-    from ..features.report import read_features
-    from ..validate.verdicts import read_verdicts
 
     if not (info.features_dir / "features.jsonl").is_file():
         return []
@@ -186,8 +174,6 @@ def encode_text(model, tokenizer, sae, hookpoint: str, text: str, special_tokens
                 max_tokens: int) -> Encoded:
     """Tokenise ``text`` (with the tokenizer's own special tokens when ``special_tokens``), run
     the model to ``hookpoint`` and encode every position with the SAE."""
-    from ..models import capture
-
     ids = tokenizer(text, add_special_tokens=special_tokens)["input_ids"]
     if not ids:
         raise ThinksaeError("the text has no tokens")

@@ -1,28 +1,27 @@
-"""Steering: change SAE features at a hookpoint during generation and measure what it does."""
+"""Steering: change SAE features at a hookpoint during generation and measure what it does.
 
-from ..interventions.hooks import Markers, RowScanner, SteeredFeatureStats, Steerer, scan, steering
-from ..interventions.spec import (
-    Intervention,
-    Window,
-    check_features,
-    check_unique,
-    parse_intervention,
-    parse_interventions,
-    parse_sweep,
-    parse_value,
-    parse_window,
-)
-from .generation import Batch, generate_rows, plan_groups, plan_rows
-from .measure import behaviour_counts, compare, summarize, trace_record
-from .regions import baseline_max, max_mask, position_regions, trained_regions
-from .result import SteerResult
-from .run import SteerConfig, steer
+`thinksae steer`: :mod:`.config` (its options), :mod:`.run` (its one entry); domain modules:
+:mod:`.measure` (per-trace and per-set measures), :mod:`.regions` (where Smax looks),
+:mod:`.report` (terminal and plot), :mod:`.result`. Decoding is the one decoding API,
+:mod:`thinksae.generation.decode`; hooks and windows are :mod:`thinksae.interventions`.
+"""
 
-__all__ = [
-    "Batch", "Intervention", "Markers", "RowScanner", "SteerConfig", "SteerResult",
-    "SteeredFeatureStats",
-    "Steerer", "Window", "baseline_max", "behaviour_counts", "check_features", "check_unique",
-    "compare", "generate_rows", "max_mask", "parse_intervention", "parse_interventions",
-    "parse_sweep", "parse_value", "parse_window", "plan_groups", "plan_rows", "position_regions",
-    "scan", "steer", "steering", "summarize", "trace_record", "trained_regions",
-]
+from ..lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "SteerConfig": "config", "steer": "run:run", "SteerResult": "result",
+    "behaviour_counts": "measure", "compare": "measure", "summarize": "measure",
+    "trace_record": "measure",
+    "baseline_max": "regions", "max_mask": "regions", "position_regions": "regions",
+    "trained_regions": "regions",
+    # re-exported for the Python API
+    "Intervention": "..interventions.spec", "Window": "..interventions.spec",
+    "parse_intervention": "..interventions.spec", "parse_interventions": "..interventions.spec",
+    "parse_sweep": "..interventions.spec", "parse_value": "..interventions.spec",
+    "parse_window": "..interventions.spec", "check_features": "..interventions.spec",
+    "check_unique": "..interventions.spec", "steering": "..interventions.hooks",
+    "Steerer": "..interventions.hooks", "SteeredFeatureStats": "..interventions.stats",
+    "scan": "..interventions.window", "ThinkMarkers": "..chat",
+    "generate_rows": "..generation.decode", "Batch": "..generation.batches",
+    "plan_groups": "..generation.batches", "plan_rows": "..generation.batches",
+})

@@ -20,9 +20,10 @@ import math
 import re
 import statistics
 
-from ..corpus import BEHAVIOUR_VOCAB, answers_match, extract_numeric_answer, find_behaviours
-from ..interventions.hooks import Markers, scan
-from ..interventions.spec import Window
+from ..chat import ThinkMarkers
+from ..corpus.problems import answers_match, extract_numeric_answer
+from ..corpus.segment import BEHAVIOUR_VOCAB, find_behaviours
+from ..interventions import Window, scan
 
 PHRASES = [p for phrases in BEHAVIOUR_VOCAB.values() for p in phrases]
 """Behaviour phrases counted, in vocabulary order."""
@@ -38,53 +39,28 @@ def behaviour_counts(text: str) -> dict[str, int]:
     return counts
 
 
-def _plain_text_thinking(tokenizer, prompt_tail: list[int], new: list[int]
-                         ) -> tuple[int | None, bool, str]:
-    """(thinking tokens or None, closed, thinking text) found in the decoded text."""
-    def text_of(ids):
-        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-    start = 0 if text_of(prompt_tail).rstrip().endswith("<think>") else None
-    count, closed, end, text = (0 if start == 0 else None), False, None, ""
-    for token in new:
-        text += text_of([token])
-        if start is None:
-            at = text.find("<think>")
-            if at >= 0:
-                start, count = at + len("<think>"), 0
-            continue
-        if closed:
-            continue
-        at = text.find("</think>", start)
-        if at >= 0:
-            closed, end = True, at
-        else:
-            count += 1
-    thinking = "" if start is None else text[start:end]
-    return count, closed, thinking
-
-
-def trace_record(tokenizer, tokens: list[int], width: int, markers: Markers, window: Window,
+def trace_record(tokenizer, tokens: list[int], width: int, markers: ThinkMarkers, window: Window,
                  reference: float | None, steered: list[bool] | None = None,
                  kl: list[float] | None = None) -> dict:
     """The measures of one trace: ``tokens`` are the left-padded prompt (``width`` wide) and
     the generation up to and including the first stop token."""
-    _, row = scan(window, markers, tokens, width)
+    def text_of(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    _, row = scan(window, markers, tokens, width, text_of)
     new = tokens[width:]
     if row.stop_pos is not None:
         new = new[:row.stop_pos - width]
-    completion = tokenizer.decode(new, skip_special_tokens=False,
-                                  clean_up_tokenization_spaces=False)
-    thinking = ""
-    if row.open_pos is not None:
+    completion = text_of(new)
+    closed, think_tokens, opened = row.close_pos is not None, row.think_tokens, row.open_pos
+    if not markers.single_token:
+        thinking = row.think.thinking_text or ""
+    elif row.open_pos is not None:
         end = row.close_pos if row.close_pos is not None else width + len(new)
         thinking = tokenizer.decode(tokens[row.open_pos + 1:end], skip_special_tokens=True,
                                     clean_up_tokenization_spaces=False)
-    closed, think_tokens, opened = row.close_pos is not None, row.think_tokens, row.open_pos
-    if not markers.single_token:
-        think_tokens, closed, thinking = _plain_text_thinking(tokenizer, tokens[max(0, width - 8):width],
-                                                              new)
-        opened = think_tokens
+    else:
+        thinking = ""
     answer = extract_numeric_answer(completion) if closed or opened is None else None
     record = {
         "completion": completion,

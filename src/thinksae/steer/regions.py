@@ -2,7 +2,8 @@
 
 ``Smax`` clamps a feature to S × its max activation over the baseline generations, taken only
 at positions that are (a) inside the steering window (the positions the steering applies to,
-:func:`.hooks.scan` on the baseline trace) and (b) in the regions the SAE was trained on, as its
+:func:`thinksae.interventions.scan` on the baseline trace) and (b) in the regions the SAE was
+trained on, as its
 report card (``thinksae.json``, ``training.regions``) records them. Regions are labelled as the
 activation store labels them (:func:`thinksae.corpus.tokenize_trace`: prompt, think, answer,
 special), here on the generated token ids themselves. When the card records no regions (no card,
@@ -16,10 +17,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..corpus import Region, Trace, control_token_ids, tokenize_trace
+from ..chat import ThinkMarkers
+from ..corpus.segment import Region, control_token_ids, tokenize_trace
+from ..corpus.traces import Trace
 from ..errors import ThinksaeError
-from ..interventions.hooks import Markers, scan
-from ..interventions.spec import Window
+from ..interventions import Window, scan
 
 REGIONS = tuple(r.name.lower() for r in Region)
 """Region names in code order: prompt, think, answer, special."""
@@ -70,7 +72,7 @@ def position_regions(tokenizer, tokens: list[int], prompt_len: int,
 
 
 def max_mask(tokenizer, gen_ids: Tensor, real: Tensor, width: int, window: Window,
-             markers: Markers, regions: tuple[str, ...]) -> Tensor:
+             markers: ThinkMarkers, regions: tuple[str, ...]) -> Tensor:
     """``[B, T]`` positions where ``Smax`` looks: real, inside ``window``, in ``regions``."""
     codes = torch.tensor([REGIONS.index(r) for r in regions])
     control = control_token_ids(tokenizer)
@@ -84,7 +86,7 @@ def max_mask(tokenizer, gen_ids: Tensor, real: Tensor, width: int, window: Windo
     return out
 
 
-def baseline_max(tokenizer, generated: dict, window: Window, markers: Markers,
+def baseline_max(tokenizer, generated: dict, window: Window, markers: ThinkMarkers,
                  regions: tuple[str, ...], features: list[int]) -> dict[int, float]:
     """Max recorded activation of each feature over the baseline rows at :func:`max_mask`
     positions (0.0 where there are none); ``generated``: prompt → (Generated, row)."""

@@ -1,8 +1,15 @@
-"""Activation store: harvest hookpoint activations with token labels; read them back in batches."""
+"""Activation store: harvest hookpoint activations with token labels; read them back in batches.
 
-from .harvest import HarvestConfig, harvest, tokenizer_hash
-from .reader import TOKEN_LABELS, ActivationStore
-from .split import SPLITS, heldout_docs, split_docs
+`thinksae harvest`: :mod:`.config`, :mod:`.run`; domain modules: :mod:`.harvest` (shards, labels,
+manifest), :mod:`.shards` (files), :mod:`.reader` (:class:`ActivationStore`), :mod:`.split`
+(held-out traces).
+"""
 
-__all__ = ["TOKEN_LABELS", "SPLITS", "ActivationStore", "HarvestConfig", "harvest", "heldout_docs",
-           "split_docs", "tokenizer_hash"]
+from ..lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "HarvestConfig": "config", "harvest": "run:run",
+    "tokenizer_hash": "..models.tokenizer",
+    "TOKEN_LABELS": "reader", "ActivationStore": "reader",
+    "SPLITS": "split", "heldout_docs": "split", "split_docs": "split",
+})

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from ..errors import ThinksaeError
-from .harvest import FORMAT, MANIFEST
+from .shard_parts import FORMAT, MANIFEST
 from .shards import memmap_shard, to_torch
+from .split import split_docs
 
 TOKEN_LABELS = ("token_ids", "regions", "behaviours", "doc_index", "positions")
 
@@ -75,8 +76,6 @@ class ActivationStore:
     def split_docs(self, holdout: float, split: str) -> np.ndarray | None:
         """Document indices of ``split`` (all, train or heldout) for a held-out share
         ``holdout`` of the traces (see :mod:`thinksae.store.split`); None for all."""
-        from .split import split_docs
-
         return split_docs(self.trace_ids, holdout, split)
 
     @cached_property

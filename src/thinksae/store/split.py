@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..corpus.problems import question_of
 from ..errors import ThinksaeError
 
 SPLITS = ("all", "train", "heldout")
@@ -33,8 +34,6 @@ def heldout_docs(trace_ids: Sequence[str], fraction: float) -> np.ndarray:
     """Sorted document indices held out: whole questions, in the order of a hash of their id,
     until ``round(fraction × documents)`` traces are held out (at least one question when the
     fraction is above 0)."""
-    from ..corpus import question_of
-
     check_fraction(fraction)
     if fraction == 0.0 or not trace_ids:
         return np.zeros(0, dtype=np.int64)

@@ -1,7 +1,9 @@
-"""Train TopK sparse autoencoders on an activation store or on the fly, resumably, on 1..N ranks."""
+"""Train sparse autoencoders on an activation store or on the fly, resumably, on 1..N ranks.
+`thinksae train`: :mod:`.config` (options), :mod:`.checks`, :mod:`.run`."""
 
-from .config import TrainConfig, default_lr
-from .run import fold_input_scale, train
-from .synthetic import SyntheticActivations
+from ..lazy import lazy_exports
 
-__all__ = ["SyntheticActivations", "TrainConfig", "default_lr", "fold_input_scale", "train"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "TrainConfig": "config", "default_lr": "config", "train": "run:run", "fold_input_scale": "run",
+    "SyntheticActivations": "synthetic",
+})

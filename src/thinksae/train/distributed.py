@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..errors import ThinksaeError
-from ..models import resolve_device
+from ..models.loading import resolve_device
 
 
 @dataclass

@@ -25,8 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..atomic import sha256_file
+from ..corpus.segment import tokenize_trace
+from ..corpus.traces import read_traces
 from ..errors import ThinksaeError
-from ..models import capture, dtype_name, resolve_hookpoint
+from ..models.hookpoints import capture, resolve_hookpoint
+from ..models.loading import dtype_name, load_model
+from ..models.precheck import precheck_model
+from ..models.tokenizer import tokenizer_hash
+from .config import REGION_NAMES, region_list
 
 
 class OnTheFlyActivations:
@@ -87,11 +94,6 @@ class OnTheFlyActivations:
         """Load ``cfg.model`` and tokenize ``cfg.corpus`` (traces cut at ``cfg.max_length``)."""
         from pathlib import Path
 
-        from ..atomic import sha256_file
-        from ..corpus import read_traces, tokenize_trace
-        from ..models import load_model, precheck_model
-        from ..store import tokenizer_hash
-        from .config import REGION_NAMES, region_list
 
         corpus = Path(cfg.corpus)
         if not corpus.is_file():

@@ -11,16 +11,17 @@ import torch
 from ..config import save_config
 from ..errors import ThinksaeError
 from ..sae.formats import write_report_card
+from ..store.reader import ActivationStore
 from .checkpoint import find_checkpoint, remove_checkpoints
+from .checks import check_config, check_sizes
 from .config import (
     TrainConfig,
-    check_config,
-    check_sizes,
     differing_fields,
     identity,
     with_later_fields,
 )
 from .distributed import setup
+from .on_the_fly import OnTheFlyActivations
 from .trainer import Trainer
 
 TRAIN_CONFIG = "train_config.json"
@@ -29,15 +30,12 @@ TRAIN_CONFIG = "train_config.json"
 def open_source(cfg: TrainConfig, device: torch.device):
     """The activation source the config names: a store, or a model run on the corpus."""
     if cfg.store is not None:
-        from ..store import ActivationStore
-
         store = ActivationStore(cfg.store)
         if cfg.hookpoint and cfg.hookpoint != store.hookpoint:
             raise ThinksaeError(
                 f"store {cfg.store} holds hookpoint {store.hookpoint}, not {cfg.hookpoint}"
             )
         return store
-    from .on_the_fly import OnTheFlyActivations
 
     return OnTheFlyActivations.from_config(cfg, device)
 
@@ -151,7 +149,7 @@ def _finish(trainer: Trainer) -> None:
     remove_checkpoints(sae_dir)
 
 
-def train(cfg: TrainConfig, source=None) -> Path:
+def run(cfg: TrainConfig, source=None) -> Path:
     """Train a TopK SAE as ``cfg`` says and return its directory ``{out}/{hookpoint}``.
 
     ``source`` optionally replaces the store / on-the-fly data with any object offering

@@ -17,12 +17,12 @@ from tqdm.auto import tqdm
 
 from ..config import config_hash
 from ..errors import ThinksaeError
-from ..sae import make_sae
+from ..sae.registry import make_sae
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from .checks import check_sizes
 from .config import (
     PROGRESS_FIELDS,
     TrainConfig,
-    check_sizes,
     default_lr,
     differing_fields,
     identity,

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import torch
 
+from ..models.hookpoints import resolve_hookpoint
+from ..models.splice import final_hidden, output_head, splice
 from .causal import Batch, metric_values
 
 
 def attribution(model, sae, hookpoint: str, batches: list[Batch], metric: str) -> torch.Tensor:
     """``[num_latents]`` float64 estimated ablation effect on m of every latent."""
-    from ..models import resolve_hookpoint
-    from ..models.splice import final_hidden, output_head, splice
 
     module, head = resolve_hookpoint(model, hookpoint), output_head(model)
     total = torch.zeros(sae.num_latents, dtype=torch.float64)

@@ -24,15 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..corpus.segment import BEHAVIOUR_VOCAB
 from ..errors import ThinksaeError
+from ..evaluate.sources import batches, pad_right
+from ..interventions.hooks import steering
+from ..models.splice import final_hidden, output_head
 from .stats import bootstrap, finite, ratio
 
 
 def target_ids(tokenizer, spec: str | None) -> list[int]:
     """Token ids of ``--targets`` (each string must be one token), or the defaults: the
     behaviour vocabulary's first words in their single-token forms, and ``</think>``."""
-    from ..corpus.segment import BEHAVIOUR_VOCAB
-
     if spec:
         wanted, strict = [s for s in spec.split(",") if s.strip()], True
     else:
@@ -68,8 +70,6 @@ class Batch(NamedTuple):
 @torch.no_grad()  # not inference mode: the attribution pass runs autograd on these ids
 def prepare(model, docs, batch_size: int, pad_id: int, targets: list[int]) -> list[Batch]:
     """Batches of ``docs`` with their clean final hidden states (computed once)."""
-    from ..evaluate.sources import batches, pad_right
-    from ..models.splice import final_hidden
 
     device = next(model.parameters()).device
     out = []
@@ -124,8 +124,6 @@ def intervene(model, sae, hookpoint: str, batches: list[Batch], intervention, me
               ) -> tuple[np.ndarray, int]:
     """Per trace sums (see :func:`_row_sums`) under one intervention, and how many positions
     the feature fired at."""
-    from ..interventions.hooks import steering
-    from ..models.splice import final_hidden, output_head
 
     head = output_head(model)
     parts, fired = [], 0

@@ -25,6 +25,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..evaluate.sources import Doc, batches, pad_right
+from ..models.hookpoints import capture
 from .stats import bootstrap, finite, ratio
 
 PASSAGES = (
@@ -81,8 +83,6 @@ def neutral_texts(tokenizer, prompt_docs: list[torch.Tensor]) -> list[list[int]]
 def run_injections(model, sae, hookpoint: str, texts: list[list[int]], inserts: list[Insertion],
                    features: list[int], batch_size: int, pad_id: int) -> np.ndarray:
     """``[len(texts), len(inserts), len(features)]`` activations at each injected trigger."""
-    from ..evaluate.sources import Doc, batches, pad_right
-    from ..models import capture
 
     device = next(model.parameters()).device
     feats = torch.tensor(features, dtype=torch.long, device=sae.device)

@@ -17,9 +17,22 @@ import numpy as np
 import torch
 
 from .. import atomic
+from ..binding import ModelSource, bind_sae
 from ..config import to_dict
 from ..errors import ThinksaeError
+from ..evaluate.checks import docs_of_split
+from ..evaluate.sources import corpus_docs, store_docs
+from ..features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
+from ..features.stats import FeatureStats
+from ..interventions.spec import Intervention
+from ..sae.bound import SaeAtHookpoint
+from ..store.reader import ActivationStore
+from .attribution import attribution
+from .causal import effect, intervene, prepare, target_ids
 from .config import SCORES, ValidateConfig, check_config, parse_features
+from .context import context_control, trigger_activations, trigger_tokens
+from .injection import injection_test, insertions, neutral_texts, run_injections
+from .stats import finite, spearman
 from .verdicts import SUMMARY_FILE, VALIDATE_DIR, VERDICTS, VERDICTS_FILE, verdict
 
 FORMAT = "thinksae-validate/1"
@@ -45,26 +58,13 @@ class Inputs(NamedTuple):
 
 def load_inputs(cfg: ValidateConfig, model=None, tokenizer=None) -> Inputs:
     """The SAE, its hookpoint, store, model and tokenizer: every loading in one place."""
-    from ..models import load_model, resolve_device
-    from ..sae.bound import SaeAtHookpoint
-    from ..store import ActivationStore
-
     store = ActivationStore(cfg.store)
-    bound = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint, store=store)
-    subset = _split(cfg, bound.dir, bound.card, store)  # before the model: cheap to refuse
-    if model is None:
-        spec = cfg.model or store.manifest.get("model")
-        model, tok = load_model(spec, cfg.device, cfg.dtype, tokenizer=cfg.tokenizer,
-                                progress=cfg.progress)
-        tokenizer = tokenizer or tok
-    if tokenizer is None:
-        raise ThinksaeError("a model was passed without its tokenizer")
-    device = next(model.parameters()).device if model is not None else resolve_device(cfg.device)
-    sae = bound.load(device=device, dtype=torch.float32)
-    bound.check_store(store)
-    bound.check_model(model)
-    bound.check_tokenizers(tokenizer, store)
-    return Inputs(sae, bound.dir, bound.card, bound.hookpoint, store, model, tokenizer, subset)
+    sae_at = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint, store=store)
+    subset = _split(cfg, sae_at.dir, sae_at.card, store)  # before the model: cheap to refuse
+    source = ModelSource.of(cfg, spec=cfg.model or store.manifest.get("model"))
+    bound = bind_sae(sae_at, source, model, tokenizer, store=store)
+    return Inputs(bound.sae, bound.sae_dir, bound.card, bound.hookpoint, store, bound.model,
+                  bound.tokenizer, subset)
 
 
 def candidates(rows: list[dict], top: int, named: list[int]) -> dict[int, list[str]]:
@@ -86,8 +86,6 @@ def _split(cfg: ValidateConfig, sae_dir: Path, card: dict, store) -> np.ndarray 
     """Document indices of ``cfg.split`` (as `thinksae eval --split` picks them)."""
     from types import SimpleNamespace
 
-    from ..evaluate.checks import docs_of_split
-
     if cfg.corpus is not None and not Path(cfg.corpus).is_file():
         raise ThinksaeError(f"corpus not found: {cfg.corpus}")
     subset = docs_of_split(SimpleNamespace(split=cfg.split, corpus=cfg.corpus), sae_dir, card,
@@ -99,8 +97,6 @@ def _split(cfg: ValidateConfig, sae_dir: Path, card: dict, store) -> np.ndarray 
 
 def _trace_docs(cfg: ValidateConfig, inp: Inputs):
     """The documents of the split (at most ``max_traces``) as token-id Docs."""
-    from ..evaluate.sources import corpus_docs, store_docs
-
     keep = None if inp.subset is None else inp.subset[: cfg.max_traces]
     source = (corpus_docs(cfg.corpus, inp.tokenizer, cfg.max_length, keep) if cfg.corpus
               else store_docs(inp.store, docs=keep))
@@ -113,8 +109,6 @@ def _trace_docs(cfg: ValidateConfig, inp: Inputs):
 
 
 def _analysis(cfg: ValidateConfig) -> tuple[dict, list[dict], object, list[str]]:
-    from ..features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
-    from ..features.stats import FeatureStats
 
     out = Path(cfg.analysis)
     meta = load_analysis(out)
@@ -128,8 +122,6 @@ def _analysis(cfg: ValidateConfig) -> tuple[dict, list[dict], object, list[str]]
 
 def _context_and_injection(cfg, inp, feats, stats, strings, docs) -> list[dict]:
     """Tests (a) and (b) of ``feats``: one dict of numbers per feature."""
-    from .context import context_control, trigger_activations, trigger_tokens
-    from .injection import injection_test, insertions, neutral_texts, run_injections
 
     trig = {f: trigger_tokens(stats.tensors, f, cfg.trigger_mass, cfg.max_triggers) for f in feats}
     found = trigger_activations(inp.store, inp.sae, feats, {t for ts in trig.values() for t in ts})
@@ -155,8 +147,6 @@ def _context_and_injection(cfg, inp, feats, stats, strings, docs) -> list[dict]:
 def _causal(cfg, inp, feats, rows, batches, attr, extra) -> tuple[dict[int, dict], list[dict]]:
     """Test (c) of ``feats`` (ablation and clamp) and the ablation of the ``extra`` features
     with the largest attribution; returns per-feature numbers and the attribution check rows."""
-    from ..interventions.spec import Intervention
-    from .causal import effect, intervene
 
     out: dict[int, dict] = {}
     ablated: dict[int, float] = {}
@@ -179,12 +169,9 @@ def _causal(cfg, inp, feats, rows, batches, attr, extra) -> tuple[dict[int, dict
     return out, check
 
 
-def validate(cfg: ValidateConfig, model=None, tokenizer=None) -> ValidateResult:
+def run(cfg: ValidateConfig, model=None, tokenizer=None) -> ValidateResult:
     """Validate the candidates of ``cfg.analysis`` (module docstring); ``model``/``tokenizer``
     optionally replace loading ``cfg.model`` (a pipeline passes its loaded model)."""
-    from .attribution import attribution
-    from .causal import prepare, target_ids
-    from .stats import finite, spearman
 
     check_config(cfg)
     meta, rows, stats, strings = _analysis(cfg)
@@ -224,8 +211,6 @@ def validate(cfg: ValidateConfig, model=None, tokenizer=None) -> ValidateResult:
 
 
 def _summary(cfg, inp, out_rows, targets, docs, check, rho, attr, seconds) -> dict:
-    from .stats import finite
-
     counts = {v: sum(r["verdict"] == v for r in out_rows) for v in VERDICTS}
     top = torch.argsort(attr.abs(), descending=True, stable=True)[:50].tolist()
     return {

@@ -20,8 +20,12 @@ from pathlib import Path
 
 from ...errors import ThinksaeError
 from ...generation import GenerationConfig
+from ...models.loading import OFFLINE_ALIAS, resolve_device, resolve_dtype
+from ...models.offline import fetch_offline, is_gguf
 from .base import Row, installed
 from .hf import AUTO_BATCH_CAP, HFEngine
+from .llamacpp import LlamaCppEngine
+from .vllm_engine import VLLMEngine
 
 ENGINES = ("hf", "llama.cpp", "vllm")
 """Engine names a trace records (``--engine`` also takes ``auto``: see :func:`resolve_engine`)."""
@@ -41,8 +45,6 @@ def resolve_engine(engine: str, model: str, device: str = "auto", dtype: str = "
         return engine
     import torch
 
-    from ...models.loading import OFFLINE_ALIAS, resolve_device, resolve_dtype
-    from ...models.offline import is_gguf
 
     path = Path(model).expanduser()
     gguf = model == OFFLINE_ALIAS or (path.is_file() and is_gguf(path))
@@ -82,8 +84,6 @@ def check_engine(engine: str, model: str) -> None:
 def gguf_file(model: str, fetch: bool = True) -> Path | None:
     """The GGUF file of a model spec (``offline`` → the assembled GGUF, fetched when ``fetch``);
     anything else than a GGUF file is refused."""
-    from ...models.loading import OFFLINE_ALIAS
-    from ...models.offline import fetch_offline, is_gguf
 
     if model == OFFLINE_ALIAS:
         return fetch_offline(progress=True) if fetch else None
@@ -109,10 +109,7 @@ def open_engine(name: str, model: str, tokenizer, sampling: GenerationConfig, hf
     if name == "hf":
         return HFEngine(hf_model, tokenizer, sampling)
     if name == "llama.cpp":
-        from .llamacpp import LlamaCppEngine
-
         return LlamaCppEngine(gguf_file(model), tokenizer, sampling)
-    from .vllm_engine import VLLMEngine
 
     return VLLMEngine.load(model, tokenizer, sampling, dtype=dtype)
 

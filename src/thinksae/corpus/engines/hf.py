@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 
+from ...chat import stop_ids
 from ...generation import GenerationConfig
-from ..generate import left_pad, stop_ids, trim_at_stop
+from ...generation.batches import left_pad, trim_at_stop
 from .base import Row
 
 AUTO_BATCH_CAP = 64

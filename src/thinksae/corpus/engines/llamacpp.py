@@ -19,9 +19,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ...chat import token_stops
 from ...errors import ThinksaeError
 from ...generation import GenerationConfig
-from ..generate import token_stops
 from .base import Row
 
 AUTO_BATCH = 32

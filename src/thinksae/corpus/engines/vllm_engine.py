@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ...chat import token_stops
 from ...generation import GenerationConfig
-from ..generate import token_stops, trim_at_stop
+from ...generation.batches import trim_at_stop
+from ...models.loading import pretrained_kwargs
 from .base import Row
 
 AUTO_BATCH = 64
@@ -26,9 +28,7 @@ class VLLMEngine:
         """Load ``model`` (hub id, local dir or .gguf) into vLLM."""
         from vllm import LLM
 
-        from ...models.loading import _pretrained_kwargs
-
-        source, kwargs = _pretrained_kwargs(model)
+        source, kwargs = pretrained_kwargs(model)
         if "gguf_file" in kwargs:
             source = f"{source}/{kwargs['gguf_file']}"
         llm = LLM(model=source, dtype=dtype, seed=sampling.seed)

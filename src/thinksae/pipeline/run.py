@@ -1,47 +1,26 @@
-"""`thinksae run`: the stages of `table.TABLE` (corpus → harvest → train → eval → (splice) →
+"""`thinksae run`: the stages of `TABLE` (corpus → harvest → train → eval → (splice) →
 analyze → (steer) → (monitor)) then the report, in one run directory, resumable stage by stage."""
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from simple_parsing import field
+import yaml
 
 from .. import atomic
 from . import table
+from .config import RunConfig
+from .context import Models, Paths, build_config
+from .markers import read_marker, run_stage, stage_hash
+from .report import write_report
 from .spec import PipelineSpec, resolve
-from .stages import Models, Paths, build_config, read_marker, run_stage, stage_hash
-from .table import Stage, Step
-
-
-@dataclass
-class RunConfig:
-    """Options of `thinksae run`."""
-
-    config: str | None = field(default=None, positional=True, nargs="?", metavar="CONFIG")
-    """Pipeline config (YAML or JSON): shared keys (name, out, model, hookpoint, device, dtype,
-    sae) and one section per stage holding that command's options. `preset: NAME` inside it
-    starts from a preset."""
-    preset: str | None = None
-    """Start from a preset: offline-demo (Qwen2.5-Coder GGUF from PyPI, CPU) or r1-distill-1.5b
-    (DeepSeek-R1-Distill-Qwen-1.5B from the hub, layer 10, one GPU)."""
-    out: str | None = None
-    """Run directory (default: the config's `out`)."""
-    model: str | None = None
-    """Replace the config's model (hub id, local directory, .gguf or `offline`)."""
-    device: str | None = None
-    """Replace the config's device (auto, cpu, cuda, cuda:1, ...)."""
-    show_config: bool = False
-    """Print the resolved pipeline config (YAML) and exit."""
-    progress: bool = True
-    """Show progress bars."""
+from .stage import Stage, Step
 
 
 class Pipeline:
-    """One `thinksae run`: the stages of `table.TABLE` in order, each skipped when it is done for
+    """One `thinksae run`: the stages of `TABLE` in order, each skipped when it is done for
     the hash it would have now. The stage functions read what they need from here."""
 
     def __init__(self, spec: PipelineSpec, progress: bool = True):
@@ -109,8 +88,6 @@ class Pipeline:
             if step is not None:
                 run_stage(st.name, self.dir(st), step.cfg, self.hashes[st.name], step.action,
                           self.log)
-        from .report import write_report
-
         index = write_report(self.paths.root, self.sae_dir if self.spec.sae else None)
         self.log(f"[run] report: {index}")
         return index
@@ -121,8 +98,6 @@ def run(cfg: RunConfig) -> Path | None:
     spec = resolve(cfg.config, cfg.preset, {"out": cfg.out, "model": cfg.model,
                                             "device": cfg.device})
     if cfg.show_config:
-        import yaml
-
         print(yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True), end="")
         return Path(spec.out) / "index.html"
     return Pipeline(spec, cfg.progress).run()

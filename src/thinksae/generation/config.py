@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import flat_group
-from .errors import ThinksaeError
+from ..config import flat_group
+from ..errors import ThinksaeError
 
 
 @dataclass

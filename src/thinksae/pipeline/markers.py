@@ -1,12 +1,10 @@
-"""Run the stages of a pipeline spec (the records of `table.TABLE`) in order, skipping each one
-whose output is already complete for the same config hash.
-
-Every stage writes ``<out>/<stage dir>/stage.json``: ``running`` with its hash before it starts,
-``done`` (plus its full config and wall time) after. A stage is skipped when its marker says
-``done`` with the hash it would have now; a marker with another hash means the config (or an
-upstream stage) changed, so the stage directory is cleared and the stage runs again. A ``running``
-marker with the same hash is an interrupted run: the stage runs again and its own resume logic
-(traces appended per batch, shards, training checkpoints) carries on where it stopped.
+"""Hash and skip: every stage writes ``<out>/<stage dir>/stage.json``: ``running`` with its hash
+before it starts, ``done`` (plus its full config and wall time) after. A stage is skipped when its
+marker says ``done`` with the hash it would have now; a marker with another hash means the config
+(or an upstream stage) changed, so the stage directory is cleared and the stage runs again. A
+``running`` marker with the same hash is an interrupted run: the stage runs again and its own
+resume logic (traces appended per batch, shards, training checkpoints) carries on where it
+stopped.
 """
 
 from __future__ import annotations
@@ -16,16 +14,11 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from ..config import config_fields, nest, to_dict
-from ..errors import ThinksaeError
-from . import table
-from .spec import SHARED, PipelineSpec
-from .table import Stage
+from ..config import to_dict
 
 MARKER = "stage.json"
 UNHASHED = ("progress",)
@@ -50,68 +43,6 @@ def _without_legacy(d: dict[str, Any], legacy: dict[str, Any]) -> dict[str, Any]
         elif not field and head in out and out[head] == old:
             del out[head]
     return out
-
-
-@dataclass
-class Paths:
-    """Where each stage of a run directory writes."""
-
-    root: Path
-    hookpoint: str
-
-    def stage_dir(self, stage: str | Stage) -> Path:
-        return self.root / (stage if isinstance(stage, Stage) else table.stage(stage)).folder
-
-    @property
-    def traces(self) -> Path:
-        return self.root / "corpus" / "traces.jsonl"
-
-    @property
-    def store(self) -> Path:
-        return self.root / "store" / self.hookpoint
-
-    @property
-    def trained_sae(self) -> Path:
-        return self.root / "sae" / self.hookpoint
-
-
-class Models:
-    """Loads each (model, device, dtype, tokenizer) once per `thinksae run`."""
-
-    def __init__(self, progress: bool):
-        self.progress, self.cache = progress, {}
-
-    def get(self, cfg) -> tuple[Any, Any]:
-        key = (cfg.model, cfg.device, cfg.dtype, getattr(cfg, "tokenizer", None))
-        if key not in self.cache:
-            from ..models import load_model
-
-            print(f"[run] loading model {cfg.model}", flush=True)
-            self.cache[key] = load_model(cfg.model, cfg.device, cfg.dtype, tokenizer=key[3],
-                                         progress=self.progress)
-        return self.cache[key]
-
-
-def build_config(stage: str | Stage, spec: PipelineSpec, progress: bool,
-                 extra: dict[str, Any] | None = None):
-    """The stage's config dataclass: shared keys, then the stage's section, then ``extra`` (the
-    paths between stages)."""
-    st = stage if isinstance(stage, Stage) else table.stage(stage)
-    cls = st.config_class
-    names = set(config_fields(cls))
-    options: dict[str, Any] = {k: getattr(spec, k) for k in SHARED if k in names
-                               and k not in st.managed and getattr(spec, k) is not None}
-    options.update({k: v for k, v in (spec.stages[st.name] or {}).items() if k in names})
-    options.update(extra or {})
-    if "progress" in names:
-        options["progress"] = progress
-    for key, sub in table.nested_configs(cls).items():  # train.sae: a mapping in the spec
-        if not isinstance(options.get(key), sub):
-            options[key] = sub(**(options.get(key) or {}))
-    try:
-        return cls(**nest(cls, options))  # corpus.max_new_tokens → cfg.generation
-    except TypeError as e:
-        raise ThinksaeError(f"{st.name}: {e}") from None
 
 
 def stage_hash(stage: str, cfg, upstream: list[str], root: Path | None = None,

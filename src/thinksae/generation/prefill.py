@@ -19,9 +19,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..interventions.hooks import Markers, scan
-from ..interventions.spec import Window
-from ..models import decoder_stack
+from ..chat import ThinkMarkers
+from ..interventions import Window, scan
+from ..models.hookpoints import decoder_stack
 
 
 class SharedPrefill(NamedTuple):
@@ -34,7 +34,7 @@ class SharedPrefill(NamedTuple):
     """``[batch]``: the cache row of each batch row."""
 
 
-def unsteered_length(ids: Tensor, width: int, window: Window | None, markers: Markers | None
+def unsteered_length(ids: Tensor, width: int, window: Window | None, markers: ThinkMarkers | None
                      ) -> int:
     """Leading positions of the left-padded prompts ``ids [B, width]`` that no row steers (the
     window's verdict depends only on the tokens up to a position), at most ``width − 1`` so that
