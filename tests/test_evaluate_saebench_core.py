@@ -23,7 +23,7 @@ from thinksae.evaluate.saebench.core import (
     share_denser_than,
     token_l1,
 )
-from thinksae.evaluate.saebench.core_run import CoreOptions, core_eval
+from thinksae.evaluate.saebench.core_run import CoreOptions, core_eval, core_eval_store
 from thinksae.models import resolve_hookpoint
 from thinksae.sae import Sae, SaeConfig
 from thinksae.sinks import SinkRule
@@ -208,9 +208,9 @@ def _kl(logp_clean, logp_new) -> float:
 
 
 @torch.no_grad()
-def _by_hand(model, sae, batches, rule: SinkRule, ablate_sinks: bool) -> dict:
+def _by_hand(model, sae, batches, hook: str, rule: SinkRule, ablate_sinks: bool) -> dict:
     """The core numbers by direct formulas: full forwards with a hook, all tokens in one tensor."""
-    module = resolve_hookpoint(model, HOOK)
+    module = resolve_hookpoint(model, hook)
     xs, xhats, actss = [], [], []
     ce, kl = {"clean": [], "sae": [], "zero": []}, {"sae": [], "zero": []}
     for ids, mask in batches:
@@ -258,14 +258,52 @@ def _by_hand(model, sae, batches, rule: SinkRule, ablate_sinks: bool) -> dict:
     }
 
 
-@pytest.mark.parametrize("rule, ablate_sinks", [(SinkRule(), False), (SinkRule(norm_multiple=1.02), False),
-                                                 (SinkRule(norm_multiple=1.02), True)])
-def test_driver_matches_a_direct_computation(model, batches, rule, ablate_sinks):
+@pytest.mark.parametrize("hook, rule, ablate_sinks", [
+    (HOOK, SinkRule(), False), (HOOK, SinkRule(norm_multiple=1.02), False),
+    (HOOK, SinkRule(norm_multiple=1.02), True),
+    ("layers.1.mlp", SinkRule(), False),  # not resumable: whole forwards with a splice hook
+])
+def test_driver_matches_a_direct_computation(model, batches, hook, rule, ablate_sinks):
     sae = _sae()
-    got = core_eval(model, sae, HOOK, batches, special_ids=[BOS], sink_rule=rule,
+    got = core_eval(model, sae, hook, batches, special_ids=[BOS], sink_rule=rule,
                     options=CoreOptions(ablate_sinks=ablate_sinks)).to_dict()
-    want = _by_hand(model, sae, batches, rule, ablate_sinks)
+    want = _by_hand(model, sae, batches, hook, rule, ablate_sinks)
     if rule.norm_multiple == 1.02:
         assert got["sinks"]["by_norm"] > 0  # the norm test dropped ordinary tokens too
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+class _FakeStore:
+    """Two chunks of stored activations with region codes (3 = special)."""
+
+    manifest = {"regions": ["prompt", "think", "answer", "special"]}
+
+    def __init__(self, x, regions):
+        self.x, self.regions = x, regions
+
+    def iter_chunks(self, chunk_tokens, docs=None):
+        for a in range(0, len(self.x), chunk_tokens):
+            yield {"activations": self.x[a : a + chunk_tokens],
+                   "regions": self.regions[a : a + chunk_tokens]}
+
+
+def test_store_reconstruction_drops_specials_and_norm_sinks():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, D, generator=g)
+    x[4] *= 50  # a norm sink
+    regions = torch.tensor([3] + [1] * 18 + [3], dtype=torch.uint8)
+    sae = _sae()
+    got = core_eval_store(_FakeStore(x, regions), sae, chunk_tokens=20)
+    kept = torch.ones(20, dtype=torch.bool)
+    kept[[0, 4, 19]] = False
+    want = CoreStats(D, sae.num_latents)
+    with torch.no_grad():
+        acts, idx = sae.encode(x[kept])
+        want.update(x[kept], sae.decode(acts, idx), acts, idx)
+    a, b = got.to_dict(True), core_metrics(want).to_dict(True)
+    assert a.pop("feature_density") == pytest.approx(b.pop("feature_density"))
+    a.pop("sinks"), b.pop("sinks")
+    assert a == pytest.approx(b)
+    assert got.sinks == {"tokens": 20, "sinks": 3, "special": 2, "by_norm": 1}
+    assert got.tokens == 17 and got.ce_loss_score is None

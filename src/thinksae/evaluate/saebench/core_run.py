@@ -7,6 +7,11 @@ ids, or a norm sink (‖x‖ above the rule's multiple of the median norm). Ever
 tokens (losses over kept positions). The SAE's x̂ replaces the hookpoint output at kept tokens
 only; the zero ablation zeroes the same tokens (``ablate_sinks``: every real token, as SAELens
 does), so CE_zero and KL_zero measure removing exactly what the SAE replaces.
+
+Against SAELens' ``run_evals`` (which SAEBench's core eval copies): the same formulas (checked on
+a tiny model in the tests), but SAELens drops only the structural special ids (BOS, EOS, PAD),
+not chat-role or think markers nor norm sinks, splices the SAE in at every other token and
+zero-ablates every token; it averages the relative reconstruction bias over batches.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def train_linear_probes(features: Tensor, targets: Tensor, epochs: int = 50, lr:
     optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
     gamma = math.exp(math.log(end_lr / lr) / epochs)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
-    with torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # also when called under inference
         for _ in range(epochs):
             for rows in torch.randperm(n, generator=gen).split(batch_size):
                 logits = take_rows(features, rows).float() @ weight.T + bias
