@@ -11,8 +11,9 @@ record per prompt: ``{"id", "text", "prompt", "kind", "subject", "settings"}``.
     OMP_NUM_THREADS=2 python scripts/build_plain_prose.py            # all prompts, 64 new tokens
     python scripts/build_plain_prose.py --limit 8 --out /tmp/p.jsonl  # a quick look
 
-The generation is resumable (traces are appended to ``<out>.traces.jsonl`` as batches finish);
-``--convert_only`` writes ``--out`` from the traces made so far without loading a model.
+The generation is resumable: traces are appended to ``<out>.traces.jsonl`` as batches finish,
+``--convert_only`` writes ``--out`` from the traces made so far without loading a model, and a
+run generates only the prompts whose ids ``--out`` lacks.
 """
 
 from __future__ import annotations
@@ -153,15 +154,28 @@ def plain_text(completion: str) -> str:
     return CONTROL.sub("", completion).strip()
 
 
+def existing_records(out: str) -> dict[str, dict]:
+    """The records already in ``out`` by id (a run that stopped early keeps them; the next run
+    generates only the prompts they lack)."""
+    path = Path(out)
+    if not path.is_file():
+        return {}
+    return {r["id"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+
+
 def write_records(items: list[dict], traces: list, settings: dict, out: str) -> int:
-    """``out`` (atomically): one record per prompt that has a trace; returns how many."""
+    """``out`` (atomically): the records already there and one per new trace, in prompt order;
+    returns how many."""
     from thinksae.atomic import write_bytes
 
+    have = existing_records(out)
     by_id = {t.id: t for t in traces}
     rows = []
     for p in items:
         t = by_id.get(p["id"])
         if t is None:
+            if p["id"] in have:
+                rows.append(have[p["id"]])
             continue
         rows.append({"id": p["id"], "text": plain_text(t.completion), "prompt": p["prompt"],
                      "kind": p["kind"], "subject": p["subject"],
@@ -205,8 +219,9 @@ def main() -> None:
     loaded = time.time() - t0
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, seed=0)
     t1 = time.time()
-    traces = generate_traces(model, tok, [{"id": p["id"], "question": p["prompt"]} for p in items],
-                             traces_path, gen, batch_size=args.batch_size)
+    have = existing_records(args.out)
+    todo = [{"id": p["id"], "question": p["prompt"]} for p in items if p["id"] not in have]
+    traces = generate_traces(model, tok, todo, traces_path, gen, batch_size=args.batch_size)
     generated = time.time() - t1
     n = write_records(items, traces, settings, args.out)
     traces_path.unlink(missing_ok=True)
