@@ -17,6 +17,7 @@ from thinksae.validate.ma2026.texts import (
     load_texts,
     plain_prose,
     reasoning_pieces,
+    text_sets,
     thinking_text,
 )
 
@@ -41,6 +42,13 @@ def test_reasoning_pieces(corpus_path, tokenizer):
         assert len(tokenizer(p, add_special_tokens=False)["input_ids"]) == 15
         assert "<think>" not in p and "</think>" not in p and "answer is" not in p
     assert reasoning_pieces(corpus_path, tokenizer, max_tokens=16, limit=2) == pieces[:2]
+
+
+def test_text_sets(corpus_path, tokenizer, tmp_path):
+    reasoning, other = text_sets(corpus_path, None, tokenizer, max_tokens=16, n_texts=5)
+    assert len(reasoning) == 5 and other == plain_prose(limit=5)
+    (tmp_path / "o.txt").write_text("A.\n\nB.\n")
+    assert text_sets(corpus_path, tmp_path / "o.txt", tokenizer, 16)[1] == ["A.", "B."]
 
 
 def test_reasoning_pieces_bad_input(tmp_path, tokenizer):

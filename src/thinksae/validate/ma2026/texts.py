@@ -168,3 +168,15 @@ def plain_prose(limit: int | None = None) -> list[str]:
         raise ThinksaeError(f"the packaged plain-prose set is missing ({PLAIN_PROSE}); rebuild it "
                             "with scripts/build_plain_prose.py or give a text file")
     return load_texts(PLAIN_PROSE, limit=limit)
+
+
+def text_sets(traces_path: str | Path, nonreasoning: str | Path | None, tokenizer,
+              max_tokens: int = 64, n_texts: int | None = None, field: str = "text"
+              ) -> tuple[list[str], list[str]]:
+    """``(reasoning, non-reasoning)``: the run's thinking cut into pieces (:func:`reasoning_pieces`)
+    and the texts of ``nonreasoning`` (:func:`load_texts`; None: the packaged plain prose), at
+    most ``n_texts`` each. Needs only the tokenizer: call it before the model loads."""
+    reasoning = reasoning_pieces(traces_path, tokenizer, max_tokens, limit=n_texts)
+    other = (load_texts(nonreasoning, field=field, limit=n_texts) if nonreasoning is not None
+             else plain_prose(limit=n_texts))
+    return reasoning, other
