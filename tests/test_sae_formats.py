@@ -138,7 +138,7 @@ def _corrupt(tmp_path, sae, edit_cfg=None, tensors=None, raw=None):
     (lambda c: c.update(colour="red"), r"unknown keys \['colour'\]"),
     (lambda c: c.update(k=0), "k must be an integer >= 1"),
     (lambda c: c.update(k=129), "k = 129 is more than the 128 latents"),
-    (lambda c: c.update(activation="groupmax"), r"known: batchtopk, jumprelu, topk\)"),
+    (lambda c: c.update(activation="groupmax"), r"known: batchtopk, jumprelu, matryoshka_batchtopk, topk\)"),
     (lambda c: c.update(transcode=True), "transcode SAEs are not supported"),
     (lambda c: c.update(num_latents=64), r"encoder.weight has shape \(128, 32\), expected "),
 ])

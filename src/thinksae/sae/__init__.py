@@ -1,5 +1,6 @@
-"""Sparse autoencoders behind one interface (TopK, BatchTopK, JumpReLU), their sparse kernels,
-and their file formats. An architecture is one module registering a SparseAutoencoder subclass."""
+"""Sparse autoencoders behind one interface (TopK, BatchTopK, Matryoshka BatchTopK, JumpReLU),
+their sparse kernels, and their file formats. An architecture is one module registering a
+SparseAutoencoder subclass (with :class:`~thinksae.sae.formats.SaeFiles` mixed in)."""
 
 from .base import (
     ARCHITECTURES,
@@ -24,11 +25,12 @@ from .formats import (
     write_report_card,
 )
 from .jumprelu_sae import JumpReLUSae
+from .matryoshka_sae import MatryoshkaBatchTopKSae
 from .topk_sae import Sae
 
 __all__ = [
-    "ARCHITECTURES", "BatchTopKSae", "EncoderOutput", "ForwardOutput", "JumpReLUSae", "Sae",
-    "SaeConfig", "SparseAutoencoder", "load_sae", "load_saelens", "load_sparsify", "make_sae",
-    "read_report_card", "register", "resolve_sae_dir", "sae_class", "save_saelens",
-    "save_sparsify", "update_report_card", "write_report_card",
+    "ARCHITECTURES", "BatchTopKSae", "EncoderOutput", "ForwardOutput", "JumpReLUSae",
+    "MatryoshkaBatchTopKSae", "Sae", "SaeConfig", "SparseAutoencoder", "load_sae", "load_saelens",
+    "load_sparsify", "make_sae", "read_report_card", "register", "resolve_sae_dir", "sae_class",
+    "save_saelens", "save_sparsify", "update_report_card", "write_report_card",
 ]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .base import SparseAutoencoder, padded_selection, register
+from .formats import SaeFiles
 from .kernels import TopKSelection
 
 THRESHOLD_RATE = 0.01
@@ -26,10 +27,11 @@ THRESHOLD_RATE = 0.01
 
 
 @register
-class BatchTopKSae(SparseAutoencoder):
+class BatchTopKSae(SaeFiles, SparseAutoencoder):
     """BatchTopK: k·B latents per training batch of B tokens; ``relu(pre) > threshold`` after."""
 
     architecture = "batchtopk"
+    needs_whole_batch = True
 
     def __init__(self, d_in, cfg=None, device="cpu", dtype=None):
         super().__init__(d_in, cfg, device=device, dtype=dtype)

@@ -15,11 +15,12 @@ from torch import Tensor
 
 from .base import SparseAutoencoder, padded_selection, register
 from .config import SaeConfig
+from .formats import SaeFiles
 from .kernels import TopKSelection
 
 
 @register
-class JumpReLUSae(SparseAutoencoder):
+class JumpReLUSae(SaeFiles, SparseAutoencoder):
     """JumpReLU: latent i fires where its pre-activation exceeds its own threshold θ_i."""
 
     architecture = "jumprelu"
@@ -36,7 +37,7 @@ class JumpReLUSae(SparseAutoencoder):
         return {"threshold": (num_latents,)}
 
     @classmethod
-    def check_config(cls, cfg: SaeConfig, num_latents: int) -> None:
+    def check_config(cls, cfg: SaeConfig, num_latents: int | None = None) -> None:
         """No k to check: the thresholds decide how many latents fire."""
 
     def select(self, x: Tensor, dead_mask: Tensor | None, k_aux: int, train: bool = False

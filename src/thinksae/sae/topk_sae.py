@@ -19,13 +19,14 @@ from .base import (
     geometric_median,
     register,
 )
+from .formats import SaeFiles
 from .kernels import TopKSelection, topk_encode
 
 __all__ = ["AUXK_NORMS", "EncoderOutput", "ForwardOutput", "Sae", "geometric_median"]
 
 
 @register
-class Sae(SparseAutoencoder):
+class Sae(SaeFiles, SparseAutoencoder):
     """A TopK SAE with sparsify's parameter names: ``encoder`` (Linear), ``W_dec``, ``b_dec``."""
 
     architecture = "topk"

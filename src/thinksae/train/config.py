@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..config import to_dict
 from ..errors import ThinksaeError
-from ..sae import ARCHITECTURES, SaeConfig
+from ..sae import ARCHITECTURES, SaeConfig, sae_class
 
 LR_DECAYS = ("none", "linear", "cosine")
 B_DEC_INITS = ("mean", "geometric_median")
@@ -19,7 +19,7 @@ REGION_NAMES = ("prompt", "think", "answer", "special")  # thinksae.corpus.Regio
 # Fields added after checkpoints were first written, with the value older runs trained with: an
 # identity dict without them is read as having these values.
 LATER_FIELDS = {"auxk_norm": "x"}
-LATER_SAE_FIELDS = {"architecture": "topk"}
+LATER_SAE_FIELDS = {"architecture": "topk", "matryoshka_widths": ""}
 
 # Fields that say how to run or report, not what is trained: a checkpoint made with other values
 # of these is still continued.
@@ -43,8 +43,8 @@ class TrainConfig:
     out: str = "runs/sae"
     """Run directory; the SAE is saved in {out}/{hookpoint}/ (sparsify layout + thinksae.json)."""
     sae: SaeConfig = field(default_factory=SaeConfig)
-    """SAE architecture (--architecture topk or batchtopk), expansion factor or number of latents,
-    k, decoder normalisation."""
+    """SAE architecture (--architecture topk, batchtopk or matryoshka_batchtopk with
+    --matryoshka_widths), expansion factor or number of latents, k, decoder normalisation."""
     batch_size: int = 4096
     """Tokens per optimiser step (the global batch, split across ranks under torchrun)."""
     lr: float | None = None
@@ -178,11 +178,13 @@ def check_config(cfg: TrainConfig, world_size: int = 1, need_data: bool = True) 
     if cfg.sae.architecture not in trainable:
         raise ThinksaeError(f"cannot train architecture {cfg.sae.architecture!r} (use "
                             f"{', '.join(trainable)})")
-    if cfg.sae.architecture == "batchtopk" and world_size > 1:
-        raise ThinksaeError("batchtopk trains in one process (its top k x batch and threshold "
-                            "are not shared across ranks)")
+    sae_cls = ARCHITECTURES[cfg.sae.architecture]
+    if sae_cls.needs_whole_batch and world_size > 1:
+        raise ThinksaeError(f"{cfg.sae.architecture} trains in one process (its top k x batch and "
+                            "threshold are not shared across ranks)")
     if cfg.sae.num_latents < 0 or cfg.sae.expansion_factor < 1:
         raise ThinksaeError("num_latents must be >= 0 and expansion_factor >= 1")
+    sae_cls.check_config(cfg.sae, cfg.sae.num_latents or None)  # the rest once d_in is known
 
 
 def region_list(regions: str | None) -> list[str] | None:
@@ -199,6 +201,7 @@ def check_sizes(cfg: TrainConfig, d_in: int) -> int:
         raise ThinksaeError(f"k = {cfg.sae.k} is more than the {num_latents} latents")
     if cfg.aux_k is not None and cfg.aux_k > num_latents:
         raise ThinksaeError(f"aux_k = {cfg.aux_k} is more than the {num_latents} latents")
+    sae_class(cfg.sae.architecture).check_config(cfg.sae, num_latents)
     return num_latents
 
 

@@ -230,9 +230,9 @@ class Trainer:
         dead_mask = None
         if cfg.auxk_alpha > 0:
             dead_mask = self.since_fired > cfg.dead_feature_threshold
-        out, fvu, auxk = forward_loss(sae, x, dead_mask, cfg.aux_k, self.dtype, ranks,
-                                      cfg.auxk_norm)
-        loss = fvu + cfg.auxk_alpha * auxk if cfg.auxk_alpha > 0 else fvu
+        out, fvu, recon, auxk, prefix = forward_loss(sae, x, dead_mask, cfg.aux_k, self.dtype,
+                                                     ranks, cfg.auxk_norm)
+        loss = recon + cfg.auxk_alpha * auxk if cfg.auxk_alpha > 0 else recon
         loss.backward()
         grads = [p.grad for p in sae.parameters() if p.grad is not None]
         if ranks.world_size > 1:
@@ -249,8 +249,10 @@ class Trainer:
             (~torch.isfinite(x)).any().float(),
             torch.tensor(float(self._stop.raised), device=self.device),
         ])
+        if prefix is not None:  # Matryoshka: the inner prefixes' FVUs (the last one is fvu)
+            stats = torch.cat([stats, prefix[:-1].detach().float()])
         ranks.all_reduce(stats)
-        fvu_v, auxk_v, nonzero, bad_input, stop = stats.tolist()
+        fvu_v, auxk_v, nonzero, bad_input, stop, *inner_v = stats.tolist()
         step_no = self.step + 1
         if bad_input:
             raise ThinksaeError(f"non-finite values in the input batch at step {step_no}; "
@@ -276,7 +278,9 @@ class Trainer:
         self.batch_in_epoch += 1
         if self.batch_in_epoch >= self.steps_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        self.metrics.record(cfg.batch_size, fvu_v, auxk_v, nonzero / cfg.batch_size)
+        widths = getattr(sae, "prefix_widths", ())
+        self.metrics.record(cfg.batch_size, fvu_v, auxk_v, nonzero / cfg.batch_size,
+                            {f"fvu_prefix_{m}": v for m, v in zip(widths, inner_v)})
         self.stop_requested = bool(stop)
 
     def dead_pct(self) -> float:
