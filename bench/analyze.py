@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from thinksae.sae.formats import save_sparsify
+
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("Okay, so I need to find the total. Wait, maybe I should check again. Hmm, let me think: "
         "3 times 4 is 12. But another way: alternatively add 4 three times. Therefore 12. "
@@ -78,7 +80,7 @@ def child(args) -> None:
     sae_dir = store.parent / "sae" / "layers.10"
     if not sae_dir.exists():
         torch.manual_seed(0)
-        Sae(args.d, SaeConfig(num_latents=args.latents, k=args.k)).save_to_disk(sae_dir)
+        save_sparsify(Sae(args.d, SaeConfig(num_latents=args.latents, k=args.k)), sae_dir)
     cfg = AnalyzeConfig(sae=str(sae_dir), store=str(store), out=str(store.parent / "out"),
                         tokenizer=args.tokenizer, logit_lens=False, dashboard=False,
                         progress=False, device=str(device), chunk_tokens=args.chunk)

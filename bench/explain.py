@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from thinksae.sae.formats import save_sparsify
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -42,7 +44,7 @@ def tiny_analysis(root: Path):
                                      out=str(root / "store"), device="cpu", dtype="float32",
                                      progress=False), model, tok)
     torch.manual_seed(0)
-    Sae(64, SaeConfig(num_latents=64, k=4)).save_to_disk(root / "sae" / "layers.1")
+    save_sparsify(Sae(64, SaeConfig(num_latents=64, k=4)), root / "sae" / "layers.1")
     out = analyze(AnalyzeConfig(sae=str(root / "sae"), store=str(store), out=str(root / "analysis"),
                                 top_n=10, window=8, progress=False, device="cpu", dashboard=False),
                   model=model, tokenizer=tok)

@@ -15,6 +15,7 @@ from thinksae.cli import main
 from thinksae.errors import ThinksaeError
 from thinksae.evaluate import EvalConfig, evaluate
 from thinksae.sae import Sae, SaeConfig, save_saelens, write_report_card
+from thinksae.sae.formats import load_sparsify, save_sparsify
 from thinksae.store import ActivationStore, HarvestConfig, harvest, tokenizer_hash
 
 OFF = ["--progress", "false"]
@@ -31,7 +32,7 @@ def store_dir(tmp_path_factory, corpus_path, tiny_model, tokenizer) -> Path:
 
 def _sae(path: Path, d_in: int = 64, seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    Sae(d_in, SaeConfig(expansion_factor=2, k=4)).save_to_disk(path)
+    save_sparsify(Sae(d_in, SaeConfig(expansion_factor=2, k=4)), path)
     return path
 
 
@@ -58,7 +59,7 @@ def test_store_mode_outputs_and_numbers(tmp_path, store_dir, capsys):
     assert result["hookpoint"] == "layers.1" and result["data"]["mode"] == "store"
 
     # the same numbers computed directly over all store tokens at once
-    sae = Sae.load_from_disk(sae_dir)
+    sae = load_sparsify(sae_dir)
     chunks = list(store.iter_chunks())
     x = torch.cat([c["activations"] for c in chunks])
     regions = torch.cat([c["regions"] for c in chunks])
@@ -128,7 +129,7 @@ def test_model_rerun_on_store_matches_store_mode(tmp_path, store_dir, tiny_model
 def test_saelens_format_gives_the_same_numbers(tmp_path, store_dir):
     torch.manual_seed(3)
     sae = Sae(64, SaeConfig(expansion_factor=2, k=4))
-    sae.save_to_disk(tmp_path / "sparsify" / "layers.1")
+    save_sparsify(sae, tmp_path / "sparsify" / "layers.1")
     save_saelens(sae, tmp_path / "saelens" / "layers.1", hook_name="layers.1")
     results = [evaluate(EvalConfig(sae=str(tmp_path / kind / "layers.1"), store=str(store_dir),
                                    progress=False)).metrics for kind in ("sparsify", "saelens")]

@@ -16,7 +16,7 @@ from thinksae.evaluate.saebench.sparse_probing import (
     probe_classes,
     split_groups,
 )
-from thinksae.evaluate.saebench.store_probing import (
+from thinksae.evaluate.saebench.store_labels import (
     _pool,
     region_units,
     sentence_end_ids,

@@ -14,6 +14,7 @@ from thinksae.cli import main
 from thinksae.errors import ThinksaeError
 from thinksae.evaluate import EvalConfig, evaluate
 from thinksae.sae import Sae, SaeConfig, write_report_card
+from thinksae.sae.formats import load_sparsify, save_sparsify
 from thinksae.store import ActivationStore, HarvestConfig, harvest
 
 SPLICED = ("prompt", "think", "answer")
@@ -30,7 +31,7 @@ def store_dir(tmp_path_factory, corpus_path, tiny_model, tokenizer) -> Path:
 
 def _sae(path: Path, regions: str | None = None, card: bool = True) -> Path:
     torch.manual_seed(0)
-    Sae(64, SaeConfig(expansion_factor=2, k=4)).save_to_disk(path)
+    save_sparsify(Sae(64, SaeConfig(expansion_factor=2, k=4)), path)
     if card:
         write_report_card(path, {"hookpoint": "layers.1", "training": {"regions": regions},
                                  "metrics": {}})
@@ -94,7 +95,7 @@ def test_headline_is_the_trained_regions_one_ratio_over_their_tokens(tmp_path, s
 
     # by hand: FVU over the think and answer tokens together, about their joint mean
     store = ActivationStore(store_dir)
-    sae = Sae.load_from_disk(sae_dir)
+    sae = load_sparsify(sae_dir)
     chunks = list(store.iter_chunks())
     names = store.manifest["regions"]
     on = torch.isin(torch.cat([c["regions"] for c in chunks]),

@@ -37,6 +37,7 @@ from thinksae.explain.scorers import (
 )
 from thinksae.features import AnalyzeConfig, analyze
 from thinksae.sae import Sae, SaeConfig
+from thinksae.sae.formats import load_sparsify, save_sparsify
 from thinksae.store import ActivationStore, HarvestConfig, harvest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,7 +51,7 @@ def built(tmp_path_factory, corpus_path, tiny_model, tokenizer):
                                      out=str(root / "store"), device="cpu", dtype="float32",
                                      progress=False), tiny_model, tokenizer)
     torch.manual_seed(3)
-    Sae(64, SaeConfig(num_latents=24, k=4)).save_to_disk(root / "sae" / "layers.1")
+    save_sparsify(Sae(64, SaeConfig(num_latents=24, k=4)), root / "sae" / "layers.1")
     out = analyze(AnalyzeConfig(sae=str(root / "sae"), store=str(store), out=str(root / "analysis"),
                                 top_n=4, window=3, progress=False, device="cpu"),
                   model=tiny_model, tokenizer=tokenizer)
@@ -162,7 +163,7 @@ def test_prefix_cache_gives_the_plain_forward(tiny_model, tokenizer):
 def test_heldout_contexts_avoid_shown_ones_and_match_the_sae(built, analysis):
     root, _, store_path = built
     store = ActivationStore(store_path)
-    sae = Sae.load_from_disk(root / "sae" / "layers.1")
+    sae = load_sparsify(root / "sae" / "layers.1")
     rows = [json.loads(x) for x in (analysis / "features.jsonl").read_text().splitlines()]
     f = max(rows, key=lambda r: r["fires"])["feature"]
     ctxs, _ = shown_contexts(analysis / "stats.safetensors", f, _strings(analysis), 10)

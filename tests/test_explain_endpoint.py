@@ -20,6 +20,7 @@ from thinksae.explain import ExplainConfig, explain
 from thinksae.explain.explainers import EndpointExplainer
 from thinksae.features import AnalyzeConfig, analyze
 from thinksae.sae import Sae, SaeConfig
+from thinksae.sae.formats import save_sparsify
 from thinksae.store import HarvestConfig, harvest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,7 +113,7 @@ def analysis_dir(tmp_path_factory, corpus_path, tiny_model, tokenizer):
                                      out=str(root / "store"), device="cpu", dtype="float32",
                                      progress=False), tiny_model, tokenizer)
     torch.manual_seed(4)
-    Sae(64, SaeConfig(num_latents=16, k=4)).save_to_disk(root / "sae" / "layers.1")
+    save_sparsify(Sae(64, SaeConfig(num_latents=16, k=4)), root / "sae" / "layers.1")
     return analyze(AnalyzeConfig(sae=str(root / "sae"), store=str(store), out=str(root / "analysis"),
                                  top_n=3, window=2, progress=False, device="cpu", dashboard=False),
                    model=tiny_model, tokenizer=tokenizer)

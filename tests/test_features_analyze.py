@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from thinksae.cli import main
 from thinksae.features import LABELS, AnalyzeConfig, analyze, feature_info
 from thinksae.sae import Sae, SaeConfig
-from thinksae.sae.formats import write_report_card
+from thinksae.sae.formats import load_sparsify, save_sparsify, write_report_card
 from thinksae.store import ActivationStore, HarvestConfig, harvest
 
 OFF = ["--progress", "false", "--device", "cpu", "--dtype", "float32"]
@@ -35,7 +35,7 @@ def saes(tmp_path_factory):
     """Our SAE at run/layers.1; an EleutherAI-style sparsify dir at eai/layers.1.mlp; a d=32 SAE."""
     root = tmp_path_factory.mktemp("fsae")
     torch.manual_seed(0)
-    Sae(64, SaeConfig(num_latents=NUM, k=4)).save_to_disk(root / "run" / "layers.1")
+    save_sparsify(Sae(64, SaeConfig(num_latents=NUM, k=4)), root / "run" / "layers.1")
     eai = root / "eai" / "layers.1.mlp"
     eai.mkdir(parents=True)
     (eai / "cfg.json").write_text(json.dumps({
@@ -44,7 +44,7 @@ def saes(tmp_path_factory):
     w = torch.nn.functional.normalize(torch.randn(80, 64), dim=1)
     save_file({"encoder.weight": w.clone(), "encoder.bias": torch.zeros(80), "W_dec": w.clone(),
                "b_dec": torch.zeros(64)}, str(eai / "sae.safetensors"))
-    Sae(32, SaeConfig(num_latents=40, k=4)).save_to_disk(root / "narrow" / "layers.1")
+    save_sparsify(Sae(32, SaeConfig(num_latents=40, k=4)), root / "narrow" / "layers.1")
     return root
 
 
@@ -75,7 +75,7 @@ def test_cli_analyze_store_and_feature_card(tmp_path, stores, saes, tiny_model_d
     assert meta["meta"]["num_tokens"] == store.num_tokens and meta["meta"]["num_docs"] == 6
     assert (out / "dashboard" / "index.html").is_file()
     # a feature's top context is the store's token, with the SAE's activation there
-    sae = Sae.load_from_disk(saes / "run" / "layers.1")
+    sae = load_sparsify(saes / "run" / "layers.1")
     tokens, docs, positions = (torch.from_numpy(store.labels(k).astype("int64"))
                                for k in ("token_ids", "doc_index", "positions"))
     best = max(alive, key=lambda r: r["fires"])
@@ -211,7 +211,7 @@ def test_max_act_over_the_regions_the_sae_was_trained_on(tmp_path, stores, saes,
     regions = torch.from_numpy(store.labels("regions").astype("int64"))
     keep = (regions == names.index("think")) | (regions == names.index("answer"))
     with torch.no_grad():
-        x = Sae.load_from_disk(sae_dir).dense_acts(store.gather(torch.arange(len(regions)).numpy()))
+        x = load_sparsify(sae_dir).dense_acts(store.gather(torch.arange(len(regions)).numpy()))
     want = x[keep].max(0).values
     got = torch.tensor([r["max_act"] for r in rows], dtype=torch.float64)
     torch.testing.assert_close(got, want.double().clamp_min(0), rtol=1e-4, atol=1e-6)

@@ -14,6 +14,7 @@ import torch
 from thinksae.features import AnalyzeConfig, analyze, feature_info
 from thinksae.features.dashboard import show_token
 from thinksae.sae import Sae, SaeConfig
+from thinksae.sae.formats import save_sparsify
 from thinksae.store import HarvestConfig, harvest
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))
@@ -84,7 +85,7 @@ def analysis(tmp_path_factory, corpus_path, tiny_model, tokenizer):
                                      out=str(root / "store"), device="cpu", dtype="float32",
                                      progress=False), tiny_model, tokenizer)
     torch.manual_seed(1)
-    Sae(64, SaeConfig(num_latents=64, k=4)).save_to_disk(root / "sae" / "layers.1")
+    save_sparsify(Sae(64, SaeConfig(num_latents=64, k=4)), root / "sae" / "layers.1")
     out = analyze(AnalyzeConfig(sae=str(root / "sae"), store=str(store), out=str(root / "out"),
                                 top_n=5, window=4, progress=False, device="cpu"),
                   model=tiny_model, tokenizer=tokenizer)

@@ -8,6 +8,7 @@ import torch
 from thinksae import ThinksaeError
 from thinksae.models import capture, load_model, resolve_dtype, resolve_hookpoint
 from thinksae.models.loading import loading_bars, pretrained_kwargs
+from thinksae.sae.formats import save_sparsify
 
 
 def _ids(tokenizer, texts):
@@ -183,7 +184,7 @@ def test_steer_refuses_an_sae_of_another_width_before_loading(tiny_model_dir, tm
     from thinksae.sae import Sae, SaeConfig
 
     sae_dir = tmp_path / "layers.1"
-    Sae(32, SaeConfig(expansion_factor=2, k=4)).save_to_disk(sae_dir)
+    save_sparsify(Sae(32, SaeConfig(expansion_factor=2, k=4)), sae_dir)
     rc = main(["steer", str(sae_dir), "--model", str(tiny_model_dir), "--device", "cpu",
                "--dtype", "float32", "--feature", "3=x2", "--prompt", "2+2?", "--out",
                str(tmp_path / "steer"), "--progress", "false"])

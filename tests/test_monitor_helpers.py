@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from thinksae.sae import Sae, SaeConfig
+from thinksae.sae.formats import save_sparsify
 
 HOOKPOINT = "layers.1"
 QUESTION = "What is 15% of 80?"
@@ -23,5 +24,5 @@ def tiny_sae(seed: int = 1, k: int = 8) -> Sae:
 def saved_sae(path, seed: int = 1):
     """``tiny_sae`` written as a sparsify directory named after its hookpoint; returns the dir."""
     out = path / HOOKPOINT
-    tiny_sae(seed).save_to_disk(out)
+    save_sparsify(tiny_sae(seed), out)
     return out

@@ -22,6 +22,7 @@ from thinksae.sae import (
     save_saelens,
 )
 from thinksae.sae.batchtopk_sae import THRESHOLD_RATE
+from thinksae.sae.formats import save_sparsify
 from thinksae.train.checks import check_config
 from thinksae.train.config import TrainConfig
 
@@ -153,7 +154,7 @@ def test_batchtopk_files_round_trip_with_threshold(tmp_path):
     sae = _batchtopk()
     with torch.no_grad():
         sae.threshold.fill_(0.7)
-    sae.save_to_disk(tmp_path / "b")
+    save_sparsify(sae, tmp_path / "b")
     assert json.loads((tmp_path / "b" / "cfg.json").read_text())["activation"] == "batchtopk"
     back = load_sae(tmp_path / "b")
     assert type(back) is BatchTopKSae and float(back.threshold) == pytest.approx(0.7)

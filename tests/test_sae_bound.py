@@ -14,12 +14,13 @@ from thinksae.errors import ThinksaeError
 from thinksae.models import Hookpoint, is_hookpoint, parse_hookpoint, resolve_hookpoint
 from thinksae.sae import Sae, SaeConfig, save_saelens, write_report_card
 from thinksae.sae.bound import SaeAtHookpoint
+from thinksae.sae.formats import save_sparsify
 from thinksae.store import HarvestConfig, harvest, tokenizer_hash
 
 
 def _sae(path: Path, d_in: int = 64) -> Path:
     torch.manual_seed(0)
-    Sae(d_in, SaeConfig(num_latents=32, k=4)).save_to_disk(path)
+    save_sparsify(Sae(d_in, SaeConfig(num_latents=32, k=4)), path)
     return path
 
 

@@ -20,6 +20,7 @@ from thinksae.sae import (
     update_report_card,
     write_report_card,
 )
+from thinksae.sae.formats import load_sparsify, save_sparsify
 
 D, N, K = 32, 128, 6
 
@@ -44,7 +45,7 @@ def _dense(acts, idx, n=N):
 
 
 def test_native_layout_is_sparsify_layout(sae, tmp_path, x):
-    sae.save_to_disk(tmp_path / "layers.3")
+    save_sparsify(sae, tmp_path / "layers.3")
     cfg = json.loads((tmp_path / "layers.3" / "cfg.json").read_text())
     assert cfg == {"activation": "topk", "expansion_factor": 4, "normalize_decoder": True,
                    "num_latents": N, "k": K, "multi_topk": False, "skip_connection": False,
@@ -52,7 +53,7 @@ def test_native_layout_is_sparsify_layout(sae, tmp_path, x):
     tensors = load_file(str(tmp_path / "layers.3" / "sae.safetensors"))
     assert {k: tuple(v.shape) for k, v in tensors.items()} == {
         "encoder.weight": (N, D), "encoder.bias": (N,), "W_dec": (N, D), "b_dec": (D,)}
-    back = Sae.load_from_disk(tmp_path / "layers.3")
+    back = load_sparsify(tmp_path / "layers.3")
     torch.testing.assert_close(_dense(*back.encode(x)), _dense(*sae.encode(x)))
     assert back.dtype == torch.float32
     assert load_sae(tmp_path, hookpoint="layers.3").num_latents == N
@@ -60,14 +61,14 @@ def test_native_layout_is_sparsify_layout(sae, tmp_path, x):
 
 
 def test_bf16_file_loads_in_its_dtype(sae, tmp_path):
-    sae.to(torch.bfloat16).save_to_disk(tmp_path)
-    assert Sae.load_from_disk(tmp_path).dtype == torch.bfloat16
-    assert Sae.load_from_disk(tmp_path, dtype=torch.float32).dtype == torch.float32
+    save_sparsify(sae.to(torch.bfloat16), tmp_path)
+    assert load_sparsify(tmp_path).dtype == torch.bfloat16
+    assert load_sparsify(tmp_path, dtype=torch.float32).dtype == torch.float32
 
 
 def test_real_sparsify_reads_ours_and_we_read_its_files(sae, tmp_path, x):
     sparsify = pytest.importorskip("sparsify")
-    sae.save_to_disk(tmp_path / "ours")
+    save_sparsify(sae, tmp_path / "ours")
     theirs = sparsify.SparseCoder.load_from_disk(tmp_path / "ours")
     out = theirs.encode(x)
     torch.testing.assert_close(_dense(out.top_acts, out.top_indices), _dense(*sae.encode(x)))
@@ -77,7 +78,7 @@ def test_real_sparsify_reads_ours_and_we_read_its_files(sae, tmp_path, x):
     with torch.no_grad():
         written.encoder.bias.normal_(0, 0.2)
         written.b_dec.normal_(0, 0.5)
-    written.save_to_disk(tmp_path / "theirs" / "layers.3.mlp")
+    save_sparsify(written, tmp_path / "theirs" / "layers.3.mlp")
     ours = load_sae(tmp_path / "theirs", hookpoint="layers.3.mlp")
     ref = written.encode(x)
     torch.testing.assert_close(_dense(*ours.encode(x)), _dense(ref.top_acts, ref.top_indices))
@@ -120,7 +121,7 @@ def test_saelens_round_trip_through_our_files(sae, tmp_path, x):
 
 def _corrupt(tmp_path, sae, edit_cfg=None, tensors=None, raw=None):
     path = tmp_path / "bad"
-    sae.save_to_disk(path)
+    save_sparsify(sae, path)
     if edit_cfg:
         cfg = json.loads((path / "cfg.json").read_text())
         edit_cfg(cfg)
@@ -138,37 +139,37 @@ def _corrupt(tmp_path, sae, edit_cfg=None, tensors=None, raw=None):
     (lambda c: c.update(colour="red"), r"unknown keys \['colour'\]"),
     (lambda c: c.update(k=0), "k must be an integer >= 1"),
     (lambda c: c.update(k=129), "k = 129 is more than the 128 latents"),
-    (lambda c: c.update(activation="groupmax"), r"known: batchtopk, jumprelu, topk\)"),
+    (lambda c: c.update(activation="groupmax"), r"known: batchtopk, jumprelu, matryoshka_batchtopk, topk\)"),
     (lambda c: c.update(transcode=True), "transcode SAEs are not supported"),
     (lambda c: c.update(num_latents=64), r"encoder.weight has shape \(128, 32\), expected "),
 ])
 def test_bad_cfg_is_one_clear_line(sae, tmp_path, edit, message):
     path = _corrupt(tmp_path, sae, edit_cfg=edit)
     with pytest.raises(ThinksaeError, match=message):
-        Sae.load_from_disk(path)
+        load_sparsify(path)
 
 
 def test_legacy_signed_key_is_accepted(sae, tmp_path):
     path = _corrupt(tmp_path, sae, edit_cfg=lambda c: c.update(signed=False))
-    assert Sae.load_from_disk(path).num_latents == N
+    assert load_sparsify(path).num_latents == N
 
 
 def test_truncated_corrupt_or_incomplete_weights_are_refused(sae, tmp_path):
     path = _corrupt(tmp_path, sae, raw=lambda b: b[: len(b) // 2])
     with pytest.raises(ThinksaeError, match="truncated or corrupt"):
-        Sae.load_from_disk(path)
+        load_sparsify(path)
     path = _corrupt(tmp_path, sae, raw=lambda b: b"\x00" * len(b))
     with pytest.raises(ThinksaeError, match="truncated or corrupt"):
-        Sae.load_from_disk(path)
+        load_sparsify(path)
     state = {k: v.detach() for k, v in sae.state_dict().items() if k != "b_dec"}
     path = _corrupt(tmp_path, sae, tensors=state)
     with pytest.raises(ThinksaeError, match="expected"):
-        Sae.load_from_disk(path)
+        load_sparsify(path)
     state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
     state["b_dec"][0] = float("nan")
     path = _corrupt(tmp_path, sae, tensors=state)
     with pytest.raises(ThinksaeError, match="b_dec holds NaN or inf"):
-        Sae.load_from_disk(path)
+        load_sparsify(path)
     with pytest.raises(ThinksaeError, match="no SAE at"):
         load_sae(tmp_path / "missing")
 

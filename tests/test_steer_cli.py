@@ -12,6 +12,7 @@ import torch
 
 from thinksae.cli import main
 from thinksae.sae import Sae, SaeConfig
+from thinksae.sae.formats import save_sparsify
 
 QUESTIONS = ["What is 2+2?", "Tom has 7 apples and eats 2. How many are left?",
              "A pencil costs 3 dollars. How much do 4 pencils cost?"]
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def sae_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("steer_sae") / "layers.1"
     torch.manual_seed(1)
-    Sae(64, SaeConfig(expansion_factor=2, k=4)).save_to_disk(path)
+    save_sparsify(Sae(64, SaeConfig(expansion_factor=2, k=4)), path)
     return path
 
 
@@ -169,7 +170,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, sae_dir, tiny_model
 
 def test_sae_width_mismatch(tmp_path, tiny_model_dir, capsys):
     sae = tmp_path / "layers.1"
-    Sae(32, SaeConfig(expansion_factor=2, k=4)).save_to_disk(sae)
+    save_sparsify(Sae(32, SaeConfig(expansion_factor=2, k=4)), sae)
     out = tmp_path / "never"
     assert main(_args(sae, tiny_model_dir, out, "--feature", "1=0", "--prompt", "hi")) == 2
     assert "has d_in 32, but the model's layers.1 output has width 64" in capsys.readouterr().err

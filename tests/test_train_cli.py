@@ -10,6 +10,7 @@ import torch
 
 from thinksae.cli import main
 from thinksae.sae import Sae, load_sae
+from thinksae.sae.formats import load_sparsify, save_sparsify
 from thinksae.store import HarvestConfig, harvest
 
 
@@ -45,7 +46,7 @@ def test_train_on_the_fly_from_a_model_directory(tiny_model_dir, corpus_path, tm
     args = _train_args(tmp_path / "fly", "--num_latents", "96", "--model", str(tiny_model_dir), "--corpus",
                        str(corpus_path), "--hookpoint", "layers.1.mlp", "--model_dtype", "float32")
     assert main(args) == 0
-    sae = Sae.load_from_disk(tmp_path / "fly" / "layers.1.mlp")
+    sae = load_sparsify(tmp_path / "fly" / "layers.1.mlp")
     assert sae.d_in == 64 and sae.cfg.k == 4 and sae.num_latents == 96
     card = json.loads((tmp_path / "fly" / "layers.1.mlp" / "thinksae.json").read_text())
     assert card["num_latents"] == 96 and card["expansion_factor"] == 1.5  # effective, not the flag
@@ -75,7 +76,7 @@ def test_convert_to_saelens_and_back(tmp_path, capsys):
     from thinksae.sae import SaeConfig
 
     sae = Sae(16, SaeConfig(expansion_factor=2, k=3))
-    sae.save_to_disk(tmp_path / "run" / "layers.4")
+    save_sparsify(sae, tmp_path / "run" / "layers.4")
     assert main(["convert", "--src", str(tmp_path / "run"), "--out", str(tmp_path / "sl")]) == 0
     assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["metadata"]["hook_name"] == \
         "layers.4"

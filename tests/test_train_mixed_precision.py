@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from thinksae.sae import Sae, SaeConfig
+from thinksae.sae.formats import load_sparsify
 from thinksae.train import SyntheticActivations, TrainConfig, train
 
 
@@ -13,7 +14,7 @@ def _final(tmp_path, dtype: str, src: SyntheticActivations) -> tuple[float, Sae]
     cfg = TrainConfig(out=str(tmp_path / dtype), sae=SaeConfig(expansion_factor=4, k=8),
                       batch_size=256, epochs=4, lr=5e-3, lr_warmup_steps=5, dtype=dtype,
                       device="cpu", progress=False, log_every=1000, save_every=1000)
-    sae = Sae.load_from_disk(train(cfg, source=src))
+    sae = load_sparsify(train(cfg, source=src))
     assert sae.dtype == torch.float32  # master weights stay float32
     with torch.no_grad():
         return sae(src.data).fvu.item(), sae

@@ -10,7 +10,8 @@ import torch
 
 from thinksae.errors import ThinksaeError
 from thinksae.models import capture
-from thinksae.sae import Sae, SaeConfig
+from thinksae.sae import SaeConfig
+from thinksae.sae.formats import load_sparsify
 from thinksae.train import TrainConfig, train
 from thinksae.train.on_the_fly import OnTheFlyActivations
 
@@ -96,7 +97,7 @@ def test_train_on_the_fly_end_to_end(qwen, docs, tmp_path):
     assert rows[-1]["fvu"] < rows[0]["fvu"]
     card = json.loads((sae_dir / "thinksae.json").read_text())
     assert card["data"]["hash"] == src.hash and card["d_in"] == 64
-    assert Sae.load_from_disk(sae_dir).num_latents == 128
+    assert load_sparsify(sae_dir).num_latents == 128
 
 
 def test_from_config_tokenizes_the_corpus(qwen, tmp_path, monkeypatch):

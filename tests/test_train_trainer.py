@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from thinksae.errors import ThinksaeError
 from thinksae.sae import Sae, SaeConfig
+from thinksae.sae.formats import load_sparsify
 from thinksae.train import SyntheticActivations, TrainConfig, fold_input_scale, train
 
 
@@ -61,7 +62,7 @@ def test_training_learns_and_writes_sae_card_config_and_metrics(tmp_path):
     assert card["data"]["hash"] == src.hash
     assert card["metrics"]["fvu"] == pytest.approx(rows[-1]["fvu"])
     # the saved SAE reconstructs the data as well as the log says
-    sae = Sae.load_from_disk(sae_dir)
+    sae = load_sparsify(sae_dir)
     with torch.no_grad():
         fvu = sae(src.data).fvu.item()
     assert fvu < 0.5 * rows[0]["fvu"]
@@ -176,8 +177,8 @@ def test_normalize_inputs_makes_training_scale_free(tmp_path):
     big = SyntheticActivations(d_in=32, num_tokens=1024)
     big.data = big.data * 50.0
     cfg = dict(normalize_inputs=True, log_every=100)
-    a = Sae.load_from_disk(train(_cfg(tmp_path / "a", **cfg), source=small))
-    b = Sae.load_from_disk(train(_cfg(tmp_path / "b", **cfg), source=big))
+    a = load_sparsify(train(_cfg(tmp_path / "a", **cfg), source=small))
+    b = load_sparsify(train(_cfg(tmp_path / "b", **cfg), source=big))
     card = json.loads((tmp_path / "b/run/synthetic/thinksae.json").read_text())
     mean_sq = big.data[:64].pow(2).sum(-1).mean()  # not the batch, but the same magnitude
     assert card["training"]["input_scale"] == pytest.approx((32 / mean_sq).sqrt().item(), rel=0.3)

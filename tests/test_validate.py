@@ -16,6 +16,7 @@ from thinksae.annotations import refresh_dashboard
 from thinksae.cli import main
 from thinksae.features import AnalyzeConfig, analyze
 from thinksae.sae import Sae, SaeConfig
+from thinksae.sae.formats import save_sparsify
 from thinksae.store import ActivationStore, HarvestConfig, harvest
 from thinksae.store.shards import write_shard
 from thinksae.validate import ValidateConfig, read_verdicts, validate
@@ -70,7 +71,7 @@ def world(tmp_path_factory, corpus_path, tiny_model, tokenizer, one_thread):
         w = tiny_model.get_output_embeddings().weight.detach()[WAIT]
         sae.W_dec[CAUSAL] = 20 * w / w.norm()  # drives the " Wait" logit
     sae_dir = root / "sae" / "embed_tokens"
-    sae.save_to_disk(sae_dir)
+    save_sparsify(sae, sae_dir)
     store = ActivationStore(emb_dir)
     _card(sae_dir, store, "embed_tokens")
     analysis = root / "features"
@@ -152,7 +153,7 @@ def test_attribution_equals_ablation_where_the_model_is_linear(world, tiny_model
     with torch.no_grad():
         sae.encoder.bias.add_(0.5)
     sae_dir = world["root"] / "sae-l3" / "layers.3"
-    sae.save_to_disk(sae_dir)
+    save_sparsify(sae, sae_dir)
     _card(sae_dir, ActivationStore(world["l3"]), "layers.3")
     analysis = world["root"] / "features-l3"
     analyze(AnalyzeConfig(sae=str(sae_dir), store=str(world["l3"]), out=str(analysis),

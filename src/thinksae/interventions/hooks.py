@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from ..chat import ThinkMarkers
 from ..errors import ThinksaeError
-from ..models.splice import splice
 from ..models.hookpoints import decoder_stack, resolve_hookpoint
+from ..models.splice import splice
 from .spec import Intervention, Window, check_features, check_unique
 from .stats import SteeredFeatureStats
 from .window import WindowScanner

@@ -25,7 +25,7 @@ UNHASHED = ("progress",)
 """Config fields that do not change a stage's output."""
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "corpus": {"engine": "hf"},
-    "train": {"auxk_norm": "x", "sae.architecture": "topk"},
+    "train": {"auxk_norm": "x", "sae.architecture": "topk", "sae.matryoshka_widths": ""},
 }
 """Config fields added after run directories were made (``a.b``: field b of the nested config
 a), with the value that does what the stage did before them: left out of the stage's hash while

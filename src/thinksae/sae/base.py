@@ -9,13 +9,16 @@ An architecture is one module with a subclass of :class:`SparseAutoencoder` deco
                     with zero activations (distinct indices) to the widest token of the call;
                     TopK's width is always k
   decode(a, i)    = Σ_j a_j W_dec[i_j] + b_dec
-  forward(x)      → ForwardOutput (reconstruction, selection, FVU, AuxK)
+  forward(x)      → ForwardOutput (reconstruction, selection, FVU, AuxK; per-prefix FVU for
+                    Matryoshka)
   pre_acts(x, f)  = pre(x) at latents f only (what the monitor's ``value: pre`` reads)
+
+Files: :mod:`thinksae.sae.formats` (``save_sparsify`` / ``load_sparsify`` and the SAELens layout)
+reads and writes every registered architecture; this module does not import it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -55,6 +58,16 @@ class ForwardOutput(NamedTuple):
     """AuxK loss (0 without dead latents): how well the top dead latents reconstruct the
     residual e = x − x̂, times min(num_dead / k_aux, 1): Σ‖e − ê‖² / Σ‖x − mean(x)‖² with
     ``auxk_norm="x"``, Σ‖e − ê‖² / Σ‖e − mean(e)‖² with ``auxk_norm="residual"``."""
+    prefix_fvu: Tensor | None = None
+    """Matryoshka: ``[levels]``, the FVU of each nested prefix m_1 < … < m_n (x̂_m decoded from
+    the selected latents below m only), normalised like ``fvu``; the last one is ``fvu``. None
+    for the architectures without prefixes."""
+
+    @property
+    def reconstruction_loss(self) -> Tensor:
+        """What training minimises besides AuxK: Σ_levels ``prefix_fvu`` (Matryoshka), else
+        ``fvu`` itself (the same tensor)."""
+        return self.fvu if self.prefix_fvu is None else self.prefix_fvu.sum()
 
 
 def register(cls: type[SparseAutoencoder]) -> type[SparseAutoencoder]:
@@ -91,6 +104,8 @@ class SparseAutoencoder(nn.Module):
     architecture: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
     """Whether `thinksae train` can train this architecture."""
+    needs_whole_batch: ClassVar[bool] = False
+    """Whether its training selection needs the whole batch in one process (no DDP)."""
 
     def __init__(self, d_in: int, cfg: SaeConfig | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None):
@@ -107,10 +122,14 @@ class SparseAutoencoder(nn.Module):
             self.set_decoder_norm_to_unit_norm()
 
     @classmethod
-    def check_config(cls, cfg: SaeConfig, num_latents: int) -> None:
-        """Refuse a config this architecture cannot build (one-line ThinksaeError)."""
-        if not 1 <= cfg.k <= num_latents:
-            raise ThinksaeError(f"k must be in 1..{num_latents} (got {cfg.k})")
+    def check_config(cls, cfg: SaeConfig, num_latents: int | None = None) -> None:
+        """Refuse a config this architecture cannot build (one-line ThinksaeError);
+        ``num_latents`` None: the width is not known yet (it depends on the data's d_in)."""
+        if cfg.k < 1 or (num_latents is not None and cfg.k > num_latents):
+            raise ThinksaeError(f"k must be in 1..{num_latents or 'num_latents'} (got {cfg.k})")
+        if cfg.matryoshka_widths:
+            raise ThinksaeError(f"--matryoshka_widths is for --architecture matryoshka_batchtopk, "
+                                f"not {cls.architecture}")
 
     @classmethod
     def extra_tensors(cls, num_latents: int) -> dict[str, tuple[int, ...]]:
@@ -242,22 +261,6 @@ class SparseAutoencoder(nn.Module):
         activations and any threshold on them) shrink by ``scale``, the latents chosen stay."""
         self.encoder.bias.div_(scale)
         self.b_dec.div_(scale)
-
-    # ------------------------------------------------------------------ files
-
-    def save_to_disk(self, path: str | Path) -> None:
-        """Write ``cfg.json`` and ``sae.safetensors`` (sparsify layout) into ``path``."""
-        from .formats import save_sparsify
-
-        save_sparsify(self, path)
-
-    @staticmethod
-    def load_from_disk(path: str | Path, device: str | torch.device = "cpu",
-                       dtype: torch.dtype | None = None) -> SparseAutoencoder:
-        """Read an SAE directory in sparsify layout (any registered architecture)."""
-        from .formats import load_sparsify
-
-        return load_sparsify(path, device=device, dtype=dtype)
 
 
 def geometric_median(x: Tensor, iters: int = 50, eps: float = 1e-8) -> Tensor:

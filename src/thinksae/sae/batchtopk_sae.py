@@ -30,6 +30,7 @@ class BatchTopKSae(SparseAutoencoder):
     """BatchTopK: k·B latents per training batch of B tokens; ``relu(pre) > threshold`` after."""
 
     architecture = "batchtopk"
+    needs_whole_batch = True
 
     def __init__(self, d_in, cfg=None, device="cpu", dtype=None):
         super().__init__(d_in, cfg, device=device, dtype=dtype)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ThinksaeError
+
 
 @dataclass
 class SaeConfig:
@@ -20,12 +22,34 @@ class SaeConfig:
     """Keep decoder rows at unit norm (and remove the gradient parallel to them each step)."""
     architecture: str = "topk"
     """topk (k latents per token), batchtopk (k x batch latents over a training batch, a learned
-    threshold at inference) or jumprelu (per-latent thresholds; loaded from SAELens, not trained)."""
+    threshold at inference), matryoshka_batchtopk (batchtopk whose nested prefixes of latents
+    each reconstruct the input; give --matryoshka_widths) or jumprelu (per-latent thresholds;
+    loaded from SAELens, not trained)."""
+    matryoshka_widths: str = ""
+    """matryoshka_batchtopk only: cumulative prefix widths, comma-separated, strictly increasing
+    and ending at the number of latents, e.g. --matryoshka_widths 128,512,2048,4096 for 4096
+    latents (latents 0..127 reconstruct on their own, then 0..511, ...), as SAELens names them."""
 
     def latents_for(self, d_in: int) -> int:
         """The number of latents an SAE of this config has on inputs of width ``d_in``."""
         return self.num_latents or d_in * self.expansion_factor
 
+    def prefix_widths(self) -> tuple[int, ...]:
+        """``matryoshka_widths`` as integers (``()`` when empty); a one-line error when they are
+        not positive integers in strictly increasing order (the last one is checked against the
+        number of latents by the architecture)."""
+        text = self.matryoshka_widths.strip()
+        if not text:
+            return ()
+        try:
+            widths = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise ThinksaeError(f"--matryoshka_widths {text!r}: give comma-separated integers, "
+                                "e.g. 128,512,2048,4096") from None
+        if min(widths) < 1 or any(a >= b for a, b in zip(widths, widths[1:])):
+            raise ThinksaeError(f"--matryoshka_widths {text!r} must be positive and strictly "
+                                "increasing (cumulative prefix widths, e.g. 128,512,2048,4096)")
+        return widths
 
 FORMATS = ("sparsify", "saelens")
 """SAE directory layouts thinksae reads and writes."""

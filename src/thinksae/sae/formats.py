@@ -5,18 +5,23 @@ sparsify layout — one directory per hookpoint:
                      "k", "multi_topk", "skip_connection", "transcode", "d_in"}
   sae.safetensors   encoder.weight [n, d], encoder.bias [n], W_dec [n, d], b_dec [d]
   Our other architectures use the same layout with their name as ``activation`` and their extra
-  tensors beside (batchtopk: ``threshold`` [], jumprelu: ``threshold`` [n]); sparsify reads
-  only topk.
+  tensors beside (batchtopk and matryoshka_batchtopk: ``threshold`` [], jumprelu: ``threshold``
+  [n]); matryoshka_batchtopk's cfg.json adds ``matryoshka_widths`` (a list of ints). sparsify
+  reads only topk.
 SAELens (v6) TopK or JumpReLU — cfg.json {"architecture": "topk" | "jumprelu", "d_in", "d_sae",
   "k" (topk), …} and sae_weights.safetensors with W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d]
-  (+ threshold [n] for jumprelu). A BatchTopK SAE is exported as JumpReLU with θ on every latent,
-  as SAELens itself saves BatchTopK SAEs for inference.
+  (+ threshold [n] for jumprelu). BatchTopK and Matryoshka SAEs are exported as JumpReLU with θ on
+  every latent, as SAELens itself saves them for inference; a Matryoshka export also records
+  SAELens' own ``metadata.training_architecture`` ("matryoshka_batchtopk") and
+  ``training_architecture_details`` {k, matryoshka_widths}, and such a file (one θ for all
+  latents) reads back as a Matryoshka SAE; any other JumpReLU reads as JumpReLU (no prefixes).
 thinksae.json (report card) sits beside cfg.json: hyperparameters, data, metrics.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +42,15 @@ REPORT_CARD = "thinksae.json"
 
 # Keys sparsify has written over its versions ("signed" in old files); anything else is refused.
 _SPARSIFY_KEYS = {"activation", "expansion_factor", "normalize_decoder", "num_latents", "k",
-                  "multi_topk", "skip_connection", "transcode", "d_in", "signed"}
+                  "multi_topk", "skip_connection", "transcode", "d_in", "signed",
+                  "matryoshka_widths"}
 _SAELENS_KEYS = {"architecture", "d_in", "d_sae", "k", "dtype", "device", "apply_b_dec_to_input",
                  "normalize_activations", "reshape_activations", "rescale_acts_by_decoder_norm",
                  "metadata", "use_sparse_activations"}
+SAELENS_ARCHITECTURES = {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu",
+                         "matryoshka_batchtopk": "jumprelu"}
+"""Our architecture → the SAELens inference architecture it is written as."""
+MATRYOSHKA = "matryoshka_batchtopk"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -97,6 +107,25 @@ def _extra_tensors(architecture: str, n: int) -> dict[str, tuple[int, ...]]:
     return sae_class(architecture).extra_tensors(n)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _widths_text(path: Path, value: Any) -> str:
+    """A cfg.json list of prefix widths as SaeConfig's comma-separated text."""
+    if not isinstance(value, list) or not all(_is_int(w) for w in value):
+        raise ThinksaeError(f"{path}: matryoshka_widths must be a list of integers (got {value!r})")
+    return ",".join(str(w) for w in value)
+
+
+def _check_architecture(path: Path, cfg: SaeConfig, n: int) -> None:
+    """The architecture's own checks of ``cfg``, the file named in the error."""
+    try:
+        sae_class(cfg.architecture).check_config(cfg, n)
+    except ThinksaeError as e:
+        raise ThinksaeError(f"{path}: {e}") from None
+
+
 def _build(d_in: int, cfg: SaeConfig, tensors: dict[str, Tensor], device,
            dtype) -> SparseAutoencoder:
     dtype = dtype or tensors["encoder.weight"].dtype
@@ -132,10 +161,12 @@ def load_sparsify(path: str | Path, device: str | torch.device = "cpu",
                                           data.get("expansion_factor", 32)),
                     num_latents=_int(cfg_path, "num_latents", data.get("num_latents", 0), 0),
                     k=k, normalize_decoder=bool(data.get("normalize_decoder", True)),
-                    architecture=arch)
+                    architecture=arch,
+                    matryoshka_widths=_widths_text(cfg_path, data.get("matryoshka_widths", [])))
     n = cfg.latents_for(d_in)
     if k > n:
         raise ThinksaeError(f"{cfg_path}: k = {k} is more than the {n} latents")
+    _check_architecture(cfg_path, cfg, n)
     tensors = _read_tensors(path / SPARSIFY_WEIGHTS, {
         "encoder.weight": (n, d_in), "encoder.bias": (n,), "W_dec": (n, d_in), "b_dec": (d_in,),
         **_extra_tensors(arch, n)})
@@ -143,11 +174,15 @@ def load_sparsify(path: str | Path, device: str | torch.device = "cpu",
 
 
 def sparsify_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
-    """cfg.json as sparsify writes it (``activation`` = the architecture)."""
-    return {"activation": sae.architecture, "expansion_factor": sae.cfg.expansion_factor,
-            "normalize_decoder": sae.cfg.normalize_decoder, "num_latents": sae.num_latents,
-            "k": sae.cfg.k, "multi_topk": False, "skip_connection": False, "transcode": False,
-            "d_in": sae.d_in}
+    """cfg.json as sparsify writes it (``activation`` = the architecture; Matryoshka adds its
+    ``matryoshka_widths`` list)."""
+    cfg = {"activation": sae.architecture, "expansion_factor": sae.cfg.expansion_factor,
+           "normalize_decoder": sae.cfg.normalize_decoder, "num_latents": sae.num_latents,
+           "k": sae.cfg.k, "multi_topk": False, "skip_connection": False, "transcode": False,
+           "d_in": sae.d_in}
+    if sae.cfg.matryoshka_widths:
+        cfg["matryoshka_widths"] = list(sae.cfg.prefix_widths())
+    return cfg
 
 
 def save_sparsify(sae: SparseAutoencoder, path: str | Path) -> None:
@@ -161,22 +196,53 @@ def save_sparsify(sae: SparseAutoencoder, path: str | Path) -> None:
 
 # ---------------------------------------------------------------------- SAELens
 
+def _saelens_matryoshka(data: dict[str, Any], threshold: Tensor, n: int) -> tuple[int, str] | None:
+    """``(k, widths)`` when a SAELens JumpReLU file is a Matryoshka BatchTopK SAE saved for
+    inference: SAELens' ``metadata.training_architecture`` says so, its
+    ``training_architecture_details`` hold an integral k and widths ending at ``n``, and one θ
+    serves every latent. None otherwise (it then loads as the JumpReLU it is)."""
+    meta = data.get("metadata")
+    if not isinstance(meta, dict) or meta.get("training_architecture") != MATRYOSHKA:
+        return None
+    details = meta.get("training_architecture_details")
+    if not isinstance(details, dict):
+        return None
+    k, widths = details.get("k"), details.get("matryoshka_widths")
+    if isinstance(k, float) and k.is_integer():  # SAELens' BatchTopK k is a float
+        k = int(k)
+    if not (_is_int(k) and isinstance(widths, list) and all(_is_int(w) for w in widths)):
+        return None
+    text = ",".join(str(w) for w in widths)
+    try:
+        sae_class(MATRYOSHKA).check_config(
+            SaeConfig(num_latents=n, k=k, matryoshka_widths=text, architecture=MATRYOSHKA), n)
+    except ThinksaeError:
+        return None
+    if not bool((threshold == threshold[0]).all()):
+        return None
+    return k, text
+
+
 def load_saelens(path: str | Path, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None) -> SparseAutoencoder:
     """A TopK or JumpReLU SAE from a SAELens directory, converted to our parametrisation.
 
     ``apply_b_dec_to_input = false`` is folded into the encoder bias (b_enc + W_enc b_dec), and
     ``rescale_acts_by_decoder_norm`` (TopK only) into the weights (encoder rows times, decoder
-    rows over, the decoder norms), so encodes and decodes are unchanged.
+    rows over, the decoder norms), so encodes and decodes are unchanged. A JumpReLU that SAELens
+    (or :func:`save_saelens`) saved from a Matryoshka BatchTopK SAE with one θ comes back as that
+    Matryoshka SAE (see :func:`_saelens_matryoshka`); the encodes are the same either way.
     """
     path = Path(path)
     cfg_path = path / SPARSIFY_CFG
     data = _read_json(cfg_path)
-    _check_keys(cfg_path, data, _SAELENS_KEYS, ("architecture", "d_in", "d_sae"))
-    arch = data["architecture"]
+    arch = data.get("architecture")
     if arch not in ("topk", "jumprelu"):
-        raise ThinksaeError(f"{cfg_path}: architecture {arch!r} is not supported "
-                            "(only topk and jumprelu)")
+        raise ThinksaeError(
+            f"{cfg_path}: architecture {arch!r} is not supported (only topk and jumprelu; a "
+            "SAELens training checkpoint of batchtopk or matryoshka_batchtopk loads once saved "
+            "for inference with SAE.save_inference_model, which writes jumprelu)")
+    _check_keys(cfg_path, data, _SAELENS_KEYS, ("architecture", "d_in", "d_sae"))
     for key, ok in (("normalize_activations", "none"), ("reshape_activations", "none")):
         if data.get(key, ok) != ok:
             raise ThinksaeError(f"{cfg_path}: {key} = {data[key]!r} is not supported (only 'none')")
@@ -203,18 +269,27 @@ def load_saelens(path: str | Path, device: str | torch.device = "cpu",
                "b_dec": t["b_dec"].float()}
     if arch == "jumprelu":
         tensors["threshold"] = t["threshold"].float()
+        nested = _saelens_matryoshka(data, tensors["threshold"], n)
+        if nested is not None:
+            cfg = replace(cfg, architecture=MATRYOSHKA, k=nested[0], matryoshka_widths=nested[1])
+            tensors["threshold"] = tensors["threshold"][0].clone()
     return _build(d_in, cfg, tensors, device, dtype or t["W_enc"].dtype)
 
 
 def save_saelens(sae: SparseAutoencoder, path: str | Path, hook_name: str = "",
                  model_name: str = "") -> None:
     """Write ``sae`` as a SAELens SAE (cfg.json + sae_weights.safetensors): TopK as topk,
-    JumpReLU and BatchTopK as jumprelu (BatchTopK's θ on every latent)."""
+    JumpReLU, BatchTopK and Matryoshka BatchTopK as jumprelu (the batch architectures' θ on every
+    latent; Matryoshka's k and widths in SAELens' ``training_architecture_details``). An
+    architecture SAELens has no inference form for is refused."""
     path = Path(path)
+    arch = SAELENS_ARCHITECTURES.get(sae.architecture)
+    if arch is None:
+        raise ThinksaeError(f"the SAELens format cannot hold a {sae.architecture} SAE (it holds "
+                            f"{', '.join(SAELENS_ARCHITECTURES)}); convert --to sparsify instead")
     state = {"W_enc": sae.encoder.weight.detach().T.contiguous().cpu(),
              "b_enc": sae.encoder.bias.detach().cpu(), "W_dec": sae.W_dec.detach().cpu(),
              "b_dec": sae.b_dec.detach().cpu()}
-    arch = "topk" if sae.architecture == "topk" else "jumprelu"
     cfg: dict[str, Any] = {"architecture": arch, "d_in": sae.d_in, "d_sae": sae.num_latents}
     if arch == "topk":
         cfg["k"] = sae.cfg.k
@@ -226,6 +301,9 @@ def save_saelens(sae: SparseAutoencoder, path: str | Path, hook_name: str = "",
                 "reshape_activations": "none", "rescale_acts_by_decoder_norm": False,
                 "metadata": {"model_name": model_name, "hook_name": hook_name,
                              "sae_lens_training_version": None}})
+    if sae.architecture == MATRYOSHKA:
+        cfg["metadata"].update(training_architecture=MATRYOSHKA, training_architecture_details={
+            "k": sae.cfg.k, "matryoshka_widths": list(sae.cfg.prefix_widths())})
     with atomic.atomic_path(path / SAELENS_WEIGHTS) as tmp:
         save_file(state, str(tmp))
     atomic.write_json(path / SPARSIFY_CFG, cfg)

@@ -36,7 +36,7 @@ class JumpReLUSae(SparseAutoencoder):
         return {"threshold": (num_latents,)}
 
     @classmethod
-    def check_config(cls, cfg: SaeConfig, num_latents: int) -> None:
+    def check_config(cls, cfg: SaeConfig, num_latents: int | None = None) -> None:
         """No k to check: the thresholds decide how many latents fire."""
 
     def select(self, x: Tensor, dead_mask: Tensor | None, k_aux: int, train: bool = False

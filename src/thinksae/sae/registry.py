@@ -6,7 +6,8 @@ line here."""
 from .base import ARCHITECTURES, make_sae, register, sae_class
 from .batchtopk_sae import BatchTopKSae
 from .jumprelu_sae import JumpReLUSae
+from .matryoshka_sae import MatryoshkaBatchTopKSae
 from .topk_sae import Sae
 
-__all__ = ["ARCHITECTURES", "BatchTopKSae", "JumpReLUSae", "Sae", "make_sae", "register",
-           "sae_class"]
+__all__ = ["ARCHITECTURES", "BatchTopKSae", "JumpReLUSae", "MatryoshkaBatchTopKSae", "Sae",
+           "make_sae", "register", "sae_class"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ThinksaeError
-from ..sae.registry import ARCHITECTURES
+from ..sae.registry import ARCHITECTURES, sae_class
 from .config import (
     AUXK_NORMS,
     B_DEC_INITS,
@@ -90,11 +90,13 @@ def _check_sae(cfg: TrainConfig, world_size: int) -> None:
     if cfg.sae.architecture not in trainable:
         raise ThinksaeError(f"cannot train architecture {cfg.sae.architecture!r} (use "
                             f"{', '.join(trainable)})")
-    if cfg.sae.architecture == "batchtopk" and world_size > 1:
-        raise ThinksaeError("batchtopk trains in one process (its top k x batch and threshold "
-                            "are not shared across ranks)")
+    sae_cls = ARCHITECTURES[cfg.sae.architecture]
+    if sae_cls.needs_whole_batch and world_size > 1:
+        raise ThinksaeError(f"{cfg.sae.architecture} trains in one process (its top k x batch and "
+                            "threshold are not shared across ranks)")
     if cfg.sae.num_latents < 0 or cfg.sae.expansion_factor < 1:
         raise ThinksaeError("num_latents must be >= 0 and expansion_factor >= 1")
+    sae_cls.check_config(cfg.sae, cfg.sae.num_latents or None)  # the rest once d_in is known
 
 
 def check_sizes(cfg: TrainConfig, d_in: int) -> int:
@@ -104,4 +106,5 @@ def check_sizes(cfg: TrainConfig, d_in: int) -> int:
         raise ThinksaeError(f"k = {cfg.sae.k} is more than the {num_latents} latents")
     if cfg.aux_k is not None and cfg.aux_k > num_latents:
         raise ThinksaeError(f"aux_k = {cfg.aux_k} is more than the {num_latents} latents")
+    sae_class(cfg.sae.architecture).check_config(cfg.sae, num_latents)
     return num_latents

@@ -19,7 +19,7 @@ REGION_NAMES = ("prompt", "think", "answer", "special")  # thinksae.corpus.Regio
 # Fields added after checkpoints were first written, with the value older runs trained with: an
 # identity dict without them is read as having these values.
 LATER_FIELDS = {"auxk_norm": "x"}
-LATER_SAE_FIELDS = {"architecture": "topk"}
+LATER_SAE_FIELDS = {"architecture": "topk", "matryoshka_widths": ""}
 
 # Fields that say how to run or report, not what is trained: a checkpoint made with other values
 # of these is still continued.
@@ -43,8 +43,8 @@ class TrainConfig:
     out: str = "runs/sae"
     """Run directory; the SAE is saved in {out}/{hookpoint}/ (sparsify layout + thinksae.json)."""
     sae: SaeConfig = field(default_factory=SaeConfig)
-    """SAE architecture (--architecture topk or batchtopk), expansion factor or number of latents,
-    k, decoder normalisation."""
+    """SAE architecture (--architecture topk, batchtopk or matryoshka_batchtopk with
+    --matryoshka_widths), expansion factor or number of latents, k, decoder normalisation."""
     batch_size: int = 4096
     """Tokens per optimiser step (the global batch, split across ranks under torchrun)."""
     lr: float | None = None

@@ -33,14 +33,19 @@ class MetricsLog:
         self.window_start = time.perf_counter()
         self.last: dict[str, float] = {}
 
-    def record(self, tokens: int, fvu: float, auxk: float, l0: float) -> None:
-        """Add one step's global values (l0 = mean nonzero latents per token)."""
+    def record(self, tokens: int, fvu: float, auxk: float, l0: float,
+               extra: dict[str, float] | None = None) -> None:
+        """Add one step's global values (l0 = mean nonzero latents per token); ``extra``: more
+        per-step values averaged alike and logged after ``auxk`` (Matryoshka's
+        ``fvu_prefix_{m}``, the FVU of the latents below m)."""
         s = self.sums
         s["steps"] += 1
         s["tokens"] += tokens
         s["fvu"] += fvu
         s["auxk"] += auxk
         s["l0"] += l0
+        for key, value in (extra or {}).items():
+            s[key] = s.get(key, 0.0) + value
 
     def emit(self, step: int, tokens_seen: int, lr: float, dead_pct: float) -> dict[str, Any]:
         """Write the window averages and start a new window; returns the record."""
@@ -53,11 +58,13 @@ class MetricsLog:
             "l0": s["l0"] / n,
             "dead_pct": dead_pct,
             "auxk": s["auxk"] / n,
+            **{k: v / n for k, v in s.items() if k not in _SUMS},
             "lr": lr,
             "tokens_per_s": s["tokens"] / max(now - self.window_start, 1e-9),
             "time": time.time(),
         }
         self.last = {k: record[k] for k in ("fvu", "l0", "dead_pct", "auxk")}
+        self.last.update({k: record[k] for k in s if k not in _SUMS})
         self.last["window_steps"] = int(s["steps"])
         if self.write:
             atomic.append_line(self.path, json.dumps(record))
@@ -82,7 +89,8 @@ class MetricsLog:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state` (the window clock restarts now)."""
-        self.sums = {k: float(state["sums"].get(k, 0.0)) for k in _SUMS}
+        self.sums = {**dict.fromkeys(_SUMS, 0.0),
+                     **{k: float(v) for k, v in state["sums"].items()}}
         self.last = dict(state.get("last", {}))
         self.window_start = time.perf_counter()
 

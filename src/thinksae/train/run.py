@@ -10,7 +10,7 @@ import torch
 
 from ..config import save_config
 from ..errors import ThinksaeError
-from ..sae.formats import write_report_card
+from ..sae.formats import save_sparsify, write_report_card
 from ..store.reader import ActivationStore
 from .checkpoint import find_checkpoint, remove_checkpoints
 from .checks import check_config, check_sizes
@@ -143,7 +143,7 @@ def _finish(trainer: Trainer) -> None:
     """Save the final SAE (raw-activation units), report card and config; drop the checkpoint."""
     sae_dir = trainer.sae_dir
     fold_input_scale(trainer.sae, trainer.scale)
-    trainer.sae.save_to_disk(sae_dir)
+    save_sparsify(trainer.sae, sae_dir)
     write_report_card(sae_dir, report_card(trainer))
     save_config(trainer.cfg, sae_dir / TRAIN_CONFIG)
     remove_checkpoints(sae_dir)

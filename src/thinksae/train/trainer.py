@@ -230,18 +230,11 @@ class Trainer:
         dead_mask = None
         if cfg.auxk_alpha > 0:
             dead_mask = self.since_fired > cfg.dead_feature_threshold
-        out, fvu, auxk = forward_loss(sae, x, dead_mask, cfg.aux_k, self.dtype, ranks,
-                                      cfg.auxk_norm)
-        loss = fvu + cfg.auxk_alpha * auxk if cfg.auxk_alpha > 0 else fvu
+        out, fvu, recon, auxk, prefix = forward_loss(sae, x, dead_mask, cfg.aux_k, self.dtype,
+                                                     ranks, cfg.auxk_norm)
+        loss = recon + cfg.auxk_alpha * auxk if cfg.auxk_alpha > 0 else recon
         loss.backward()
-        grads = [p.grad for p in sae.parameters() if p.grad is not None]
-        if ranks.world_size > 1:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            ranks.all_reduce(flat)
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
+        self._all_reduce_grads()
         fired = out.latent_indices[out.latent_acts > 0]
         stats = torch.stack([
             fvu.detach().float(), auxk.detach().float(),
@@ -249,8 +242,10 @@ class Trainer:
             (~torch.isfinite(x)).any().float(),
             torch.tensor(float(self._stop.raised), device=self.device),
         ])
+        if prefix is not None:  # Matryoshka: the inner prefixes' FVUs (the last one is fvu)
+            stats = torch.cat([stats, prefix[:-1].detach().float()])
         ranks.all_reduce(stats)
-        fvu_v, auxk_v, nonzero, bad_input, stop = stats.tolist()
+        fvu_v, auxk_v, nonzero, bad_input, stop, *inner_v = stats.tolist()
         step_no = self.step + 1
         if bad_input:
             raise ThinksaeError(f"non-finite values in the input batch at step {step_no}; "
@@ -276,8 +271,22 @@ class Trainer:
         self.batch_in_epoch += 1
         if self.batch_in_epoch >= self.steps_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        self.metrics.record(cfg.batch_size, fvu_v, auxk_v, nonzero / cfg.batch_size)
+        widths = getattr(sae, "prefix_widths", ())
+        self.metrics.record(cfg.batch_size, fvu_v, auxk_v, nonzero / cfg.batch_size,
+                            {f"fvu_prefix_{m}": v for m, v in zip(widths, inner_v)})
         self.stop_requested = bool(stop)
+
+    def _all_reduce_grads(self) -> None:
+        """Sum the SAE's gradients over the ranks (one flat all-reduce; nothing in one process)."""
+        if self.ranks.world_size == 1:
+            return
+        grads = [p.grad for p in self.sae.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.ranks.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def dead_pct(self) -> float:
         """Percentage of latents that have not fired for dead_feature_threshold tokens."""

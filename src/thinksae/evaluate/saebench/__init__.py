@@ -15,7 +15,7 @@ from .absorption import AbsorptionOptions, AbsorptionResult, absorption_eval
 from .core import CoreMetrics
 from .core_run import CoreOptions, core_eval, core_eval_store
 from .sparse_probing import ProbingOptions, ProbingResult, probe_classes
-from .store_probing import StoreProbing, sentence_end_ids, store_probing
+from .store_labels import StoreProbing, sentence_end_ids, store_probing
 
 __all__ = [
     "AbsorptionOptions", "AbsorptionResult", "CoreMetrics", "CoreOptions", "ProbingOptions",

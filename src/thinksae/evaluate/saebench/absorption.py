@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ...corpus.segment import control_token_ids
 from ...errors import ThinksaeError
-from ...models import capture
+from ...models.hookpoints import capture
 from ...sinks import SinkRule, special_flags
 from .absorption_score import (
     LetterAbsorption,

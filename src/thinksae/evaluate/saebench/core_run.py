@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ...models import resolve_hookpoint
+from ...models.hookpoints import resolve_hookpoint
 from ...models.splice import final_hidden, final_hidden_from, output_head, resume_layer, splice
 from ...sinks import SinkRule, sink_summary, special_flags
+from ..sources import take_chunks
 from ..spliced import replace_with
 from .core import CoreMetrics, CoreStats, LossSums, core_metrics, position_losses
 
@@ -127,8 +128,6 @@ def core_eval_store(store, sae, sink_rule: SinkRule | None = None, docs=None,
     tokens (those of documents ``docs`` when given, at most ``max_tokens``): specials are the
     store's ``special`` region, sinks by ``sink_rule`` (default rule, median per chunk unless
     the rule carries the store's)."""
-    from ..sources import take_chunks
-
     rule = sink_rule or SinkRule()
     regions = list(store.manifest.get("regions") or [])
     special_code = regions.index("special") if "special" in regions else None

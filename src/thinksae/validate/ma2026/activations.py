@@ -34,7 +34,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ...corpus.segment import control_token_ids
 from ...errors import ThinksaeError
+from ...models.hookpoints import capture
 from ...sinks import SinkRule, special_flags
 
 MASK_MODES = ("sinks", "ma2026")
@@ -121,8 +123,6 @@ def encode_texts(model, tokenizer, sae, hookpoint: str, texts: Sequence[str], ma
                  masking: Masking, batch_size: int, special_ids: set[int] | None = None
                  ) -> Iterator[Batch]:
     """The texts' SAE encodings, batch by batch (module docstring)."""
-    from ...corpus.segment import control_token_ids
-    from ...models import capture
 
     if special_ids is None:
         special_ids = control_token_ids(tokenizer)

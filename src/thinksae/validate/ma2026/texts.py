@@ -20,8 +20,10 @@ import json
 import os
 from pathlib import Path
 
-from ...corpus.traces import THINK_CLOSE, THINK_OPEN, Trace, iter_traces
+from ...chat import THINK_CLOSE, THINK_OPEN
+from ...corpus.traces import Trace, iter_traces
 from ...errors import ThinksaeError
+from ...models.loading import hub_reachable
 
 PLAIN_PROSE = Path(__file__).resolve().parents[2] / "data" / "plain_prose.jsonl"
 """The packaged offline non-reasoning set."""
@@ -97,8 +99,6 @@ def hub_texts(name: str, field: str = "text", split: str = "train", limit: int |
     """The ``field`` strings of the first ``limit`` records of a hub ``datasets`` dataset,
     streamed (the Pile is far larger than the few thousand texts the protocol reads)."""
     import datasets
-
-    from ...models.loading import hub_reachable
 
     offline = any(os.environ.get(v, "0").lower() in ("1", "true", "yes")
                   for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
