@@ -14,7 +14,8 @@ ORDER = ("corpus", "store", "train", "evaluate", "features", "interventions", "v
 """Stages in data-flow order; `interventions` (the steering grammar and hooks) sits below
 validate, whose causal tests use them, and steer; `annotations` (verdicts and explanations for the
 views) sits above validate and explain, below the stages that use it."""
-BASE = ("__init__", "__main__", "atomic", "config", "errors", "generation", "sae", "models", "data")
+BASE = ("__init__", "__main__", "atomic", "config", "errors", "generation", "sae", "models", "data",
+        "versions")
 """Shared by every stage (the SAE and the model loaders, the generation options; __main__ only
 starts cli)."""
 
