@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Install thinksae with its test tools (CPU PyTorch first) and run the test suite. Offline-safe
-# apart from the PyPI installs.
+# Install thinksae with its test tools and run the test suite, on the pinned stack: every package
+# at the version in constraints.txt (the versions the suite last passed with; CPU PyTorch first).
+# Offline-safe apart from the PyPI installs. New versions: bash scripts/update-pins.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-# The CPU wheel of torch 2.13.0 first: an unpinned torch would pull a multi-GB CUDA build.
-"$PY" -m pip install -q torch==2.13.0
-"$PY" -m pip install -q -e ".[dev]"
+# torch first, from constraints.txt's pin (2.13.0: the CPU wheel where the index has it): an
+# unpinned torch would pull a multi-GB CUDA build.
+"$PY" -m pip install -q -c constraints.txt torch
+"$PY" -m pip install -q -c constraints.txt -e ".[dev]"
+# Every requirement installed at its pinned version, and none unpinned (a dependency added to
+# pyproject.toml without `bash scripts/update-pins.sh` fails here).
+"$PY" scripts/pins.py --extras dev --check constraints.txt
 set +e
 "$PY" -m pytest "$@"
 rc=$?

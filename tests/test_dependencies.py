@@ -12,7 +12,7 @@ from pathlib import Path
 import thinksae
 
 ROOT = Path(thinksae.__file__).parent
-ORDER = ("errors", "__init__", "__main__", "atomic", "env", "lazy", "config", "data",
+ORDER = ("errors", "__init__", "__main__", "atomic", "env", "versions", "lazy", "config", "data",
          "chat", "sinks", "models", "sae", "interventions", "generation", "binding",
          "corpus", "store", "train", "evaluate", "features", "validate", "explain", "annotations",
          "steer", "monitor", "serve", "pipeline", "cli")
