@@ -12,8 +12,8 @@ from pathlib import Path
 import thinksae
 
 ROOT = Path(thinksae.__file__).parent
-ORDER = ("errors", "__init__", "__main__", "atomic", "env", "versions", "lazy", "config", "data",
-         "chat", "sinks", "models", "sae", "interventions", "generation", "binding",
+ORDER = ("errors", "__init__", "__main__", "atomic", "env", "versions", "lazy", "config", "runs",
+         "data", "chat", "sinks", "models", "sae", "interventions", "generation", "binding",
          "corpus", "store", "train", "evaluate", "features", "validate", "explain", "annotations",
          "steer", "monitor", "serve", "pipeline", "cli")
 """Every top-level part of thinksae, bottom to top: the shared base (errors, files, environment,
@@ -47,11 +47,19 @@ def imports(path: Path, inside_functions: bool = True) -> list[tuple[int, str, l
                 name = f"{base}.{node.module}" if node.module else base
             else:
                 name = node.module or ""
-            if node.module is None:  # `from .. import x`: x may be a module
-                out += [(node.lineno, f"{name}.{n}", []) for n in names]
+            if node.module is None:  # `from .. import x`: x may be a module, or a name
+                out += [(node.lineno, f"{name}.{n}" if _is_module(f"{name}.{n}") else name, [n])
+                        for n in names]
             else:
                 out.append((node.lineno, name, names))
     return out
+
+
+def _is_module(name: str) -> bool:
+    """Whether ``name`` (thinksae.a.b) is a module or package of the source tree."""
+    parts = name.split(".")[1:]
+    base = ROOT.joinpath(*parts) if parts else ROOT
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
 def part_of(module: str) -> str | None:
@@ -183,6 +191,7 @@ def test_the_walk_sees_relative_imports_inside_functions(tmp_path, monkeypatch):
     fake = tmp_path / "thinksae"
     (fake / "features").mkdir(parents=True)
     (fake / "features" / "__init__.py").write_text("")
+    (fake / "atomic.py").write_text("")
     (fake / "features" / "page.py").write_text(
         "from .. import atomic\n\ndef f():\n    from ..validate.verdicts import read_verdicts\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", fake)

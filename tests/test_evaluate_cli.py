@@ -46,7 +46,7 @@ def test_store_mode_outputs_and_numbers(tmp_path, store_dir, capsys):
     card = {"hookpoint": "layers.1", "training": {"steps": 7},
             "data": {"tokenizer_hash": store.manifest["tokenizer_hash"]}}
     write_report_card(sae_dir, card)
-    assert main(["eval", str(sae_dir), "--store", str(store_dir), *OFF]) == 0
+    assert main(["eval", "--sae", str(sae_dir), "--store", str(store_dir), *OFF]) == 0
     table = capsys.readouterr().out
     assert "region think" in table and "behaviour backtracking" in table and "FVU" in table
 
@@ -83,7 +83,7 @@ def test_store_mode_outputs_and_numbers(tmp_path, store_dir, capsys):
 def test_model_corpus_mode_mlp_hookpoint(tmp_path, tiny_model_dir, corpus_path, capsys):
     sae_dir = _sae(tmp_path / "run" / "layers.2.mlp")
     out = tmp_path / "results" / "res.json"
-    argv = ["eval", str(tmp_path / "run"), "--hookpoint", "layers.2.mlp", "--model",
+    argv = ["eval", "--sae", str(tmp_path / "run"), "--hookpoint", "layers.2.mlp", "--model",
             str(tiny_model_dir), "--corpus", str(corpus_path), "--device", "cpu", "--dtype",
             "float32", "--max_tokens", "300", "--out", str(out), *OFF]
     assert main(argv) == 0
@@ -225,7 +225,7 @@ def test_bad_inputs_one_line_exit_2_nothing_written(tmp_path, store_dir, tiny_mo
     store_before = _tree(store_dir)
     for name, (args, message) in cases.items():
         capsys.readouterr()
-        assert main(["eval", *args, *OFF]) == 2, name
+        assert main(["eval", "--sae", *args, *OFF]) == 2, name
         err = capsys.readouterr().err.strip()
         assert err.startswith("thinksae: error: ") and "\n" not in err, (name, err)
         assert message in err, (name, err)

@@ -85,7 +85,7 @@ def test_mean_ablation_uses_the_mean_of_the_replaced_tokens_only(tmp_path, store
 
 def test_headline_is_the_trained_regions_one_ratio_over_their_tokens(tmp_path, store_dir, capsys):
     sae_dir = _sae(tmp_path / "run" / "layers.1", "think,answer")
-    assert main(["eval", str(sae_dir), "--store", str(store_dir), "--progress", "false"]) == 0
+    assert main(["eval", "--sae", str(sae_dir), "--store", str(store_dir), "--progress", "false"]) == 0
     table = capsys.readouterr().out
     result = json.loads((sae_dir / "eval.json").read_text())
     assert result["headline"] == {"group": "trained", "label": "trained regions (think, answer)",

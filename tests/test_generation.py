@@ -21,17 +21,18 @@ from thinksae.pipeline.context import build_config
 from thinksae.steer import SteerConfig
 
 GEN = [f.name for f in dataclasses.fields(GenerationConfig)]
-# The options of each config as the version before the nesting declared them (its field order).
+# The options of each config as the version before the nesting declared them (its field order),
+# plus `run` (added later, first; left out of stage hashes while None: pipeline ADDED_LATER).
 BEFORE = {
     CorpusConfig: ["model", "prompts", "traces", "split", "out", "limit", "samples", "batch_size",
                    "engine", "max_new_tokens", "do_sample", "temperature", "top_p", "seed",
                    "system_prompt", "think_prefill", "answer_tokens", "device", "dtype",
                    "progress"],
-    SteerConfig: ["sae", "feature", "sweep", "max_from", "hookpoint", "model", "tokenizer",
+    SteerConfig: ["run", "sae", "feature", "sweep", "max_from", "hookpoint", "model", "tokenizer",
                   "prompt", "prompts_file", "limit", "start", "end", "max_new_tokens",
                   "batch_size", "do_sample", "temperature", "top_p", "seed", "system_prompt",
                   "think_prefill", "kl", "show", "out", "device", "dtype", "progress"],
-    MonitorConfig: ["sae", "prompt", "serve", "features", "rules", "value", "hookpoint", "model",
+    MonitorConfig: ["run", "sae", "prompt", "serve", "features", "rules", "value", "hookpoint", "model",
                     "tokenizer", "max_new_tokens", "do_sample", "temperature", "top_p", "seed",
                     "system_prompt", "think_prefill", "alert_log", "live", "host", "port",
                     "device", "dtype"],
@@ -71,7 +72,7 @@ def test_nest_keeps_a_group_given_whole_and_refuses_it_twice():
         nest(CorpusConfig, {"generation": gen, "seed": 1})
 
 
-@pytest.mark.parametrize("argv", [["corpus"], ["steer", "SAE"], ["monitor", "SAE"]])
+@pytest.mark.parametrize("argv", [["corpus"], ["steer", "--sae", "SAE"], ["monitor", "--sae", "SAE"]])
 def test_cli_flags_keep_their_names(argv, capsys):
     flags = ["--max_new_tokens", "7", "--do_sample", "true", "--temperature", "0.9", "--top_p",
              "0.5", "--seed", "4", "--system_prompt", "Think.", "--think_prefill", "true"]

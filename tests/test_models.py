@@ -185,7 +185,7 @@ def test_steer_refuses_an_sae_of_another_width_before_loading(tiny_model_dir, tm
 
     sae_dir = tmp_path / "layers.1"
     save_sparsify(Sae(32, SaeConfig(expansion_factor=2, k=4)), sae_dir)
-    rc = main(["steer", str(sae_dir), "--model", str(tiny_model_dir), "--device", "cpu",
+    rc = main(["steer", "--sae", str(sae_dir), "--model", str(tiny_model_dir), "--device", "cpu",
                "--dtype", "float32", "--feature", "3=x2", "--prompt", "2+2?", "--out",
                str(tmp_path / "steer"), "--progress", "false"])
     err = capsys.readouterr().err

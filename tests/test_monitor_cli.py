@@ -27,7 +27,7 @@ def sae_dir(tmp_path_factory):
 
 
 def args(sae_dir, model_dir, *extra):
-    return ["monitor", str(sae_dir), "--model", str(model_dir), "--device", "cpu", "--dtype",
+    return ["monitor", "--sae", str(sae_dir), "--model", str(model_dir), "--device", "cpu", "--dtype",
             "float32", "--max_new_tokens", "4", *extra]
 
 

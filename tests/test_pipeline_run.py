@@ -356,3 +356,39 @@ def test_validate_and_explain_stages_reach_the_report_and_the_dashboard(
     assert not (out / "features/explain").exists() and not (out / "features/validate").exists()
     assert all("explanation" not in json.loads(line)
                for line in (out / "features/features.jsonl").read_text().splitlines())
+
+
+def test_every_stage_command_takes_the_run_directory(reference, tiny_model_dir, capsys):
+    """`thinksae <stage> --run DIR` with no other path: the SAE, store, analysis and model come
+    from the run's run_config.json, and each command writes into DIR/cli/<command> (the run's own
+    stage folders stay as `thinksae run` left them)."""
+    _, out, _ = reference
+    run = ["--run", str(out)]
+    quiet = ["--progress", "false", "--device", "cpu", "--dtype", "float32"]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    commands = {
+        "eval": ["eval", *run, *quiet],
+        "analyze": ["analyze", *run, "--min_fires", "2", "--top_n", "3", "--max_pages", "2", *quiet],
+        "validate": ["validate", *run, "--top", "1", "--max_traces", "1", "--max_length", "32",
+                     "--prompts", "2", "--bootstrap", "20", "--attribution_top", "2", *quiet],
+        "explain": ["explain", *run, "--explainer", str(tiny_model_dir), "--top", "1",
+                    "--contexts", "2", "--n_score", "2", "--max_new_tokens", "4",
+                    "--scorers", "detection", *quiet],
+        "steer": ["steer", *run, "--feature", "3=0", "--limit", "1", "--max_new_tokens", "3",
+                  "--show", "0", *quiet],
+        "monitor": ["monitor", *run, "--features", "3", "--prompt", "What is 2+2?",
+                    "--max_new_tokens", "3", "--nolive", "--alert_log", "", "--device", "cpu",
+                    "--dtype", "float32"],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        assert main(argv) == 0, (name, capsys.readouterr().err)
+    written = {p.relative_to(out / "cli").parts[0] for p in (out / "cli").rglob("*") if p.is_file()}
+    assert written == {"eval", "analyze", "validate", "explain", "steer"}  # monitor only prints
+    assert json.loads((out / "cli" / "eval" / "eval.json").read_text())["sae"] == \
+        str(out / "sae" / "layers.1")
+    changed = [str(p) for p, t in before.items() if p.stat().st_mtime_ns != t]
+    assert changed == [str(out / "sae" / "layers.1" / "thinksae.json")]  # eval's report card only
+    capsys.readouterr()
+    assert main(["steer", "--feature", "3=0"]) == 2
+    assert "give --sae (an SAE directory) or --run" in capsys.readouterr().err

@@ -58,7 +58,7 @@ def _store_x(store_dir):
 
 
 def test_jumprelu_eval_l0_counts_active_latents(tmp_path, store_dir, jumprelu_dir, capsys):
-    assert main(["eval", str(jumprelu_dir), "--store", str(store_dir), "--out",
+    assert main(["eval", "--sae", str(jumprelu_dir), "--store", str(store_dir), "--out",
                  str(tmp_path / "eval.json"), *OFF]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     sae, x = load_sae(jumprelu_dir), _store_x(store_dir)
@@ -90,7 +90,7 @@ def test_jumprelu_analyze_counts_and_contexts(tmp_path, store_dir, jumprelu_dir,
 def test_jumprelu_steer_and_monitor(tmp_path, jumprelu_dir, tiny_model_dir, tiny_model,
                                     tokenizer):
     out = tmp_path / "steer"
-    assert main(["steer", str(jumprelu_dir), "--model", str(tiny_model_dir), "--device", "cpu",
+    assert main(["steer", "--sae", str(jumprelu_dir), "--model", str(tiny_model_dir), "--device", "cpu",
                  "--dtype", "float32", "--max_new_tokens", "4", "--out", str(out), "--feature",
                  "3", "--sweep", "x1,+8", "--start", "prompt", "--end", "none", "--prompt", QUESTION,
                  *OFF]) == 0

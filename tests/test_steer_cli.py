@@ -30,7 +30,7 @@ def sae_dir(tmp_path_factory) -> Path:
 
 
 def _args(sae_dir, model_dir, out, *extra):
-    return ["steer", str(sae_dir), "--model", str(model_dir), "--device", "cpu", "--dtype",
+    return ["steer", "--sae", str(sae_dir), "--model", str(model_dir), "--device", "cpu", "--dtype",
             "float32", "--max_new_tokens", "6", "--out", str(out), "--progress", "false", *extra]
 
 

@@ -20,10 +20,8 @@ from .features.card import print_feature
 from .features.dashboard import DASHBOARD_DIR, write_dashboard
 from .features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
 from .features.stats import FeatureStats
+from .runs import RUN_CONFIG, with_defaults, with_run
 from .validate.verdicts import read_verdicts
-
-RUN_CONFIG = "run_config.json"
-"""The file that marks a `thinksae run` directory."""
 
 
 class Annotations(NamedTuple):
@@ -89,12 +87,13 @@ def refresh_dashboard(analysis: str | Path, run: str | Path | None = None,
 def print_feature_card(cfg) -> None:
     """`thinksae feature N`: the feature's card from an analysis, with its verdict and
     explanation when validate and explain have run."""
+    cfg = with_defaults(with_run(cfg, "feature", ("analysis",)), analysis="runs/features")
     print_feature(cfg, *find_annotations(cfg.analysis))
 
 
 def refresh_after(cfg, result) -> None:
     """After `thinksae explain` / `validate`: the dashboard shows the new columns (the stage
     writes only its own folder); prints where the stage wrote."""
-    if cfg.out is None and getattr(cfg, "refresh_dashboard", True):
+    if cfg.out is None and cfg.run is None and getattr(cfg, "refresh_dashboard", True):
         refresh_dashboard(cfg.analysis)
     print(result.out)

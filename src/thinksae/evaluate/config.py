@@ -11,7 +11,10 @@ from simple_parsing import field
 class EvalConfig:
     """Options of `thinksae eval`."""
 
-    sae: str = field(positional=True, metavar="SAE_DIR")
+    run: str | None = None
+    """Run directory written by `thinksae run`: the SAE and store come from it
+    unless given, and the output goes to <run>/cli/eval unless --out is given."""
+    sae: str | None = None
     """SAE directory (sparsify or SAELens layout), or a training run directory with --hookpoint."""
     hookpoint: str | None = None
     """Hookpoint the SAE must read (default: the SAE's own, from thinksae.json or its directory
@@ -26,7 +29,7 @@ class EvalConfig:
     """Trace corpus (JSONL from `thinksae corpus`), tokenised with the model's tokenizer."""
     tokenizer: str | None = None
     """Load the model's tokenizer from another spec (default: the model's own)."""
-    out: str | None = None
+    out: str | None = field(default=None, metadata={"out_name": "eval.json"})
     """Result JSON (default: eval.json in the SAE directory). The latent-frequency histogram is
     written beside it as <name>.latent_frequency.png."""
     split: str = "all"

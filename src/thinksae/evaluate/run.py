@@ -20,6 +20,7 @@ from ..config import to_dict
 from ..corpus.segment import Region, behaviour_names
 from ..errors import ThinksaeError
 from ..models.hookpoints import capture
+from ..runs import need, with_run
 from ..sae.bound import SaeAtHookpoint
 from ..sae.formats import detect_format, update_report_card
 from ..store.reader import ActivationStore
@@ -142,7 +143,8 @@ def run(cfg: EvalConfig, model=None, tokenizer=None) -> EvalResult:
 
     ``model``/``tokenizer`` optionally replace loading ``cfg.model``.
     """
-
+    cfg = with_run(cfg, "eval", ("sae", "store"))
+    need(cfg, "sae", "an SAE directory")
     have_model = model is not None or cfg.model is not None
     check_options(cfg, have_model)
     store = ActivationStore(cfg.store) if cfg.store is not None else None

@@ -12,7 +12,10 @@ from .scorers import SCORERS
 class ExplainConfig:
     """Options of `thinksae explain`."""
 
-    analysis: str = "runs/features"
+    run: str | None = None
+    """Run directory written by `thinksae run`: the SAE, store, analysis come from it
+    unless given, and the output goes to <run>/cli/explain unless --out is given."""
+    analysis: str | None = None
     """Analysis directory written by `thinksae analyze` (results go to its explain/ folder)."""
     out: str | None = None
     """Results folder (default: the analysis' explain/ folder); the analysis is only read."""

@@ -15,6 +15,7 @@ from .. import atomic
 from ..errors import ThinksaeError
 from ..features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
 from ..models.loading import load_model, resolve_device
+from ..runs import with_defaults, with_run
 from ..sae.bound import SaeAtHookpoint
 from ..store.reader import ActivationStore
 from .cache import EXPLAIN_DIR, SUMMARY_FILE, ExplainCache
@@ -190,6 +191,8 @@ def _read_inputs(cfg: ExplainConfig) -> tuple[Path, dict, list[dict], list[str],
 def run(cfg: ExplainConfig, model=None, tokenizer=None) -> ExplainResult:
     """Explain and score the chosen features of ``cfg.analysis``. ``model``/``tokenizer``, when
     given, serve as both the local explainer and the scorer."""
+    cfg = with_defaults(with_run(cfg, "explain", ("sae", "store", "analysis")),
+                        analysis="runs/features")
     scorer_names = check_config(cfg)
     analysis, meta, rows, strings, feats, delphi = _read_inputs(cfg)
     window = cfg.window if cfg.window is not None else int(meta["meta"]["window"])

@@ -16,7 +16,10 @@ FDR = 0.05
 class AnalyzeConfig:
     """Options of `thinksae analyze`."""
 
-    sae: str = "runs/sae"
+    run: str | None = None
+    """Run directory written by `thinksae run`: the SAE and store come from it
+    unless given, and the output goes to <run>/cli/analyze unless --out is given."""
+    sae: str | None = None
     """SAE directory (sparsify or SAELens layout), or a run directory holding SAEs per hookpoint."""
     hookpoint: str | None = None
     """Which SAE of a run directory; with --corpus, the hookpoint to capture (default: the SAE
@@ -29,8 +32,9 @@ class AnalyzeConfig:
     """Model for --corpus and for the logit lens (default with --store: the store's model)."""
     tokenizer: str | None = None
     """Load the tokenizer from another spec (default: the model's)."""
-    out: str = "runs/features"
-    """Output directory: features.jsonl, stats.safetensors, analysis.json, dashboard/."""
+    out: str | None = None
+    """Output directory: features.jsonl, stats.safetensors, analysis.json, dashboard/; default
+    runs/features, or <run>/cli/analyze with --run."""
     top_n: int = 20
     """Top activating contexts kept per feature."""
     window: int = 10
@@ -85,7 +89,9 @@ class FeatureCardConfig:
 
     index: int = field(positional=True)
     """The feature (latent) index."""
-    analysis: str = "runs/features"
+    run: str | None = None
+    """Run directory written by `thinksae run`: its analysis unless --analysis is given."""
+    analysis: str | None = None
     """Analysis directory written by `thinksae analyze`."""
     contexts: int = 5
     """Top contexts shown."""

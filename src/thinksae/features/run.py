@@ -16,6 +16,7 @@ from ..config import to_dict
 from ..corpus.segment import Region, behaviour_names
 from ..corpus.traces import read_traces
 from ..errors import ThinksaeError
+from ..runs import need, with_defaults, with_run
 from ..sae.bound import SaeAtHookpoint
 from ..sae.formats import read_report_card
 from ..store.reader import ActivationStore
@@ -173,6 +174,8 @@ def _write(cfg: AnalyzeConfig, out: Path, src: _Source, sae, stats, info, featur
 
 def run(cfg: AnalyzeConfig, model=None, tokenizer=None) -> Path:
     """Run the analysis; returns the output directory. Bad input fails before anything is written."""
+    cfg = with_defaults(with_run(cfg, "analyze", ("sae", "store")), out="runs/features")
+    need(cfg, "sae", "an SAE directory")
     _check_cfg(cfg)
     store = ActivationStore(cfg.store) if cfg.store is not None else None
     src = _Source(cfg, SaeAtHookpoint.find(cfg.sae, cfg.hookpoint, store), store, model, tokenizer)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simple_parsing import field
-
 from ..generation.config import GenerationConfig, generation_field
-from ..models.names import DEFAULT_MODEL
 
 
 @dataclass
 class MonitorConfig:
     """Options of `thinksae monitor`."""
 
-    sae: str = field(positional=True, metavar="SAE_DIR")
+    run: str | None = None
+    """Run directory written by `thinksae run`: the SAE and model come from it unless
+    given."""
+    sae: str | None = None
     """SAE directory (sparsify or SAELens layout), or a training run directory with --hookpoint."""
     prompt: str | None = None
     """Question to generate from (chat-templated); shows the terminal view."""
@@ -30,8 +30,9 @@ class MonitorConfig:
     pre-activation from the watched encoder rows: > 0 for many latents the SAE leaves off)."""
     hookpoint: str | None = None
     """Hookpoint the SAE reads (default: the SAE's own, from thinksae.json or its directory)."""
-    model: str = DEFAULT_MODEL
-    """Model (hub id, local directory, .gguf or `offline`)."""
+    model: str | None = None
+    """Model (hub id, local directory, .gguf or `offline`; default: the run's, else
+    deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B)."""
     tokenizer: str | None = None
     """Load the tokenizer from another spec (default: the model's)."""
     generation: GenerationConfig = generation_field()

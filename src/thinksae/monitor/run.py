@@ -6,6 +6,8 @@ import dataclasses
 
 from ..binding import ModelSource, bind_sae
 from ..errors import ThinksaeError
+from ..models.names import DEFAULT_MODEL
+from ..runs import need, with_defaults, with_run
 from ..sae.bound import SaeAtHookpoint
 from .config import MonitorConfig
 from .engine import Monitor, check_rule_values, check_value
@@ -38,6 +40,9 @@ def _check(cfg: MonitorConfig) -> None:
 
 def build_monitor(cfg: MonitorConfig, model=None, tokenizer=None) -> Monitor:
     """Everything checked (rules, features, SAE) before the model is loaded."""
+    cfg = with_defaults(with_run(cfg, "monitor", ("sae", "model", "tokenizer")),
+                        model=DEFAULT_MODEL)
+    need(cfg, "sae", "an SAE directory")
     _check(cfg)
     features = parse_features(cfg.features)
     sae_at = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint)

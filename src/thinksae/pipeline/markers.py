@@ -26,6 +26,8 @@ UNHASHED = ("progress",)
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "corpus": {"engine": "hf"},
     "train": {"auxk_norm": "x", "sae.architecture": "topk", "sae.matryoshka_widths": ""},
+    **{stage: {"run": None} for stage in ("eval", "splice", "analyze", "validate", "explain",
+                                          "steer", "monitor")},
 }
 """Config fields added after run directories were made (``a.b``: field b of the nested config
 a), with the value that does what the stage did before them: left out of the stage's hash while

@@ -24,6 +24,7 @@ from ..features.card import feature_info
 from ..features.dashboard import fmt, show_token
 from ..features.report import read_features
 from ..features.scores import LABELS
+from ..runs import RUN_CONFIG
 from ..sae.formats import read_report_card
 from ..store.reader import ActivationStore
 from ..validate.verdicts import KEY_NUMBERS, read_verdicts
@@ -269,7 +270,7 @@ is under its own name: None when the config turns the stage off."""
 def collect(root: Path, sae_dir: Path | None = None) -> dict:
     """Everything the report shows, from the stage outputs under ``root`` (``sae_dir``: where
     the SAE is when it is not the run's own)."""
-    spec = _load(root / "run_config.json") or {}
+    spec = _load(root / RUN_CONFIG) or {}
 
     def on(stage: str) -> bool:  # stages the config turned off are left out of the report
         return stage in spec and spec[stage] is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from .. import atomic
+from ..runs import RUN_CONFIG
 from . import table
 from .config import RunConfig
 from .context import Models, Paths, build_config
@@ -82,7 +83,7 @@ class Pipeline:
                     self._join(st, step)
             return None
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(self.paths.root / "run_config.json", self.spec.to_dict())
+        atomic.write_json(self.paths.root / RUN_CONFIG, self.spec.to_dict())
         for st in stages:
             step = self.step(st)
             if step is not None:

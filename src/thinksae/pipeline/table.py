@@ -11,6 +11,7 @@ templates."""
 from __future__ import annotations
 
 from ..errors import ThinksaeError
+from ..runs import FOLDERS
 from .stage import Stage
 from .steps import (
     check_monitor,
@@ -28,29 +29,29 @@ from .steps import (
 )
 
 TABLE: tuple[Stage, ...] = (
-    Stage("corpus", "corpus", "thinksae.corpus:CorpusConfig", step_corpus, managed=("out",)),
-    Stage("harvest", "store", "thinksae.store:HarvestConfig", step_harvest, upstream=("corpus",),
+    Stage("corpus", FOLDERS["corpus"], "thinksae.corpus.config:CorpusConfig", step_corpus, managed=("out",)),
+    Stage("harvest", FOLDERS["harvest"], "thinksae.store.config:HarvestConfig", step_harvest, upstream=("corpus",),
           managed=("corpus", "out")),
-    Stage("train", "sae", "thinksae.train:TrainConfig", step_train, upstream=("harvest",),
+    Stage("train", FOLDERS["train"], "thinksae.train.config:TrainConfig", step_train, upstream=("harvest",),
           managed=("store", "model", "corpus", "hookpoint", "out"), all_ranks=True),
-    Stage("eval", "eval", "thinksae.evaluate:EvalConfig", step_eval, upstream=("train", "harvest"),
-          managed=("sae", "store", "model", "corpus", "out", "update_card"), version=2),
-    Stage("splice", "splice", "thinksae.evaluate:EvalConfig", step_splice,
+    Stage("eval", FOLDERS["eval"], "thinksae.evaluate.config:EvalConfig", step_eval, upstream=("train", "harvest"),
+          managed=("run", "sae", "store", "model", "corpus", "out", "update_card"), version=2),
+    Stage("splice", FOLDERS["splice"], "thinksae.evaluate.config:EvalConfig", step_splice,
           upstream=("train", "harvest"), optional=True, command="eval",
-          managed=("sae", "store", "corpus", "out", "update_card"), version=2),
-    Stage("analyze", "features", "thinksae.features:AnalyzeConfig", step_analyze,
-          upstream=("train", "harvest"), managed=("sae", "store", "corpus", "out"), version=2),
-    Stage("validate", "validate", "thinksae.validate:ValidateConfig", step_validate,
+          managed=("run", "sae", "store", "corpus", "out", "update_card"), version=2),
+    Stage("analyze", FOLDERS["analyze"], "thinksae.features.config:AnalyzeConfig", step_analyze,
+          upstream=("train", "harvest"), managed=("run", "sae", "store", "corpus", "out"), version=2),
+    Stage("validate", FOLDERS["validate"], "thinksae.validate.config:ValidateConfig", step_validate,
           upstream=("train", "harvest", "analyze"), optional=True,
-          managed=("sae", "store", "analysis", "out", "refresh_dashboard"), default_on=False),
-    Stage("explain", "explain", "thinksae.explain:ExplainConfig", step_explain,
+          managed=("run", "sae", "store", "analysis", "out", "refresh_dashboard"), default_on=False),
+    Stage("explain", FOLDERS["explain"], "thinksae.explain.config:ExplainConfig", step_explain,
           upstream=("train", "harvest", "analyze"), optional=True,
-          managed=("sae", "store", "analysis", "out"), default_on=False),
-    Stage("steer", "steer", "thinksae.steer:SteerConfig", step_steer, upstream=("train", "analyze"),
-          optional=True, managed=("sae", "out"), check=check_steer, version=2),
-    Stage("monitor", "monitor", "thinksae.monitor:MonitorConfig", step_monitor,
+          managed=("run", "sae", "store", "analysis", "out"), default_on=False),
+    Stage("steer", FOLDERS["steer"], "thinksae.steer.config:SteerConfig", step_steer, upstream=("train", "analyze"),
+          optional=True, managed=("run", "sae", "out"), check=check_steer, version=2),
+    Stage("monitor", FOLDERS["monitor"], "thinksae.monitor.config:MonitorConfig", step_monitor,
           upstream=("train", "analyze"), optional=True, extra=("question", "rule"),
-          managed=("sae", "serve", "live", "alert_log", "rules", "prompt"), check=check_monitor,
+          managed=("run", "sae", "serve", "live", "alert_log", "rules", "prompt"), check=check_monitor,
           version=2),
 )
 """Every stage, in running order. eval: reconstruction on every stored token; splice: the SAE

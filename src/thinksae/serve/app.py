@@ -43,10 +43,11 @@ from ..generation.decode import Decoding
 from ..monitor.engine import Monitor
 from ..monitor.server import RequestError, add_error_handlers, error_response, event_stream, read_json
 from ..monitor.server import create_app as monitor_app
+from ..runs import read_run
 from ..validate.verdicts import VERDICTS, read_verdicts
 from .config import ServeConfig
 from .steering import parse_steer, save_sweep, stream_steer
-from .workbench import Query, encode_text, feature_rows, load_run, read_run, read_traces, scores_of, select
+from .workbench import Query, encode_text, feature_rows, load_run, read_traces, scores_of, select
 
 STATIC = Path(__file__).parent / "static"
 MAX_PROMPT_CHARS = 8000
@@ -66,7 +67,7 @@ class Workbench:
 
     def rows(self) -> list[dict]:
         """Index rows, re-read when the analysis, verdicts or explanations change."""
-        root, feats = self.info.root, self.info.features_dir
+        root, feats = self.info.root, self.info.analysis
         watched = [feats / "features.jsonl", root / "validate", feats / "validate", root / "explain"]
         key = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in watched)
         if self._rows is None or self._rows[0] != key:
@@ -137,8 +138,8 @@ def _feature_routes(app: FastAPI, wb: Workbench) -> None:
         rows = wb.rows()
         if not 0 <= index < len(rows):
             raise RequestError(404, f"no feature {index} in the analysis ({len(rows)} features)")
-        row, det = feature_info(wb.info.features_dir, index)
-        verdict = (read_verdicts(wb.info.root / "validate") or read_verdicts(wb.info.features_dir)
+        row, det = feature_info(wb.info.analysis, index)
+        verdict = (read_verdicts(wb.info.root / "validate") or read_verdicts(wb.info.analysis)
                    ).get(index)
         return {"row": {**row, "verdict": rows[index].get("verdict"),
                         "explanation": rows[index].get("explanation")},

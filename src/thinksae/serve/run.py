@@ -5,9 +5,9 @@ from __future__ import annotations
 import uvicorn
 
 from ..errors import ThinksaeError
+from ..runs import read_run
 from .app import create_app
 from .config import ServeConfig
-from .workbench import read_run
 
 
 def run(cfg: ServeConfig) -> None:

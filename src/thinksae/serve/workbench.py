@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -22,6 +20,7 @@ from ..errors import ThinksaeError
 from ..explain.cache import read_explanations
 from ..features.report import read_features
 from ..models.hookpoints import capture
+from ..runs import RunDir
 from ..sae.bound import SaeAtHookpoint
 from ..validate.verdicts import read_verdicts
 
@@ -29,44 +28,7 @@ SEARCH_FIELDS = ("top_token_text", "label", "verdict", "explanation")
 """Row fields the index search matches (case-insensitive substring; any of them)."""
 
 
-@dataclass
-class RunInfo:
-    """Paths and settings of a run directory."""
-
-    root: Path
-    config: dict
-    hookpoint: str
-    sae_dir: Path
-
-    @property
-    def features_dir(self) -> Path:
-        return self.root / "features"
-
-    @property
-    def traces(self) -> Path:
-        return self.root / "corpus" / "traces.jsonl"
-
-
-def read_run(run_dir: str | Path) -> RunInfo:
-    """The run's config and SAE directory, checked (a one-line error when it is not a run)."""
-    root = Path(run_dir)
-    path = root / "run_config.json"
-    if not path.is_file():
-        raise ThinksaeError(f"{root} is not a run directory (no run_config.json); "
-                            "make one with `thinksae run`")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ThinksaeError(f"cannot read {path}: {e}") from None
-    hookpoint = config.get("hookpoint")
-    if not isinstance(hookpoint, str) or not hookpoint:
-        raise ThinksaeError(f"{path} names no hookpoint")
-    sae = config.get("sae")
-    sae_dir = Path(sae) if sae and Path(sae).exists() else root / "sae" / hookpoint
-    return RunInfo(root, config, hookpoint, sae_dir)
-
-
-def load_run(info: RunInfo, model=None, tokenizer=None, sae=None,
+def load_run(info: RunDir, model=None, tokenizer=None, sae=None,
              overrides: dict | None = None) -> Bound:
     """The run's model, tokenizer and SAE bound at its hookpoint (:func:`thinksae.binding.
     bind_sae`): the given ones, else loaded once from the run's config (``overrides`` replace
@@ -78,9 +40,9 @@ def load_run(info: RunInfo, model=None, tokenizer=None, sae=None,
                     sae=sae)
 
 
-def _explanations(info: RunInfo) -> dict[int, str]:
+def _explanations(info: RunDir) -> dict[int, str]:
     """Feature → explanation text, from the explain stage when it exists (else {})."""
-    for folder in (info.root / "explain", info.features_dir):
+    for folder in (info.root / "explain", info.analysis):
         if folder.is_dir():
             try:
                 found = read_explanations(folder) or {}
@@ -92,13 +54,13 @@ def _explanations(info: RunInfo) -> dict[int, str]:
     return {}
 
 
-def feature_rows(info: RunInfo) -> list[dict]:
+def feature_rows(info: RunDir) -> list[dict]:
     """The analysis' rows with ``verdict`` and ``explanation`` added where the run has them."""
 
-    if not (info.features_dir / "features.jsonl").is_file():
+    if not (info.analysis / "features.jsonl").is_file():
         return []
-    rows = read_features(info.features_dir)
-    verdicts = read_verdicts(info.root / "validate") or read_verdicts(info.features_dir)
+    rows = read_features(info.analysis)
+    verdicts = read_verdicts(info.root / "validate") or read_verdicts(info.analysis)
     explanations = _explanations(info)
     for r in rows:
         f = r["feature"]
@@ -191,7 +153,7 @@ def encode_text(model, tokenizer, sae, hookpoint: str, text: str, special_tokens
     return Encoded(ids, texts, top)
 
 
-def read_traces(info: RunInfo, limit: int = 200) -> list[dict]:
+def read_traces(info: RunDir, limit: int = 200) -> list[dict]:
     """The run's corpus traces (id, question, text = prompt + completion), at most ``limit``."""
     if not info.traces.is_file():
         return []

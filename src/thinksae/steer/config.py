@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from simple_parsing import field
 
 from ..generation.config import GenerationConfig, generation_field
-from ..models.names import DEFAULT_MODEL
 
 
 class _Extend(argparse.Action):
@@ -24,7 +23,10 @@ class _Extend(argparse.Action):
 class SteerConfig:
     """Options of `thinksae steer`."""
 
-    sae: str = field(positional=True, metavar="SAE_DIR")
+    run: str | None = None
+    """Run directory written by `thinksae run`: the SAE and model come from it
+    unless given, and the output goes to <run>/cli/steer unless --out is given."""
+    sae: str | None = None
     """SAE directory (sparsify or SAELens layout), or a training run directory with --hookpoint."""
     feature: list[str] = field(default_factory=list, action=_Extend)
     """Interventions FEATURE=VALUE, repeated or comma-separated: 123=2.5 clamps to 2.5, 123=x4
@@ -42,8 +44,9 @@ class SteerConfig:
     seldom fire in short generations)."""
     hookpoint: str | None = None
     """Hookpoint to steer (default: the SAE's own, from thinksae.json or its directory name)."""
-    model: str = DEFAULT_MODEL
-    """Model (hub id, local directory, .gguf or `offline`)."""
+    model: str | None = None
+    """Model (hub id, local directory, .gguf or `offline`; default: the run's, else
+    deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B)."""
     tokenizer: str | None = None
     """Load the tokenizer from another spec (default: the model's)."""
     prompt: list[str] = field(default_factory=list, action=_Extend)
@@ -53,12 +56,14 @@ class SteerConfig:
     JSONL/text file (default: builtin)."""
     limit: int | None = 16
     """Use only the first N questions of --prompts_file."""
-    start: str = "sentence"
+    start: str | None = None
     """Steer from: prompt (every generated token), think (after <think>), sentence (after the
     first sentence of thinking, i.e. R1's "Okay, so the user..." opening) or N (after N thinking
-    tokens)."""
-    end: str = "think_end"
-    """Steer up to: think_end (</think>; the answer is not steered), none, or M thinking tokens."""
+    tokens). Default: sentence where the tokenizer has single <think>/</think> tokens (R1), else
+    prompt (the markers are plain text there, so a thinking window could never open)."""
+    end: str | None = None
+    """Steer up to: think_end (</think>; the answer is not steered), none, or M thinking tokens.
+    Default: think_end with single <think>/</think> tokens, else none."""
     batch_size: int = 48
     """Most rows decoded together: each batch holds its questions under the baseline and every
     setting (rows = questions x settings, left-padded), so decoding reads the weights once per
@@ -72,8 +77,9 @@ class SteerConfig:
     (two extra forward passes per batch)."""
     show: int = 2
     """Print the baseline and steered generations of this many questions side by side."""
-    out: str = "runs/steer"
-    """Output directory: steer.json (and steer.png with --sweep)."""
+    out: str | None = None
+    """Output directory: steer.json (and steer.png with --sweep); default runs/steer, or
+    <run>/cli/steer with --run."""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto."""
     dtype: str = "auto"

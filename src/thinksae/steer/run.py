@@ -24,6 +24,8 @@ from ..generation.batches import plan_groups, plan_rows, prompt_lengths
 from ..generation.decode import Decoding, generate_rows
 from ..interventions import Intervention, SteeredFeatureStats, Window
 from ..interventions.spec import check_features, parse_interventions, parse_sweep, parse_window
+from ..models.names import DEFAULT_MODEL
+from ..runs import need, with_defaults, with_run
 from ..sae.bound import SaeAtHookpoint
 from .config import SteerConfig
 from .measure import compare, divergence, summarize, trace_record
@@ -89,8 +91,9 @@ def _analysis_max(cfg: SteerConfig, sae, hookpoint: str, features: list[int]) ->
 def plan(cfg: SteerConfig) -> Plan:
     """Every check that needs no model: options, interventions, window, questions, the SAE and
     its features, the analysis Smax reads."""
+    need(cfg, "sae", "an SAE directory")
     conditions = _conditions(cfg)
-    window = parse_window(cfg.start, cfg.end)
+    window = parse_window(cfg.start or "sentence", cfg.end or "think_end")  # refused now if bad
     _check_options(cfg)
     problems = _problems(cfg)
     sae_at = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint)
@@ -103,15 +106,25 @@ def plan(cfg: SteerConfig) -> Plan:
     return Plan(conditions, window, problems, sae_at, need_max, analysis_max)
 
 
-def window_markers(bound: Bound, window: Window) -> ThinkMarkers:
-    """The tokenizer's markers, refusing a window that could never open on it."""
+def default_window(single_token: bool, start: str | None = None, end: str | None = None) -> Window:
+    """The steering window: ``start``/``end`` where given, else what works on the tokenizer:
+    sentence .. think_end with single ``<think>``/``</think>`` tokens, else prompt .. none."""
+    return parse_window(start or ("sentence" if single_token else "prompt"),
+                        end or ("think_end" if single_token else "none"))
+
+
+def window_markers(bound: Bound, start: str | None, end: str | None) -> tuple[Window, ThinkMarkers]:
+    """The window (defaults from the tokenizer) and the tokenizer's markers, refusing a window
+    that could never open on it."""
+    single = bound.markers(sentences=False).single_token
+    window = default_window(single, start, end)
     markers = bound.markers(sentences=window.start == "sentence")
     if not markers.single_token and (window.start != "prompt" or window.end != "none"):
         raise ThinksaeError(
             "this tokenizer has no single <think>/</think> tokens, so the window "
             f"--start {window.start} --end {window.end} would never open or close; use "
             "--start prompt --end none (with --think_prefill the prompt ends inside the thinking)")
-    return markers
+    return window, markers
 
 
 def _settings_record(cfg: SteerConfig) -> dict:
@@ -206,11 +219,14 @@ def _show(cfg: SteerConfig, p: Plan, baseline, base_summary, runs) -> str:
 def run(cfg: SteerConfig, model=None, tokenizer=None) -> SteerResult:
     """Run ``cfg`` (module docstring); ``model``/``tokenizer`` optionally replace loading
     ``cfg.model``. Returns the result also written to ``<out>/steer.json``."""
+    cfg = with_defaults(with_run(cfg, "steer", ("sae", "model", "tokenizer")),
+                        model=DEFAULT_MODEL, out="runs/steer")
     p = plan(cfg)
     regions = trained_regions(p.sae_at.card)
     bound = bind_sae(p.sae_at, ModelSource.of(cfg), model, tokenizer)
-    dec = Decoding(bound.model, bound.tokenizer, bound.sae, bound.hookpoint, p.window,
-                   window_markers(bound, p.window))
+    window, markers = window_markers(bound, cfg.start, cfg.end)
+    p = p._replace(window=window)
+    dec = Decoding(bound.model, bound.tokenizer, bound.sae, bound.hookpoint, window, markers)
     gen = cfg.generation
     prompts = [build_prompt(dec.tokenizer, q.question, gen.system_prompt, gen.think_prefill)
                for q in p.problems]

@@ -15,13 +15,16 @@ METRICS = ("logprob", "logit")
 class ValidateConfig:
     """Options of `thinksae validate`."""
 
-    analysis: str = "runs/features"
+    run: str | None = None
+    """Run directory written by `thinksae run`: the SAE, store, analysis and model come from it
+    unless given, and the output goes to <run>/cli/validate unless --out is given."""
+    analysis: str | None = None
     """Analysis directory written by `thinksae analyze` (features.jsonl, stats.safetensors)."""
-    sae: str = "runs/sae"
+    sae: str | None = None
     """SAE directory (sparsify or SAELens layout), or a run directory holding SAEs per hookpoint."""
     hookpoint: str | None = None
     """Which SAE of a run directory / the hookpoint to splice at (default: the SAE's own)."""
-    store: str = "runs/store"
+    store: str | None = None
     """Activation store of the SAE's hookpoint (context control; also the traces' token ids)."""
     model: str | None = None
     """Model for injection, causal and attribution tests (default: the store's model)."""

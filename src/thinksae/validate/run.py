@@ -25,6 +25,7 @@ from ..evaluate.sources import corpus_docs, store_docs
 from ..features.report import STATS_FILE, VOCAB_FILE, load_analysis, read_features
 from ..features.stats import FeatureStats
 from ..interventions.spec import Intervention
+from ..runs import with_defaults, with_run
 from ..sae.bound import SaeAtHookpoint
 from ..store.reader import ActivationStore
 from .attribution import attribution
@@ -172,7 +173,8 @@ def _causal(cfg, inp, feats, rows, batches, attr, extra) -> tuple[dict[int, dict
 def run(cfg: ValidateConfig, model=None, tokenizer=None) -> ValidateResult:
     """Validate the candidates of ``cfg.analysis`` (module docstring); ``model``/``tokenizer``
     optionally replace loading ``cfg.model`` (a pipeline passes its loaded model)."""
-
+    cfg = with_defaults(with_run(cfg, "validate", ("sae", "store", "analysis", "model", "tokenizer")),
+                        sae="runs/sae", store="runs/store", analysis="runs/features")
     check_config(cfg)
     meta, rows, stats, strings = _analysis(cfg)
     n = int(meta["sae"]["num_latents"])
