@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import ThinksaeError
+from ..sinks import SinkRule
 from .shard_parts import FORMAT, MANIFEST
 from .shards import memmap_shard, to_torch
 from .split import split_docs
@@ -83,6 +84,38 @@ class ActivationStore:
         """Hash of the manifest: names the exact data an SAE was trained on."""
         blob = json.dumps(self.manifest, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    @cached_property
+    def special(self) -> np.ndarray:
+        """Bool per token: the ``special`` region (control tokens: BOS, role and think markers)."""
+        names = self.manifest.get("regions") or []
+        if "special" not in names:
+            return np.zeros(self.num_tokens, dtype=bool)
+        return self.labels("regions") == names.index("special")
+
+    @cached_property
+    def norms(self) -> np.ndarray:
+        """‖x‖ of every token (float32), in store order (one pass over the shards)."""
+        return np.concatenate([
+            to_torch(self._shard(i)["activations"], self.dtype).float().norm(dim=-1).numpy()
+            for i in range(len(self.manifest["shards"]))])
+
+    @cached_property
+    def sink_rule(self) -> SinkRule:
+        """The sink rule of this store (:mod:`thinksae.sinks`): the one its manifest records (its
+        norm multiple and the median norm of its non-special tokens), else the default multiple
+        with the median measured here."""
+        rule = SinkRule.from_dict(self.manifest.get("sink_rule"))
+        if rule.median_norm is None:
+            rule = rule.with_median(torch.from_numpy(self.norms), torch.from_numpy(self.special))
+        return rule
+
+    @cached_property
+    def sinks(self) -> np.ndarray:
+        """Bool per token: a sink by the store's :attr:`sink_rule` (special, or norm above the
+        multiple of the median)."""
+        return self.sink_rule.mask(torch.from_numpy(self.norms),
+                                   torch.from_numpy(self.special)).numpy()
 
     def _shard(self, i: int) -> dict[str, np.ndarray]:
         cache = self.__dict__.setdefault("_maps", {})
