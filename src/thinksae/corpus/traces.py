@@ -259,6 +259,22 @@ def _hub_error(source: str, reason: str) -> ThinksaeError:
     )
 
 
+def load_saved_dataset(path: Path, split: str = "train"):
+    """A ``datasets`` directory saved with ``save_to_disk`` (split ``split`` of a DatasetDict),
+    or one clear error."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise ThinksaeError(f"{path} is not a saved datasets directory: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise ThinksaeError(f"{path} has splits {list(ds)}, not {split!r}")
+        ds = ds[split]
+    return ds
+
+
 def load_hub_dataset(source: str, *args, split: str = "train"):
     """``datasets.load_dataset(source, *args, split=split)`` with one clear error when offline."""
     import datasets
@@ -288,17 +304,8 @@ def load_traces(
         records = (obj for _, obj in _json_lines(path))
         return traces_from_records(records, tokenizer, limit=limit, source=spec)
     if path.is_dir():
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except (FileNotFoundError, ValueError) as e:
-            raise ThinksaeError(f"{spec} is not a saved datasets directory: {e}") from None
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise ThinksaeError(f"{spec} has splits {list(ds)}, not {split!r}")
-            ds = ds[split]
-        return traces_from_records(ds, tokenizer, limit=limit, source=spec)
+        return traces_from_records(load_saved_dataset(path, split), tokenizer, limit=limit,
+                                   source=spec)
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local or spec.endswith((".jsonl", ".json", ".txt")):
         raise ThinksaeError(f"traces not found: {spec} (no such file or directory)")

@@ -96,6 +96,33 @@ class SplicedBatch(NamedTuple):
     per scored position ``[m]``."""
 
 
+def clean_pass(model: nn.Module, module: nn.Module, input_ids: Tensor,
+               attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(final hidden state, hookpoint output)`` of one clean forward (``module``: the
+    hookpoint's)."""
+    captured: list[Tensor] = []
+
+    def keep(output: Tensor) -> Tensor:
+        captured.append(output)
+        return output
+
+    with splice(module, keep):
+        hidden = final_hidden(model, input_ids, attention_mask)
+    return hidden, captured[0]
+
+
+def hidden_with(model: nn.Module, hookpoint: str, module: nn.Module, value: Tensor,
+                input_ids: Tensor, attention_mask: Tensor, clean: Tensor) -> Tensor:
+    """The final hidden state with the hookpoint output replaced by ``replace_with(value)`` of
+    the ``clean`` output: only the blocks above the hookpoint run where the model allows it
+    (they ran once, in the clean pass), else a whole pass with the replacement spliced in."""
+    layer = resume_layer(model, hookpoint)
+    if layer is not None:
+        return final_hidden_from(model, layer, replace_with(value)(clean), attention_mask)
+    with splice(module, replace_with(value)):
+        return final_hidden(model, input_ids, attention_mask)
+
+
 @torch.inference_mode()
 def spliced_batch(model: nn.Module, hookpoint: str, sae, input_ids: Tensor,
                   attention_mask: Tensor, mean: Tensor | None = None,
@@ -106,15 +133,8 @@ def spliced_batch(model: nn.Module, hookpoint: str, sae, input_ids: Tensor,
     ``keep_clean`` ``[batch, seq]`` (bool) leaves the hookpoint output as it is at those positions
     in every replacement, e.g. at special tokens the SAE was not trained on."""
     module = resolve_hookpoint(model, hookpoint)
-    captured: list[Tensor] = []
-
-    def keep(output: Tensor) -> Tensor:
-        captured.append(output)
-        return output
-
-    with splice(module, keep):
-        hidden = {"clean": final_hidden(model, input_ids, attention_mask)}
-    clean = captured[0]
+    hidden_clean, clean = clean_pass(model, module, input_ids, attention_mask)
+    hidden = {"clean": hidden_clean}
     token_mask = attention_mask.bool()
     x = clean[token_mask].float()
     acts, indices = sae.encode(x.to(sae.dtype))
@@ -128,14 +148,9 @@ def spliced_batch(model: nn.Module, hookpoint: str, sae, input_ids: Tensor,
         keep = keep_clean.to(clean.device)[..., None]
         replacements = {name: torch.where(keep, clean, value.to(clean.device, clean.dtype))
                         for name, value in replacements.items()}
-    layer = resume_layer(model, hookpoint)
     for name, value in replacements.items():
-        if layer is not None:  # the blocks below the hookpoint ran once, in the clean pass
-            hidden[name] = final_hidden_from(model, layer, replace_with(value)(clean),
-                                             attention_mask)
-            continue
-        with splice(module, replace_with(value)):
-            hidden[name] = final_hidden(model, input_ids, attention_mask)
+        hidden[name] = hidden_with(model, hookpoint, module, value, input_ids, attention_mask,
+                                   clean)
     loss_mask = token_mask.clone()
     loss_mask[:, :-1] &= token_mask[:, 1:]
     loss_mask[:, -1] = False

@@ -23,10 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from ...models.hookpoints import resolve_hookpoint
-from ...models.splice import final_hidden, final_hidden_from, output_head, resume_layer, splice
+from ...models.splice import output_head
 from ...sinks import SinkRule, sink_summary, special_flags
 from ..sources import take_chunks
-from ..spliced import replace_with
+from ..spliced import clean_pass, hidden_with
 from .core import CoreMetrics, CoreStats, LossSums, core_metrics, position_losses
 
 SINK_COUNTS = ("tokens", "sinks", "special", "by_norm")
@@ -49,32 +49,14 @@ def _add_counts(total: dict[str, int], summary: dict) -> None:
         total[key] = total.get(key, 0) + int(summary[key])
 
 
-def _hidden_with(model: nn.Module, hookpoint: str, module: nn.Module, value: Tensor,
-                 input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The final hidden state with the hookpoint output replaced by ``value`` (only the blocks
-    above it run where the model allows it)."""
-    layer = resume_layer(model, hookpoint)
-    if layer is not None:
-        return final_hidden_from(model, layer, value, attention_mask)
-    with splice(module, replace_with(value)):
-        return final_hidden(model, input_ids, attention_mask)
-
-
 @torch.inference_mode()
 def core_batch(model: nn.Module, sae, hookpoint: str, input_ids: Tensor, attention_mask: Tensor,
                special_ids: Iterable[int], sink_rule: SinkRule, stats: CoreStats,
                losses: LossSums, options: CoreOptions) -> dict:
     """Add one padded batch to ``stats`` and ``losses``; returns the sink rule's summary."""
     module = resolve_hookpoint(model, hookpoint)
-    captured: list[Tensor] = []
-
-    def keep_output(output: Tensor) -> Tensor:
-        captured.append(output)
-        return output
-
-    with splice(module, keep_output):
-        hidden = {"clean": final_hidden(model, input_ids, attention_mask)}
-    clean = captured[0]
+    hidden_clean, clean = clean_pass(model, module, input_ids, attention_mask)
+    hidden = {"clean": hidden_clean}
     token_mask = attention_mask.bool()
     special = special_flags(input_ids, special_ids) & token_mask
     norms = clean.float().norm(dim=-1)
@@ -92,7 +74,8 @@ def core_batch(model: nn.Module, sae, hookpoint: str, input_ids: Tensor, attenti
     zeroed = token_mask if options.ablate_sinks else keep
     ablated = torch.where(zeroed[..., None], torch.zeros((), dtype=clean.dtype), clean)
     for name, value in (("sae", with_sae), ("zero", ablated)):
-        hidden[name] = _hidden_with(model, hookpoint, module, value, input_ids, attention_mask)
+        hidden[name] = hidden_with(model, hookpoint, module, value, input_ids, attention_mask,
+                                   clean)
     batch_losses, has_target = position_losses(output_head(model), hidden, input_ids, keep,
                                                token_mask, options.chunk_rows)
     stats.update(x, x_hat, acts, indices)

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from ...chat import THINK_CLOSE, THINK_OPEN
-from ...corpus.traces import Trace, iter_traces
+from ...corpus.traces import Trace, iter_traces, load_saved_dataset
 from ...errors import ThinksaeError
 from ...models.loading import hub_reachable
 
@@ -140,17 +140,7 @@ def load_texts(source: str | Path, field: str = "text", split: str = "train",
         else:
             texts = head.replace("\r\n", "\n").split("\n\n")
     elif path.is_dir():
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except (FileNotFoundError, ValueError) as e:
-            raise ThinksaeError(f"{spec} is not a saved datasets directory: {e}") from None
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise ThinksaeError(f"{spec} has splits {list(ds)}, not {split!r}")
-            ds = ds[split]
-        texts = _from_dataset(ds, field, spec)
+        texts = _from_dataset(load_saved_dataset(path, split), field, spec)
     elif spec.startswith((".", "/", "~")) or spec.endswith((".jsonl", ".json", ".txt")):
         raise ThinksaeError(f"text file not found: {spec}")
     else:
