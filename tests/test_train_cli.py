@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,18 @@ def _train_args(out, *extra):
     return ["train", "--out", str(out), "--expansion_factor", "2", "-k", "4", "--batch_size", "32",
             "--lr", "3e-3", "--lr_warmup_steps", "2", "--epochs", "2", "--dtype", "float32",
             "--device", "cpu", "--log_every", "2", "--noprogress", *extra]
+
+
+def test_a_truncated_shard_is_refused_before_anything_is_written(store, tmp_path, capsys):
+    broken = tmp_path / "store"
+    shutil.copytree(store, broken)
+    shard = sorted(broken.glob("shard-*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    out = tmp_path / "run"
+    assert main(_train_args(out, "--store", str(broken))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("thinksae: error: shard") and "truncated" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_train_from_store_on_the_command_line(store, tmp_path, capsys):

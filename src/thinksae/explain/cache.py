@@ -35,11 +35,11 @@ def _k(obj) -> str:
 
 
 class ExplainCache:
-    """Results keyed by feature and settings; ``put_*`` appends a line at once."""
+    """Results keyed by feature and settings; ``put_*`` appends a line at once (the folder is
+    made by the first one: a run that fails before any result leaves nothing behind)."""
 
     def __init__(self, folder: str | Path):
         self.dir = Path(folder)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.expl = {(r["feature"], _k(r["key"])): r for r in _lines(self.dir / EXPLANATIONS_FILE)}
         self.scores = {(r["feature"], _k(r["key"]), r["source"], r["scorer"]): r
                        for r in _lines(self.dir / SCORES_FILE)}
@@ -48,6 +48,7 @@ class ExplainCache:
         return self.expl.get((feature, _k(key)))
 
     def put_explanation(self, row: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         atomic.append_line(self.dir / EXPLANATIONS_FILE, json.dumps(row, ensure_ascii=False))
         self.expl[(row["feature"], _k(row["key"]))] = row
 
@@ -55,6 +56,7 @@ class ExplainCache:
         return self.scores.get((feature, _k(key), source, scorer))
 
     def put_score(self, row: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         atomic.append_line(self.dir / SCORES_FILE, json.dumps(row, ensure_ascii=False))
         self.scores[(row["feature"], _k(row["key"]), row["source"], row["scorer"])] = row
 

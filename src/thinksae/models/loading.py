@@ -118,6 +118,22 @@ def pretrained_kwargs(spec: str) -> tuple[str, dict]:
     return spec, {}
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+"""Files one of which a local model directory holds when it carries its tokenizer."""
+
+
+def check_tokenizer_files(source: str, kwargs: dict) -> None:
+    """A local model directory (not a GGUF, whose header holds the tokenizer) without any
+    tokenizer file is refused before its weights load, naming the fix."""
+    path = Path(source)
+    if "gguf_file" in kwargs or not path.is_dir():
+        return
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise ThinksaeError(f"{source} holds no tokenizer ({', '.join(TOKENIZER_FILES)}): save the "
+                            "tokenizer there, or pass --tokenizer with a directory or hub id that "
+                            "has it")
+
+
 @contextlib.contextmanager
 def loading_bars(enabled: bool) -> Iterator[None]:
     """transformers' loading bars follow ``enabled``.
@@ -205,6 +221,8 @@ def load_model(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     source, kwargs = pretrained_kwargs(spec)
+    if tokenizer is None:
+        check_tokenizer_files(source, kwargs)
     if "gguf_file" in kwargs and dq.enabled(dequant_cache):
         model, tok = _load_gguf_cached(source, kwargs, tokenizer, torch_dtype, progress, spec)
     else:

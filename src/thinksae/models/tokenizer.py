@@ -8,10 +8,8 @@ from pathlib import Path
 
 from ..errors import ThinksaeError
 from . import dequant_cache as dq
-from .loading import pretrained_kwargs
+from .loading import TOKENIZER_FILES, pretrained_kwargs
 from .offline import default_cache_dir
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def _dequant_copy(source: str, kwargs: dict) -> Path | None:
@@ -37,7 +35,7 @@ def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
     path = Path(spec).expanduser()
-    if path.is_dir() and any((path / f).is_file() for f in _TOKENIZER_FILES):
+    if path.is_dir() and any((path / f).is_file() for f in TOKENIZER_FILES):
         source, kwargs = str(path), {"local_files_only": True}
     else:
         source, kwargs = pretrained_kwargs(spec)

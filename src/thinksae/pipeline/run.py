@@ -11,12 +11,13 @@ import yaml
 
 from .. import atomic
 from ..runs import RUN_CONFIG
+from ..versions import stack_versions
 from . import table
 from .config import RunConfig
 from .context import Models, Paths, build_config
 from .markers import read_marker, run_stage, stage_hash
 from .report import write_report
-from .spec import PipelineSpec, resolve
+from .spec import VERSIONS_KEY, PipelineSpec, resolve
 from .stage import Stage, Step
 
 
@@ -83,7 +84,8 @@ class Pipeline:
                     self._join(st, step)
             return None
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(self.paths.root / RUN_CONFIG, self.spec.to_dict())
+        atomic.write_json(self.paths.root / RUN_CONFIG,
+                          {**self.spec.to_dict(), VERSIONS_KEY: stack_versions()})
         for st in stages:
             step = self.step(st)
             if step is not None:

@@ -121,6 +121,21 @@ def _check_upstream(stages: dict[str, dict[str, Any] | None], where: str) -> Non
                                 f"turned off")
 
 
+def _check_pretrained_splits(stages: dict[str, dict[str, Any] | None], where: str) -> None:
+    """A pretrained SAE (``sae:``) was not trained on this run's store, so no trace of it is held
+    out: a stage asking for the held-out (or training) split would fail only once it runs, after
+    the corpus and the store were made."""
+    for name, options in stages.items():
+        split = (options or {}).get("split")
+        if split in ("heldout", "train"):
+            raise ThinksaeError(f"{where}: {name}.split {split!r} needs traces held out of this "
+                                "run's training, but `sae:` names a pretrained SAE; use split: all")
+
+
+VERSIONS_KEY = "versions"
+"""The key of run_config.json that records the software stack a run was made with."""
+
+
 def resolve(config: str | None = None, preset: str | None = None,
             overrides: dict[str, Any] | None = None) -> PipelineSpec:
     """The spec of a preset and/or a config file (whose own ``preset:`` key names its base),
@@ -130,6 +145,7 @@ def resolve(config: str | None = None, preset: str | None = None,
     if config:
         path = Path(config)
         data = _read(path, "config")
+        data.pop(VERSIONS_KEY, None)  # a run_config.json's record of the stack, not a setting
         where = str(path)
         base = data.pop("preset", None)
         if base and preset and base != preset:
@@ -157,4 +173,6 @@ def resolve(config: str | None = None, preset: str | None = None,
     for st in table.TABLE:
         if st.check is not None and stages[st.name] is not None:
             st.check(stages[st.name], where)
+    if data.get("sae"):
+        _check_pretrained_splits(stages, where)
     return PipelineSpec(stages=stages, **{k: data[k] for k in top if k in data})

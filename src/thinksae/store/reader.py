@@ -117,6 +117,12 @@ class ActivationStore:
         return self.sink_rule.mask(torch.from_numpy(self.norms),
                                    torch.from_numpy(self.special)).numpy()
 
+    def check_shards(self) -> None:
+        """Every shard is there and whole (its header read, each tensor inside the file): a
+        one-line error now rather than midway through a pass."""
+        for i in range(len(self.manifest["shards"])):
+            self._shard(i)
+
     def _shard(self, i: int) -> dict[str, np.ndarray]:
         cache = self.__dict__.setdefault("_maps", {})
         if i not in cache:

@@ -12,6 +12,7 @@ from ..config import save_config
 from ..errors import ThinksaeError
 from ..sae.formats import save_sparsify, write_report_card
 from ..store.reader import ActivationStore
+from ..versions import stack_versions
 from .checkpoint import find_checkpoint, remove_checkpoints
 from .checks import check_config, check_sizes
 from .config import (
@@ -31,6 +32,7 @@ def open_source(cfg: TrainConfig, device: torch.device):
     """The activation source the config names: a store, or a model run on the corpus."""
     if cfg.store is not None:
         store = ActivationStore(cfg.store)
+        store.check_shards()  # a truncated shard is refused before anything is written
         if cfg.hookpoint and cfg.hookpoint != store.hookpoint:
             raise ThinksaeError(
                 f"store {cfg.store} holds hookpoint {store.hookpoint}, not {cfg.hookpoint}"
@@ -110,6 +112,7 @@ def report_card(trainer: Trainer) -> dict:
     manifest = dict(getattr(source, "manifest", {}) or {})
     keep = ("model", "hookpoint", "d_in", "dtype", "num_tokens", "tokenizer_hash", "corpus_hash")
     return {
+        "versions": stack_versions(),
         "hookpoint": trainer.sae_dir.name,
         "d_in": trainer.d_in,
         "num_latents": int(sae.num_latents),
