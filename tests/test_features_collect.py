@@ -210,6 +210,24 @@ def test_max_and_top_contexts_only_over_the_training_regions(tokenizer, info):
         run(s, info, None, 7, max_regions=["thinking"])
 
 
+def test_sink_tokens_never_set_the_max_or_a_top_context(tokenizer, info):
+    """A token the sink rule marks (the chunk's ``sinks`` column: here an ordinary token with a
+    huge activation, as the "\n" at position 2 of Qwen prompts) is counted but never a maximum."""
+    s = synthetic_stream(tokenizer)
+    sink = torch.zeros(len(s["token_ids"]), dtype=torch.bool)
+    sink[5] = True
+    s["sinks"] = sink
+    s["acts"][5, 0] = 1000.0
+    f_big = int(s["idx"][5, 0])
+    x = dense(s)
+    stats, _ = run(s, info, None, 7)
+    torch.testing.assert_close(stats.tensors["act_max"], x[~sink].max(0).values)
+    assert float(stats.tensors["act_max"][f_big]) < 1000
+    top = stats.tensors["top_index"]
+    assert 5 not in top[top >= 0].tolist() and stats.meta["sink_tokens"] == 1
+    assert int(stats.tensors["fires"][f_big]) == int((x[:, f_big] > 0).sum())  # still counted
+
+
 def test_per_trace_counts_are_the_same_when_merged_while_streaming(tokenizer, info, monkeypatch):
     import thinksae.features.traces as traces
 

@@ -10,8 +10,9 @@ per-trace firing counts of :mod:`thinksae.features.traces` are kept too (sparse;
 the (trace, feature) pairs that fire, not with tokens).
 
 ``act_max`` and the top-N contexts are taken over the tokens of ``max_regions`` only (default:
-all): an SAE trained on some regions can report large values on tokens it never saw (special
-tokens), and this maximum is what ``steer --max_from`` scales.
+all) that are not attention sinks (:mod:`thinksae.sinks`; a chunk's ``sinks`` column): an SAE can
+report large values on tokens it never saw (special tokens, norm outliers), and this maximum is
+what ``steer --max_from`` scales.
 
 Token mass table: per chunk, the mass of each (feature, token) pair is summed exactly and merged
 with the feature's table; a feature keeps its M heaviest tokens and the mass of the rest goes to
@@ -32,7 +33,7 @@ from .tokens import TokenInfo
 from .topk import top_per_group
 from .traces import TraceCounts
 
-_FIELDS = ("token_ids", "regions", "behaviours", "doc_index", "positions", "acts", "idx")
+_FIELDS = ("token_ids", "regions", "behaviours", "doc_index", "positions", "sinks", "acts", "idx")
 
 
 def _cat(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -82,7 +83,7 @@ class FeatureCollector:
                      "max_regions": None if max_regions is None else list(max_regions),
                      "token_slots": token_slots, "vocab_size": info.vocab_size,
                      "num_tokens": 0, "num_docs": 0, "reason_pos_tokens": 0,
-                     "reason_neg_tokens": 0}
+                     "reason_neg_tokens": 0, "sink_tokens": 0}
         r, b, g, n, m, w = len(regions), len(behaviours), max(len(groups), 1), top_n, token_slots, window
 
         def z(*shape, dtype=torch.float64, fill=0):
@@ -119,7 +120,10 @@ class FeatureCollector:
     def update(self, chunk: dict[str, Tensor]) -> None:
         """Add a chunk: label columns ``token_ids, regions, behaviours, doc_index, positions``
         ``[n]`` plus ``acts``, ``idx`` ``[n, width]`` from the SAE's ``encode`` (entries with
-        act 0 are padding or inactive latents; the width may change from chunk to chunk)."""
+        act 0 are padding or inactive latents; the width may change from chunk to chunk), and
+        optionally ``sinks`` ``[n]`` (bool; none when absent)."""
+        if "sinks" not in chunk:
+            chunk = {**chunk, "sinks": torch.zeros(len(chunk["token_ids"]), dtype=torch.bool)}
         c = {k: chunk[k].to(self.device) for k in _FIELDS}
         for k in ("token_ids", "regions", "behaviours", "doc_index", "positions"):
             c[k] = c[k].long()
@@ -167,6 +171,7 @@ class FeatureCollector:
                                                        "doc_index"))
         n, k = len(tok), work["acts"].shape[1]
         meta["num_tokens"] += n
+        meta["sink_tokens"] += int(work["sinks"][a0:a1].sum())
         new_docs = torch.unique_consecutive(doc)
         meta["num_docs"] += len(new_docs) - int(self._last_doc is not None
                                                 and int(new_docs[0]) == self._last_doc)
@@ -187,7 +192,7 @@ class FeatureCollector:
         t["act_sum"].index_add_(0, f, a64)
         t["act_sum_region"].view(-1).index_add_(0, f * nr + r, a64)
         t["act_sq_region"].view(-1).index_add_(0, f * nr + r, a64 * a64)
-        at_max = self.max_mask[r]
+        at_max = self.max_mask[r] & ~work["sinks"][a0:a1][row]  # sinks never set a maximum
         t["act_max"].scatter_reduce_(0, f[at_max], a[at_max], reduce="amax")
         t["hist"].view(-1).index_add_(0, f * HIST_BINS + hist_bin(a), torch.ones_like(f))
         ftok = tok[row]

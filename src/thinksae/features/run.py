@@ -136,7 +136,7 @@ def stream_pass(chunks, sae, collector: FeatureCollector, total: int | None = No
             enc = sae.encode(chunk["activations"].to(sae.device, sae.dtype))
             encode_s += time.perf_counter() - t1
             labels = {k: chunk[k] for k in ("token_ids", "regions", "behaviours", "doc_index",
-                                            "positions")}
+                                            "positions", "sinks") if k in chunk}
             if no_regions:
                 labels["regions"] = torch.zeros_like(labels["regions"])
             collector.update({**labels, "acts": enc.latent_acts, "idx": enc.latent_indices})

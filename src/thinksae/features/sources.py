@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..corpus.segment import tokenize_trace
+from ..corpus.segment import Region, tokenize_trace
 from ..errors import ThinksaeError
 from ..models.hookpoints import capture
+from ..sinks import SinkRule
 from ..store.reader import TOKEN_LABELS
 from ..store.shards import memmap_shard, to_torch
 
@@ -22,8 +23,10 @@ def store_chunks(store, chunk_tokens: int = 8192, limit: int | None = None
                  ) -> Iterator[dict[str, torch.Tensor]]:
     """Sequential chunks of a store. Each shard is mapped only while it is read, so resident
     memory stays at one shard's pages whatever the store's size. ``limit`` stops after that many
-    tokens."""
+    tokens. Each chunk has a ``sinks`` column: the tokens the store's sink rule marks."""
     seen = 0
+    rule, names = store.sink_rule, store.manifest.get("regions") or []
+    special_code = names.index("special") if "special" in names else -1
     for info in store.manifest["shards"]:
         path = store.path / info["file"]
         if not path.exists():
@@ -37,6 +40,8 @@ def store_chunks(store, chunk_tokens: int = 8192, limit: int | None = None
             out = {"activations": to_torch(shard["activations"][a:b], store.dtype).float()}
             for name in TOKEN_LABELS:
                 out[name] = torch.from_numpy(np.array(shard[name][a:b]))
+            out["sinks"] = rule.mask(out["activations"].norm(dim=-1),
+                                     out["regions"] == special_code)
             seen += b - a
             yield out
             if limit is not None and seen >= limit:
@@ -46,9 +51,13 @@ def store_chunks(store, chunk_tokens: int = 8192, limit: int | None = None
 
 @torch.inference_mode()
 def corpus_chunks(model, tokenizer, traces, hookpoint: str, batch_size: int = 8,
-                  max_length: int = 2048) -> Iterator[dict[str, torch.Tensor]]:
+                  max_length: int = 2048, sink_rule: SinkRule | None = None
+                  ) -> Iterator[dict[str, torch.Tensor]]:
     """Run ``model`` over ``traces`` (``batch_size`` at a time, right-padded) and yield each
-    batch's tokens with their ``hookpoint`` activations and labels (one chunk per batch)."""
+    batch's tokens with their ``hookpoint`` activations and labels (one chunk per batch), and
+    ``sinks``: the tokens ``sink_rule`` marks (default: the default rule with each batch's
+    median norm)."""
+    sink_rule = sink_rule or SinkRule()
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -66,10 +75,13 @@ def corpus_chunks(model, tokenizer, traces, hookpoint: str, batch_size: int = 8,
             mask[row, : len(d.input_ids)] = 1
         acts = capture(model, hookpoint, ids.to(device), mask.to(device))[hookpoint]
         keep = mask.bool()
+        x = acts[keep.to(acts.device)].float()
+        regions = torch.cat([torch.tensor(d.regions) for _, d in docs])
         yield {
-            "activations": acts[keep.to(acts.device)].float(),
+            "activations": x,
             "token_ids": ids[keep],
-            "regions": torch.cat([torch.tensor(d.regions) for _, d in docs]),
+            "sinks": sink_rule.mask(x.norm(dim=-1).cpu(), regions == int(Region.SPECIAL)),
+            "regions": regions,
             "behaviours": torch.cat([torch.tensor(d.behaviours) for _, d in docs]),
             "doc_index": torch.cat([torch.full((len(d.input_ids),), i) for i, d in docs]),
             "positions": torch.cat([torch.arange(len(d.input_ids)) for _, d in docs]),

@@ -1,11 +1,14 @@
 """`thinksae harvest`: hookpoint activations over a trace corpus into a sharded, resumable
-activation store (one directory per hookpoint: ``manifest.json`` + ``shard-NNNNN.safetensors``)."""
+activation store (one directory per hookpoint: ``manifest.json`` + ``shard-NNNNN.safetensors``).
+A complete store's manifest records its sink rule (the median norm of its non-special tokens and
+the norm multiple, :mod:`thinksae.sinks`) and how many tokens, and which, the rule marks."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from .. import atomic
@@ -17,7 +20,9 @@ from ..models.hookpoints import parse_hookpoints, resolve_hookpoint
 from ..models.loading import dtype_name, load_model
 from ..models.precheck import precheck_model
 from ..models.tokenizer import tokenizer_hash
+from ..sinks import sink_summary
 from .config import HarvestConfig
+from .reader import ActivationStore
 from .shard_parts import (
     FORMAT,
     MANIFEST,
@@ -129,4 +134,20 @@ def run(cfg: HarvestConfig, model=None, tokenizer=None) -> list[Path]:
         bar.update(len(chunk))
         bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
     bar.close()
+    for h, m in manifests.items():
+        if m["complete"] and "sink_rule" not in m:
+            _record_sinks(Path(cfg.out) / h, m, tokenizer)
     return [Path(cfg.out) / h for h in hookpoints]
+
+
+def _record_sinks(directory: Path, manifest: dict, tokenizer) -> None:
+    """The store's sink rule (the default norm multiple with the median norm of its non-special
+    tokens, :mod:`thinksae.sinks`) and what it marks, recorded in the manifest."""
+    store = ActivationStore(directory)
+    rule = store.sink_rule
+    special = torch.from_numpy(store.special)
+    sinks = torch.from_numpy(store.sinks)
+    manifest["sink_rule"] = rule.to_dict()
+    manifest["sinks"] = sink_summary(sinks, special, torch.from_numpy(store.labels("token_ids")),
+                                     decode=lambda i: tokenizer.decode([i]))
+    atomic.write_json(directory / MANIFEST, manifest)
