@@ -57,6 +57,9 @@ def test_pages_and_info(client):
     info = client.get("/api/info").json()
     assert info["hookpoint"] == HOOKPOINT and info["num_latents"] == 256 and info["k"] == 8
     assert info["features_analysed"] == 256 and info["busy"] is False
+    defaults = info["steer_defaults"]  # the R1 tokenizer: single <think> tokens, no run sections
+    assert (defaults["start"], defaults["end"], defaults["think_prefill"]) == \
+        ("sentence", "think_end", False) and defaults["think_tokens"] is True
     for path, needle in (("/", "features"), ("/try", "try text"), ("/steer", "steer"),
                          ("/monitor/", "thinksae monitor"), ("/run/index.html", "run report"),
                          ("/static/common.js", "postJSON"), ("/monitor/sse.js", "postEvents")):
@@ -138,26 +141,38 @@ def test_feature_page_and_data(client):
 
 
 def test_encode_is_exactly_sae_encode(client, tiny_model, tokenizer):
+    from thinksae.chat import build_prompt
+
     text = "Wait, let me check: 15% of 80 is 12.\nTherefore the answer is 12."
     r = client.post("/api/encode", json={"text": text})
     assert r.status_code == 200, r.text
     got = r.json()
-    ids = tokenizer(text)["input_ids"]
+    # wrapped in the run's chat template (this run: no system prompt, no think prefill)
+    ids = tokenizer(build_prompt(tokenizer, text), add_special_tokens=False)["input_ids"]
+    body = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert got["ids"] == ids and got["tokens"][0] == tokenizer.bos_token and got["k"] == 8
+    assert got["wrapped"] == "chat template" and ids[2:2 + len(body)] == body
+    assert got["parts"] == ["template"] * 2 + ["text"] * len(body) + \
+        ["template"] * (len(ids) - 2 - len(body))
     with torch.no_grad():
         hidden = tiny_model(torch.tensor([ids]), output_hidden_states=True).hidden_states[2][0]
         acts, idx = tiny_sae().encode(hidden)
     for t in range(len(ids)):
         want = sorted(zip(idx[t].tolist(), acts[t].tolist()), key=lambda p: -p[1])
         assert [tuple(p) for p in got["top"][t]] == want
-    plain = client.post("/api/encode", json={"text": text, "special_tokens": False}).json()
-    assert plain["ids"] == ids[1:]
+    assert got["norms"] == pytest.approx(hidden.norm(dim=-1).tolist(), rel=1e-5)
+    as_given = client.post("/api/encode", json={"text": text, "template": False}).json()
+    assert as_given["ids"] == tokenizer(text)["input_ids"] and as_given["wrapped"] == "as given"
+    plain = client.post("/api/encode", json={"text": text, "template": False,
+                                             "special_tokens": False}).json()
+    assert plain["ids"] == tokenizer(text)["input_ids"][1:] and set(plain["parts"]) == {"text"}
 
 
 @pytest.mark.parametrize("kwargs,status,needle", [
     ({"content": b"{nope", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
     ({"json": {"txt": "hi"}}, 422, 'expected {"text"'),
     ({"json": {"text": "hi", "special_tokens": "yes"}}, 422, 'expected {"text"'),
+    ({"json": {"text": "hi", "template": 1}}, 422, 'expected {"text"'),
     ({"json": {"text": ""}, "special": False}, 422, "no tokens"),
     ({"json": {"text": "word " * 100}}, 422, "at most 64"),
     ({"json": {"text": "x" * 5000}}, 413, "over 4096 bytes"),

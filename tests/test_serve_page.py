@@ -1,19 +1,29 @@
-"""The workbench pages in headless Chromium (uvicorn on 127.0.0.1), driven as a person would:
-type a search, sort; paste text and see the highlights, click a token; run a steer and see both
-columns fill; edit a monitor rule and see an alert (and a bad one refused). Each page's
-screenshot is checked for its elements (their pixels) and saved under docs/img/ for the README."""
+"""The workbench pages in headless Chromium (uvicorn on 127.0.0.1), driven as a person would, on a
+demo-shaped run (a store, and a tokenizer without single <think> tokens, as the offline demo's):
+the index opens on live features by a score with their contexts, then search and sort; paste a
+plain sentence and see the highlights with the attention sinks (token 0, a planted norm sink)
+left out, click a token; the steer page's first click with its defaults fills both columns; edit
+a monitor rule and see an alert (and a bad one refused). Each page's screenshot is checked for
+its elements (their pixels) and saved under docs/img/ for the docs."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers_serve import make_run
+from helpers_serve import (
+    DEMO_SECTIONS,
+    DEMO_SYSTEM_PROMPT,
+    PLAIN_WHY,
+    make_run,
+    plain_think_markers,
+)
 from test_monitor_helpers import QUESTION, tiny_sae
 from test_monitor_page import CHROMIUM, Browser, Dom, _free_port
 
@@ -22,16 +32,27 @@ IMG = Path(__file__).parent.parent / "docs" / "img"
 SIZE = (1100, 700)
 
 
+STEER_TOKENS = 8
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir, corpus_path, tiny_model, tokenizer, one_thread):
+def plain_markers():
+    with plain_think_markers():
+        yield
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir, corpus_path, tiny_model, tokenizer, one_thread,
+           plain_markers):
     import uvicorn
 
-    from thinksae.serve import create_app
+    from thinksae.serve import ServeConfig, create_app
 
     run = make_run(tmp_path_factory.mktemp("serve-page") / "run", tiny_model_dir, corpus_path,
-                   tiny_model, tokenizer)
+                   tiny_model, tokenizer, {"corpus": DEMO_SECTIONS["corpus"]}, store=True)
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(run, tiny_model, tokenizer, tiny_sae()),
+    cfg = ServeConfig(run=str(run), max_new_tokens=STEER_TOKENS)
+    srv = uvicorn.Server(uvicorn.Config(create_app(run, tiny_model, tokenizer, tiny_sae(), cfg),
                                         host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -115,22 +136,44 @@ def pixel_at(image, box) -> tuple[int, int, int]:
     return image.getpixel((int(x + w / 2), int(y + h - 2)))
 
 
-def test_features_index_search_and_sort(server, browser):
+def test_features_index_opens_on_live_features_by_a_score(server, browser):
     open_page(browser, server + "/", "document.body.dataset.loaded")
+    api = json.loads(urllib.request.urlopen(server + "/api/features?limit=1000").read())
+    score = api["default_sort"]["score"]
+    live = [r for r in api["rows"] if r["label"] not in ("dead", "rare")]
+    assert 0 < len(live) < api["features"]
+    d = dom(browser)
+    assert d.find(tag="th", **{"data-sort": score})[0]["text"].endswith("▼")
+    assert d.find(id="sorted")[0]["title"] == api["default_sort"]["why"]
+    rows = d.find(tag="tr", **{"class": "row"})
+    assert len(rows) == len(live) and not {r["data-label"] for r in rows} & {"dead", "rare"}
+    values = [r[score] for r in sorted(live, key=lambda r: (r[score] is None, -(r[score] or 0)))]
+    shown = browser.evaluate("[...document.querySelectorAll('tr.row')].map(r => r.dataset.feature)")
+    by_id = {r["feature"]: r for r in live}
+    assert [by_id[int(f)][score] for f in shown] == values  # highest first, missing last
+    contexts = d.find(tag="b", **{"class": "trigger"})
+    assert len(contexts) == sum(r["context"] is not None for r in live) > 0
+    assert len(d.find(tag="span", **{"class": "chip"})) > 0
+    width = browser.evaluate("document.getElementById('table').getBoundingClientRect().width")
+    assert width > 0.9 * (SIZE[0] - 40)  # full width, and no wider
+    assert browser.evaluate("document.documentElement.scrollWidth") <= SIZE[0]
+    image = shot(browser, "serve-features")
+    assert pixel_at(image, rect(browser, "#nav")) == (0x1d, 0x23, 0x30)  # the dark nav bar
+    r, g, b = pixel_at(image, rect(browser, "tr.row b.trigger"))
+    assert r > 200 and b < 200  # the trigger token's orange mark
+    click(browser, "#all")  # dead and rare come back on request
+    wait(browser, f"document.getElementById('count').dataset.total === '{api['features']}'")
     type_into(browser, "#q", "token detector")
     wait(browser, "document.getElementById('count').dataset.total === '1'")
     rows = dom(browser).find(tag="tr", **{"class": "row"})
     assert [r["data-feature"] for r in rows] == ["3"] and "token detector" in rows[0]["text"]
     type_into(browser, "#q", "")
-    wait(browser, "document.getElementById('count').dataset.total === '256'")
+    wait(browser, f"document.getElementById('count').dataset.total === '{api['features']}'")
     click(browser, 'th[data-sort="freq"]')
     wait(browser, "document.querySelector('th[data-sort=\"freq\"]').textContent.includes('▼')")
-    freqs = browser.evaluate("[...document.querySelectorAll('tr.row')].map(r => r.children[5]"
-                             ".textContent)")
+    freqs = browser.evaluate("[...document.querySelectorAll('tr.row td.col-freq')].map(td => "
+                             "td.textContent)")
     assert len(freqs) == 200
-    image = shot(browser, "serve-features")
-    assert pixel_at(image, rect(browser, "#nav")) == (0x1d, 0x23, 0x30)  # the dark nav bar
-    assert rect(browser, "tr.row")[3] > 0 and "thinksae workbench" in dom(browser).find(id="nav")[0]["text"]
 
 
 def test_feature_page(server, browser):
@@ -140,20 +183,59 @@ def test_feature_page(server, browser):
     shot(browser, "serve-feature")
 
 
-def test_try_text_highlights_and_links(server, browser):
+def planted_sink(model, position: int, scale: float = 50.0):
+    """A forward hook on the hookpoint's layer making the residual at ``position`` ``scale``
+    times larger: a norm sink like the demo's "\\n" (remove the returned handle)."""
+    def plant(module, args, output):
+        hidden = (output[0] if isinstance(output, tuple) else output).clone()
+        if hidden.shape[1] > position:
+            hidden[:, position] *= scale
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    return model.model.layers[1].register_forward_hook(plant)
+
+
+def test_try_text_leaves_the_sinks_out(server, browser, tiny_model):
     open_page(browser, server + "/try", "document.getElementById('trace').options.length > 1")
-    type_into(browser, "#text", "Wait, let me check. Hmm, maybe 15% of 80 is 12.")
+    text = "Wait, let me check. Hmm, maybe 15% of 80 is 12."
+    type_into(browser, "#text", text)
     type_into(browser, "#feature", "")
-    click(browser, "#go")
-    wait(browser, "document.getElementById('status').dataset.done")
+    request = urllib.request.Request(server + "/api/encode", json.dumps({"text": text}).encode(),
+                                     {"Content-Type": "application/json"})
+    parts = json.loads(urllib.request.urlopen(request).read())["parts"]
+    sink = parts.index("text") + 2  # a word of the text, after the run's template
+    handle = planted_sink(tiny_model, sink)
+    try:
+        click(browser, "#go")
+        wait(browser, "document.getElementById('status').dataset.done")
+    finally:
+        handle.remove()
     d = dom(browser)
     toks = d.find(tag="span", **{"class": "tok"})
     assert toks[0]["text"] == "<｜begin▁of▁sentence｜>" and len(toks) > 10
-    assert all("#" in t["title"] for t in toks)
-    strongest = max(range(len(toks)), key=lambda i: float(toks[i]["data-value"]))
+    assert "sink" in toks[0]["class"] and "special token" in toks[0]["title"]
+    assert "sink" in toks[sink]["class"] and "tmpl" not in toks[sink]["class"]
+    assert "attention sink: norm" in toks[sink]["title"] and "store median" in toks[sink]["title"]
+    kept = [i for i, t in enumerate(toks) if t["data-kept"] == "1"]
+    assert 0 not in kept and sink not in kept and len(kept) > 5
+    values = [float(t["data-value"]) for t in toks]
+    scale = float(d.find(id="tokens")[0]["data-scale"])
+    assert scale == max(values[i] for i in kept) < values[sink]  # sinks out of the colour scale
+    assert all("background" not in toks[i]["style"] for i in (0, sink))
+    ranked = d.find(tag="li", **{"class": "feat"})
+    assert ranked  # the strongest features over the kept tokens only
+    positions = browser.evaluate("[...document.querySelectorAll('#strongest li')].map(li => "
+                                 "+li.title.split('token ')[1])")
+    assert sink not in positions and 0 not in positions and set(positions) <= set(kept)
+    strongest = max(kept, key=lambda i: values[i])
     image = shot(browser, "serve-try")
     r, g, b = pixel_at(image, rect(browser, f'.tok[data-i="{strongest}"]'))
     assert r > 200 and b < 120  # the orange highlight of the strongest token
+    r, g, b = pixel_at(image, rect(browser, '.tok[data-i="0"]'))
+    assert abs(r - b) < 30  # grey hatching, no orange
+    click(browser, "#strongest li")  # highlight the strongest feature of the text
+    wait(browser, "document.getElementById('tokens').dataset.feature !== 'top'")
+    assert browser.evaluate("document.getElementById('feature').value") == ranked[0]["data-feature"]
     click(browser, f'.tok[data-i="{strongest}"]')
     wait(browser, "!!document.querySelector('#detail tr.feat')")
     links = dom(browser).find(tag="a")
@@ -162,22 +244,32 @@ def test_try_text_highlights_and_links(server, browser):
     shot(browser, "serve-try")
 
 
-def test_steer_fills_both_columns(server, browser):
-    open_page(browser, server + "/steer?start=prompt&end=none", "!!document.getElementById('nav')")
-    type_into(browser, "#prompt", QUESTION)
-    type_into(browser, "#features", "3=+6, 17=off")
-    type_into(browser, "#max_new_tokens", "6")
-    click(browser, "#run")
+def test_steer_first_click_with_the_defaults(server, browser):
+    open_page(browser, server + "/steer", "document.body.dataset.ready")
+    value = "(id => document.getElementById(id).value)"
+    assert [browser.evaluate(f"{value}({k!r})") for k in ("start", "end", "max_new_tokens")] == \
+        ["prompt", "none", str(STEER_TOKENS)]
+    assert browser.evaluate(f"{value}('prompt')") and browser.evaluate(f"{value}('features')")
+    assert dom(browser).find(id="why")[0]["text"] == \
+        f"defaults: {PLAIN_WHY}; system prompt and think prefill as the run's corpus had them"
+    assert browser.evaluate("document.getElementById('think_prefill').checked")
+    assert browser.evaluate(f"{value}('system_prompt')") == DEMO_SYSTEM_PROMPT
+    assert browser.evaluate("[...document.getElementById('start').options].filter(o => o.disabled)"
+                            ".map(o => o.value)") == ["sentence", "think"]
+    click(browser, "#run")  # nothing typed: the first click
     wait(browser, "document.getElementById('status').dataset.done || "
                   "document.getElementById('error').textContent")
     d = dom(browser)
     assert not d.find(id="error")[0]["text"]
     base = [t for t in d.find(tag="span", **{"class": "tok"}) if "steered" not in t["class"]]
     steered = d.find(tag="span", **{"class": "steered"})
-    assert len(steered) == 6 and len(base) == 6 and all("KL" in t["title"] for t in steered)
+    assert len(steered) == STEER_TOKENS and len(base) == STEER_TOKENS
+    assert all("KL" in t["title"] for t in steered)
     assert "steered positions, mean KL" in d.find(id="summary")[0]["text"]
     image = shot(browser, "serve-steer")
-    assert pixel_at(image, rect(browser, "#steered .tok"))[0] > 150  # the orange underline
+    x, y, w, h = rect(browser, "#steered .tok")
+    below = [image.getpixel((int(x + w / 2), int(y + h - dy))) for dy in range(1, 7)]
+    assert any(r > 150 and b < 100 for r, g, b in below), below  # the orange underline
 
 
 def test_monitor_rule_edited_in_the_page(server, browser):

@@ -4,18 +4,25 @@
 ``GET /``                              features index (search, sort, filter); data: ``GET /api/features``
 ``GET /features/feature-N.html``       a feature's page (the dashboard's, with verdict and explanation);
                                        data: ``GET /api/features/N``
-``GET /try``                           try text; ``POST /api/encode`` ``{"text", "special_tokens"}``,
-                                       traces to pick: ``GET /api/traces``
+``GET /try``                           try text (:mod:`.trytext`); ``POST /api/encode``
+                                       ``{"text", "template", "special_tokens"}``, traces to pick:
+                                       ``GET /api/traces``
 ``GET /steer``                         steer side by side; ``POST /api/steer`` (server-sent events),
                                        ``POST /api/steer/save`` (writes ``steer.json`` as the CLI)
 ``GET /monitor/``                      the monitor's own app (:mod:`thinksae.monitor.server`), mounted
 ``GET /run/...``                       the run directory's files (report ``/run/index.html``, dashboard)
-``GET /api/info``                      run, model, SAE, hookpoint, limits, whether a generation runs
+``GET /api/info``                      run, model, SAE, hookpoint, limits, whether a generation runs,
+                                       the steer form's defaults and the index's score
+                                       (:mod:`.defaults`)
 =====================================  ===============================================================
 
 ``/api/features`` query: ``q`` (substring of trigger token, label, verdict or explanation),
-``sort`` (any score), ``dir`` (asc/desc), ``label``, ``verdict``, ``min.SCORE``/``max.SCORE``
-(any number of them), ``offset``, ``limit`` (≤ 1000). Answers ``{total, scores, rows}``.
+``sort`` (any score; ``default``: the run's, :func:`~.defaults.index_sort`), ``dir``
+(asc/desc), ``label``, ``verdict``, ``min.SCORE``/``max.SCORE``
+(any number of them), ``live`` (1: leave out dead and rare features), ``offset``, ``limit``
+(≤ 1000). Answers ``{total, features, dead_or_rare, default_sort, scores, rows}``; each row has
+the analysis' scores plus ``verdict``, ``explanation``, ``top_tokens`` and ``context``
+(:mod:`.snippets`).
 
 The model is used by one request at a time (encode, steer, save, monitor share one lock); a
 request that finds it busy gets 429 with ``Retry-After``. Bad input gets a 4xx with
@@ -25,7 +32,6 @@ client that goes away stops its generation after the current token.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -34,60 +40,22 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Stre
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from ..chat import ThinkMarkers
 from ..errors import ThinksaeError
 from ..features.card import feature_info
 from ..features.dashboard import feature_page as render
 from ..features.scores import LABELS
-from ..generation.decode import Decoding
 from ..monitor.engine import Monitor
 from ..monitor.server import RequestError, add_error_handlers, error_response, event_stream, read_json
 from ..monitor.server import create_app as monitor_app
-from ..runs import read_run
 from ..validate.verdicts import VERDICTS, read_verdicts
 from .config import ServeConfig
+from .defaults import HIDDEN_LABELS, prompting
 from .steering import parse_steer, save_sweep, stream_steer
-from .workbench import Query, encode_text, feature_rows, load_run, read_traces, scores_of, select
+from .trytext import encode_text, strongest
+from .workbench import Query, Workbench, read_traces, scores_of, select
 
 STATIC = Path(__file__).parent / "static"
 MAX_PROMPT_CHARS = 8000
-
-
-class Workbench:
-    """The run, the loaded model and SAE, the generation lock and cached index rows."""
-
-    def __init__(self, cfg: ServeConfig, model=None, tokenizer=None, sae=None):
-        self.cfg, self.info = cfg, read_run(cfg.run)
-        self.bound = load_run(self.info, model, tokenizer, sae, {
-            "model": cfg.model, "device": cfg.device, "dtype": cfg.dtype})
-        self.model, self.tokenizer, self.sae = self.bound.model, self.bound.tokenizer, self.bound.sae
-        self.lock: threading.Lock = threading.Lock()
-        self._rows: tuple[tuple, list[dict]] | None = None
-        self._markers = None
-
-    def rows(self) -> list[dict]:
-        """Index rows, re-read when the analysis, verdicts or explanations change."""
-        root, feats = self.info.root, self.info.analysis
-        watched = [feats / "features.jsonl", root / "validate", feats / "validate", root / "explain"]
-        key = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in watched)
-        if self._rows is None or self._rows[0] != key:
-            self._rows = (key, feature_rows(self.info))
-        return self._rows[1]
-
-    def markers(self) -> ThinkMarkers:
-        if self._markers is None:
-            self._markers = self.bound.markers(sentences=True)
-        return self._markers
-
-    def decoding(self) -> Decoding:
-        """How the workbench decodes: the run's model and SAE, the tokenizer's markers."""
-        return Decoding(self.model, self.tokenizer, self.sae, self.info.hookpoint,
-                        markers=self.markers())
-
-    def max_act(self, feature: int) -> float | None:
-        rows = self.rows()
-        value = rows[feature].get("max_act") if 0 <= feature < len(rows) else None
-        return float(value) if isinstance(value, (int, float)) else None
 
 
 def _busy() -> JSONResponse:
@@ -99,7 +67,9 @@ def _page(name: str) -> HTMLResponse:
     return HTMLResponse((STATIC / name).read_text())
 
 
-def _query(request: Request, scores: list[str]) -> Query:
+def _query(request: Request, scores: list[str], default_sort: str) -> Query:
+    """The index query of ``request`` (module docstring); ``sort=default`` is ``default_sort``,
+    highest first unless ``dir`` says otherwise."""
     params = request.query_params
     bounds: dict = {}
     try:
@@ -114,12 +84,18 @@ def _query(request: Request, scores: list[str]) -> Query:
     except ValueError as e:
         raise RequestError(422, f"bad number in the query ({e})") from None
     sort = params.get("sort", "feature")
+    direction = params.get("dir", "desc" if sort == "default" else "asc")
+    sort = default_sort if sort == "default" else sort
     if sort not in scores + ["feature", "label", "verdict", "top_token_text"]:
         raise RequestError(422, f"sort: no column {sort!r}")
-    if params.get("dir", "asc") not in ("asc", "desc") or not 0 <= offset or not 1 <= limit <= 1000:
+    if direction not in ("asc", "desc") or not 0 <= offset or not 1 <= limit <= 1000:
         raise RequestError(422, "dir: asc or desc; offset >= 0; limit in 1..1000")
-    return Query(params.get("q", "")[:200], sort, params.get("dir") == "desc",
-                 params.get("label") or None, params.get("verdict") or None, bounds, offset, limit)
+    live = params.get("live", "0")
+    if live not in ("0", "1"):
+        raise RequestError(422, "live: 0 or 1")
+    return Query(params.get("q", "")[:200], sort, direction == "desc",
+                 params.get("label") or None, params.get("verdict") or None, bounds, offset, limit,
+                 live == "1")
 
 
 def _feature_routes(app: FastAPI, wb: Workbench) -> None:
@@ -128,8 +104,12 @@ def _feature_routes(app: FastAPI, wb: Workbench) -> None:
 
         rows = wb.rows()
         scores = scores_of(rows)
-        total, page = select(rows, _query(request, scores))
-        return {"total": total, "features": len(rows), "scores": scores, "labels": list(LABELS),
+        query = _query(request, scores, wb.index_sort()["score"])
+        total, page = select(rows, query)
+        hidden = sum(r.get("label") in HIDDEN_LABELS for r in rows)
+        return {"total": total, "features": len(rows), "dead_or_rare": hidden,
+                "sort": query.sort, "dir": "desc" if query.desc else "asc",
+                "default_sort": wb.index_sort(), "scores": scores, "labels": list(LABELS),
                 "verdicts": list(VERDICTS), "rows": page}
 
     @app.get("/api/features/{index}")
@@ -174,13 +154,41 @@ def _steer_request(wb: Workbench, body):
     """A checked :class:`~.steering.SteerRequest` (422 with the reason otherwise)."""
     try:
         req = parse_steer(body, wb.sae.num_latents, wb.cfg.max_new_tokens, MAX_PROMPT_CHARS,
-                          wb.max_act)
+                          wb.max_act, wb.steer_defaults())
     except ThinksaeError as e:
         raise RequestError(422, str(e)) from None
     if not wb.markers().single_token and (req.window.start, req.window.end) != ("prompt", "none"):
-        raise RequestError(422, "this tokenizer has no single <think>/</think> tokens: use "
-                                "start prompt, end none")
+        raise RequestError(422, "this tokenizer has no single <think>/</think> tokens, so that "
+                                "window would never open: use start prompt, end none (the "
+                                "page's defaults)")
     return req
+
+
+def _encode_body(body) -> dict:
+    """A checked try-text body: ``text``, ``template`` (default true: wrap the text in the run's
+    chat template) and ``special_tokens`` (default true; without the template: the tokenizer's
+    own special tokens, e.g. BOS)."""
+    flags = ("template", "special_tokens")
+    if not isinstance(body, dict) or not isinstance(body.get("text"), str) or \
+            set(body) - {"text", *flags} or \
+            not all(isinstance(body.get(k, True), bool) for k in flags):
+        raise RequestError(422, 'expected {"text": str, "template": bool (optional), '
+                                '"special_tokens": bool (optional)}')
+    return {"text": body["text"], **{k: body.get(k, True) for k in flags}}
+
+
+def _encode(wb: Workbench, body: dict) -> dict:
+    """Try text's answer (:mod:`.trytext`): per token ids, texts, top-k, part, norm and sink
+    mark, the sink rule used and the strongest features over the kept tokens."""
+    rule, reference = wb.sink_rule()
+    enc = encode_text(wb.bound, body["text"], (body["template"], body["special_tokens"]),
+                      prompting(wb.info.config), wb.special_ids(), rule, wb.cfg.max_text_tokens)
+    return {"ids": enc.ids, "tokens": enc.tokens, "top": enc.top, "k": wb.sae.cfg.k,
+            "parts": enc.parts, "norms": enc.norms, "sink": [r is not None for r in enc.sinks],
+            "sink_reason": enc.sinks, "wrapped": enc.how,
+            "sink_rule": {"norm_multiple": rule.norm_multiple, "median_norm": enc.median_norm,
+                          "reference": reference},
+            "strongest": strongest(enc)}
 
 
 def _event_stream(wb: Workbench, work) -> StreamingResponse:
@@ -194,21 +202,15 @@ def _generation_routes(app: FastAPI, wb: Workbench) -> None:
 
     @app.post("/api/encode")
     async def encode(request: Request):
-        body = await read_json(request, cfg.max_body)
-        if not isinstance(body, dict) or not isinstance(body.get("text"), str) or set(body) - {
-                "text", "special_tokens"} or not isinstance(body.get("special_tokens", True), bool):
-            raise RequestError(422, 'expected {"text": str, "special_tokens": bool (optional)}')
+        body = _encode_body(await read_json(request, cfg.max_body))
         if not wb.lock.acquire(blocking=False):
             return _busy()
         try:
-            enc = await run_in_threadpool(encode_text, wb.model, wb.tokenizer, wb.sae,
-                                          wb.info.hookpoint, body["text"],
-                                          body.get("special_tokens", True), cfg.max_text_tokens)
+            return await run_in_threadpool(_encode, wb, body)
         except ThinksaeError as e:
             raise RequestError(422, str(e)) from None
         finally:
             wb.lock.release()
-        return {"ids": enc.ids, "tokens": enc.tokens, "top": enc.top, "k": wb.sae.cfg.k}
 
     @app.post("/api/steer")
     async def steer(request: Request):
@@ -246,9 +248,11 @@ def create_app(run_dir: str | Path, model=None, tokenizer=None, sae=None,
 
     cfg = replace(cfg or ServeConfig(run=str(run_dir)), run=str(run_dir))
     wb = Workbench(cfg, model, tokenizer, sae)
+    prompt = prompting(wb.info.config)  # the monitor prompts the model as the run did
     monitor = Monitor(wb.model, wb.tokenizer, wb.sae, wb.info.hookpoint,
                       alert_log=wb.info.root / "serve" / "alerts.jsonl",
-                      max_new_tokens=cfg.max_new_tokens)
+                      max_new_tokens=cfg.max_new_tokens, system_prompt=prompt.system_prompt,
+                      think_prefill=prompt.think_prefill)
     mon = monitor_app(monitor, max_body=cfg.max_body)
     wb.lock = mon.state.lock  # one lock for every use of the model
     app = FastAPI(title="thinksae workbench", docs_url=None, redoc_url=None, openapi_url=None)
@@ -261,6 +265,9 @@ def create_app(run_dir: str | Path, model=None, tokenizer=None, sae=None,
                 "hookpoint": wb.info.hookpoint, "sae": str(wb.info.sae_dir),
                 "num_latents": wb.sae.num_latents, "k": wb.sae.cfg.k,
                 "features_analysed": len(wb.rows()), "max_new_tokens": cfg.max_new_tokens,
+                "steer_defaults": {**wb.steer_defaults().to_dict(), **wb.steer_example(),
+                                   "think_tokens": wb.markers().single_token},
+                "index_sort": wb.index_sort(),
                 "max_text_tokens": cfg.max_text_tokens, "max_body": cfg.max_body,
                 "busy": wb.lock.locked()}
 

@@ -30,8 +30,10 @@ from ..generation.decode import DecodeStep, Decoding, generate_rows
 from ..interventions.spec import Intervention, Window, parse_interventions, parse_sweep, parse_window
 from ..steer.config import SteerConfig
 from ..steer.run import run as steer_run
+from .defaults import SteerDefaults
 
-FIELDS = {"prompt", "features", "sweep", "start", "end", "max_new_tokens", "think_prefill"}
+FIELDS = {"prompt", "features", "sweep", "start", "end", "max_new_tokens", "think_prefill",
+          "system_prompt"}
 
 
 @dataclass
@@ -45,6 +47,7 @@ class SteerRequest:
     max_new_tokens: int
     think_prefill: bool = False
     sweep: list[str] | None = None
+    system_prompt: str | None = None
 
 
 def _specs(value: Any, name: str) -> list[str]:
@@ -57,9 +60,13 @@ def _specs(value: Any, name: str) -> list[str]:
 
 
 def parse_steer(body: Any, num_latents: int, max_new_tokens: int, max_prompt_chars: int,
-                max_act: Callable[[int], float | None]) -> SteerRequest:
+                max_act: Callable[[int], float | None],
+                defaults: SteerDefaults | None = None) -> SteerRequest:
     """A :class:`SteerRequest` from a JSON body, or a one-line ThinksaeError saying what is
-    wrong. ``max_act(f)`` gives a feature's max activation for ``Smax`` values."""
+    wrong. ``max_act(f)`` gives a feature's max activation for ``Smax`` values; ``defaults``
+    (the run's, :func:`~.defaults.steer_defaults`) fill the fields the body leaves out
+    (without: sentence .. think_end, no think prefill, no system prompt, 64 tokens)."""
+    d = defaults or SteerDefaults("sentence", "think_end", False, None, 64, "")
     if not isinstance(body, dict):
         raise ThinksaeError("expected a JSON object with a prompt and features")
     unknown = sorted(set(body) - FIELDS)
@@ -73,13 +80,17 @@ def parse_steer(body: Any, num_latents: int, max_new_tokens: int, max_prompt_cha
     specs = _specs(body.get("features", ""), "features")
     sweep = _specs(body["sweep"], "sweep") if body.get("sweep") else None
     sets = parse_sweep(specs, sweep) if sweep else [parse_interventions(specs)]
-    limit = body.get("max_new_tokens", min(64, max_new_tokens))
+    limit = body.get("max_new_tokens", min(d.max_new_tokens, max_new_tokens))
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_new_tokens:
         raise ThinksaeError(f"max_new_tokens: expected an integer in 1..{max_new_tokens}")
-    window = parse_window(body.get("start", "sentence"), body.get("end", "think_end"))
-    prefill = body.get("think_prefill", False)
+    window = parse_window(body.get("start", d.start), body.get("end", d.end))
+    prefill = body.get("think_prefill", d.think_prefill)
     if not isinstance(prefill, bool):
         raise ThinksaeError("think_prefill: expected true or false")
+    system = body.get("system_prompt", d.system_prompt)
+    if system is not None and (not isinstance(system, str) or len(system) > max_prompt_chars):
+        raise ThinksaeError(f"system_prompt: expected a text of at most {max_prompt_chars} "
+                            "characters (or null)")
     ivs = sets[0]
     bad = [i.feature for s in sets for i in s if i.feature >= num_latents]
     if bad:
@@ -91,7 +102,7 @@ def parse_steer(body: Any, num_latents: int, max_new_tokens: int, max_prompt_cha
         raise ThinksaeError(f"feature {missing[0]}: Smax needs its max activation, and the run "
                             "has no analysis row for it")
     return SteerRequest(prompt, specs, [i.resolved(maxes) for i in ivs], window, limit, prefill,
-                        sweep)
+                        sweep, system or None)
 
 
 def _token_rows(ids: list[int], width: int, stop: set[int]) -> list[int]:
@@ -132,7 +143,7 @@ def stream_steer(dec: Decoding, req: SteerRequest, emit: Callable[[dict], None],
     ``token`` events as they come and a final ``done`` event (module docstring)."""
     tokenizer = dec.tokenizer
     stop = set(stop_ids(dec.model, tokenizer))
-    prompt = build_prompt(tokenizer, req.prompt, None, req.think_prefill)
+    prompt = build_prompt(tokenizer, req.prompt, req.system_prompt, req.think_prefill)
     width = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     emit({"type": "start", "prompt_tokens": width, "features": [i.spec for i in req.interventions],
           "window": req.window.to_dict()})
@@ -183,7 +194,8 @@ def save_sweep(sae_dir: Path, hookpoint: str, model, tokenizer, req: SteerReques
                       sweep=list(req.sweep or []), prompt=[req.prompt],
                       start=str(req.window.start), end=str(req.window.end),
                       generation=GenerationConfig(max_new_tokens=req.max_new_tokens,
-                                                  think_prefill=req.think_prefill),
+                                                  think_prefill=req.think_prefill,
+                                                  system_prompt=req.system_prompt),
                       out=str(out), show=0, progress=False)
     result = steer_run(cfg, model=model, tokenizer=tokenizer)
     return {"path": str(out / "steer.json"), "mode": result.mode,
