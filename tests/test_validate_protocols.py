@@ -278,3 +278,29 @@ def test_old_run_directories_keep_their_validate_hash():
     assert stage_hash("validate", both, ["a", "b"]) != stage_hash("validate", cfg, ["a", "b"])
     fewer = dataclasses.replace(both, ma2026=dataclasses.replace(both.ma2026, n_texts=128))
     assert stage_hash("validate", fewer, ["a", "b"]) != stage_hash("validate", both, ["a", "b"])
+
+
+def test_the_pipeline_gives_their_protocol_the_runs_traces(tmp_path, monkeypatch):
+    """`validate: {protocol: both}` in a pipeline config: the stage's reasoning set is the run's
+    own traces; with the default protocol the stage config (and hash) has no traces."""
+    import yaml
+
+    import thinksae.pipeline.run as run_module
+    from thinksae.pipeline import Pipeline, resolve
+
+    seen = {}
+
+    def record(name, stage_dir, cfg, digest, action, log):
+        seen[name] = cfg
+        return False
+    monkeypatch.setattr(run_module, "run_stage", record)
+    monkeypatch.setattr(run_module, "write_report", lambda root, sae_dir=None: root)
+    for section, traces in (({"protocol": "both", "n_texts": 128}, "corpus/traces.jsonl"),
+                            ({"top": 3}, None)):
+        spec = {"name": "t", "out": str(tmp_path / "run"), "model": "m", "hookpoint": "layers.1",
+                "steer": None, "monitor": None, "validate": section}
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+        Pipeline(resolve(str(tmp_path / "spec.yaml")), progress=False).run()
+        cfg = seen["validate"]
+        assert cfg.traces == (str(tmp_path / "run" / traces) if traces else None)
+        assert cfg.ma2026.n_texts == section.get("n_texts", 256)

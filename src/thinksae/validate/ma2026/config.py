@@ -58,7 +58,7 @@ class Ma2026Options:
     norm sinks) or ma2026 (their code, to reproduce it: BOS and padding included)."""
     norm_multiple: float | None = 10.0
     """sinks mode: tokens whose hookpoint norm is above this multiple of the median are sinks
-    (none: special ids only)."""
+    (given with no value, or null in a config: special ids only)."""
     median_norm: float | None = None
     """sinks mode: the reference median norm; default: the activation store's (`thinksae
     validate`), else per batch the median over its non-special tokens."""
