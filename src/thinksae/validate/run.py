@@ -271,18 +271,24 @@ def run(cfg: ValidateConfig, model=None, tokenizer=None) -> ValidateResult:
     out_rows, summary = _ours(cfg, inp, why, rows, stats, strings) if ours_run else (
         [dict(r) for _, r in sorted(earlier.items())], _earlier_summary(earlier_summary))
     summary = {**_base_summary(cfg, inp), **summary, "ours_from": cfg.our_verdicts}
-    theirs = None
-    if texts is not None:
-        ours = {r["feature"]: r["verdict"] for r in out_rows}
-        theirs = run_theirs(cfg, inp, texts, set(ours) | set(named))
-        summary["ma2026"] = their_summary(theirs, ours)
-        if ours:
-            table = side_by_side_rows(ours, {f["feature"]: f for f in
-                                             (x.to_dict() for x in theirs.result.features)})
-            summary["side_by_side"] = {"rows": table, "agreement": agreement(table),
-                                       "file": SIDE_BY_SIDE_FILE}
+    theirs = _theirs(cfg, inp, texts, out_rows, named, summary) if texts is not None else None
     summary["seconds"] = time.perf_counter() - t0
     return _write(out, out_rows, summary, theirs)
+
+
+def _theirs(cfg: ValidateConfig, inp: Inputs, texts, out_rows: list[dict], named: list[int],
+            summary: dict) -> TheirRun:
+    """Their protocol on our candidates (``out_rows``) and ``named`` besides their selection;
+    ``summary`` gets its ``ma2026`` block and, when there are ours, the ``side_by_side`` table."""
+    ours = {r["feature"]: r["verdict"] for r in out_rows}
+    theirs = run_theirs(cfg, inp, texts, set(ours) | set(named))
+    summary["ma2026"] = their_summary(theirs, ours)
+    if ours:
+        table = side_by_side_rows(ours, {f["feature"]: f for f in
+                                         (x.to_dict() for x in theirs.result.features)})
+        summary["side_by_side"] = {"rows": table, "agreement": agreement(table),
+                                   "file": SIDE_BY_SIDE_FILE}
+    return theirs
 
 
 def _base_summary(cfg: ValidateConfig, inp: Inputs) -> dict:

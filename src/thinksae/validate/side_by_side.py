@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-TOKEN_DRIVEN = ("token_driven", "partially_token_driven", "weakly_token_driven")
+from .ma2026.config import LEVELS
+
+TOKEN_DRIVEN = LEVELS[:3]
 """Their levels that count as token-driven at some level (the paper's 77–95 %)."""
-CONTEXT_DEPENDENT = "context_dependent"
+CONTEXT_DEPENDENT = LEVELS[3]
 REASONING, TOKEN_DETECTOR = "reasoning candidate", "token detector"
 """Our verdicts the counts read (:data:`.verdicts.VERDICTS`)."""
 SIDE_BY_SIDE_FILE = "side_by_side.md"

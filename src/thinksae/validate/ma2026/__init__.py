@@ -31,7 +31,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "PAPER": "report", "FeatureResult": "report", "Ma2026Result": "report",
     "MaskingComparison": "report", "markdown": "report", "shares": "report",
     "write_comparison": "report", "write_results": "report",
-    "LEVELS": "stats", "DEFAULT_STRATEGIES": "strategies", "STRATEGIES": "strategies",
+    "LEVELS": "config", "DEFAULT_STRATEGIES": "strategies", "STRATEGIES": "strategies",
     "PLAIN_PROSE": "texts", "load_texts": "texts", "plain_prose": "texts",
     "reasoning_pieces": "texts", "text_sets": "texts",
 })

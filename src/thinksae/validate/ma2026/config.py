@@ -11,6 +11,8 @@ from .strategies import DEFAULT_STRATEGIES, parse_strategies
 
 MIN_INJECTION_TEXTS = 2
 """The t-test needs two texts per sample."""
+LEVELS = ("token_driven", "partially_token_driven", "weakly_token_driven", "context_dependent")
+"""Their four verdicts, strongest first (their strings; the rule: :mod:`.stats`)."""
 MASK_MODES = ("sinks", "ma2026")
 """sinks: thinksae's rule (default); ma2026: their code's positions (:mod:`.activations`)."""
 
