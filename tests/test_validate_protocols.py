@@ -133,6 +133,28 @@ def test_their_protocol_beside_earlier_verdicts_and_both_masks(both, run_dir, tm
     assert f"changes {cmp['changed']} of" in (again / "side_by_side.md").read_text()
 
 
+def test_their_protocol_alone(run_dir, tmp_path):
+    """--protocol ma2026 with no verdicts of ours: their files and validation.json only (no
+    verdicts.jsonl, no side-by-side table); the named feature is judged; the report shows
+    their levels and no table of ours."""
+    out = tmp_path / "run" / "validate"
+    with pytest.warns(UserWarning, match="fewer than --n_texts"):
+        assert main(["validate", "--run", str(run_dir), "--protocol", "ma2026", "--features", "3",
+                     "--mask", "ma2026", "--out", str(out), *THEIRS, *QUIET]) == 0
+    assert {p.name for p in out.iterdir()} == {"validation.json", "ma2026.json", "ma2026.md"}
+    summary = json.loads((out / "validation.json").read_text())
+    assert summary["protocol"] == "ma2026" and "counts" not in summary
+    assert "side_by_side" not in summary and summary["ma2026"]["levels"]["ours"] is None
+    assert summary["ma2026"]["mask"] == "ma2026"
+    theirs = json.loads((out / "ma2026.json").read_text())
+    assert theirs["options"]["mask"] == "ma2026" and theirs["options"]["features"] == [3]
+    assert "named" in next(f for f in theirs["features"] if f["feature"] == 3)["why"]
+    (out / "stage.json").write_text('{"status": "done", "hash": "x"}')
+    md, html = _render(out.parent)
+    assert "### Ma et al.'s token injection" in md and "| their selection (n = " in md
+    assert "| feature | verdict |" not in md and "<h3>Our verdicts" not in html
+
+
 def _render(root) -> tuple[str, str]:
     """The pipeline report's validate section of the run directory ``root`` (summary.md, index.html
     parts), rendered as `write_report` renders it."""
