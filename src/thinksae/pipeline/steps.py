@@ -93,7 +93,7 @@ def step_analyze(p: Context, st: Stage) -> Step:
 def step_validate(p: Context, st: Stage) -> Step:
     cfg = p.config(st, sae=str(p.sae_dir), store=str(p.paths.store), analysis=str(p.dir("analyze")),
                    out=str(p.dir(st)), refresh_dashboard=False)
-    if cfg.protocol != "thinksae" and cfg.traces is None:  # Ma et al.'s reasoning set: the run's
+    if cfg.protocol != "thinksae" and cfg.traces is None:  # Ma et al.'s reasoning set: the run's traces
         cfg = dataclasses.replace(cfg, traces=str(p.paths.traces))
 
     def action():
