@@ -63,7 +63,7 @@ def _texts():
 OPTIONS = dict(n_texts=30, n_injection_texts=12, max_tokens=MAX_TOKENS, top_candidates=4,
                strategies="prepend,append,intersperse,replace,comma_list,inject_bigram,"
                           "inject_trigram,bigram_before,bigram_after,trigram,active_trigram",
-               batch_size=8)
+               texts_per_batch=8)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def world(tiny_model, tokenizer, one_thread):
     assert min(len(tokenizer(t)["input_ids"]) for t in other) > MAX_TOKENS  # ... the others never
     sae = _planted(tiny_model)
     cmp = compare_masking(tiny_model, tokenizer, sae, "embed_tokens", reasoning, other,
-                          Ma2026Options(**OPTIONS, features="5"))
+                          Ma2026Options(**OPTIONS), features=[5])
     return {"sae": sae, "reasoning": reasoning, "other": other, "cmp": cmp}
 
 
@@ -173,12 +173,12 @@ def test_bad_input_before_the_model_runs(tiny_model, tokenizer):
         def parameters(self):
             raise AssertionError("the model ran")
 
-    for opts, says in ((dict(strategies="prepend,warp"), "unknown injection strategy"),
-                       (dict(features="99"), "unknown feature 99"),
-                       (dict(n_texts=3), "no latent can reach")):
+    for opts, named, says in ((dict(strategies="prepend,warp"), [], "unknown injection strategy"),
+                              ({}, [99], "unknown feature 99"),
+                              (dict(n_texts=3), [], "no latent can reach")):
         with pytest.raises(ThinksaeError, match=says):
             run_ma2026(NoModel(), tokenizer, sae, "embed_tokens", reasoning, other,
-                       Ma2026Options(**{**OPTIONS, **opts}))
+                       Ma2026Options(**{**OPTIONS, **opts}), features=named)
     with pytest.raises(ThinksaeError, match="too few texts"):
         run_ma2026(NoModel(), tokenizer, sae, "embed_tokens", reasoning[:1], other,
                    Ma2026Options(**OPTIONS))

@@ -11,7 +11,7 @@ import pytest
 from thinksae.corpus.traces import Trace
 from thinksae.errors import ThinksaeError
 from thinksae.validate.ma2026 import Ma2026Options, check_options, check_text_counts
-from thinksae.validate.ma2026.config import min_selection_p
+from thinksae.validate.ma2026.checks import min_selection_p
 from thinksae.validate.ma2026.texts import (
     PLAIN_PROSE,
     load_texts,
@@ -141,7 +141,7 @@ def test_packaged_plain_prose():
     ("n_texts", 1, "must be >= 2"),
     ("n_injection_texts", 0, "must be an integer >= 1"),
     ("mask", "none", "unknown masking mode"),
-    ("features", "3,x", "not a feature index"),
+    ("texts_per_batch", 0, "must be an integer >= 1"),
     ("norm_multiple", 0.5, "norm multiple"),
     ("median_norm", -1.0, "median norm"),
 ])

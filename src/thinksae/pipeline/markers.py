@@ -26,8 +26,17 @@ UNHASHED = ("progress",)
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "corpus": {"engine": "hf"},
     "train": {"auxk_norm": "x", "sae.architecture": "topk", "sae.matryoshka_widths": ""},
-    **{stage: {"run": None} for stage in ("eval", "splice", "analyze", "validate", "explain",
-                                          "steer", "monitor")},
+    **{stage: {"run": None} for stage in ("eval", "splice", "analyze", "explain", "steer",
+                                          "monitor")},
+    "validate": {"run": None, "protocol": "thinksae", "traces": None, "nonreasoning": None,
+                 "text_field": "text", "our_verdicts": None, "compare_masking": False,
+                 # the flat Ma et al. group (ma2026.Ma2026Options): unused with protocol thinksae
+                 "n_texts": 256, "n_injection_texts": 64, "max_tokens": 64, "max_chars": 512,
+                 "top_candidates": 100, "strategies": "prepend,intersperse,replace,inject_bigram,"
+                 "inject_trigram,bigram_before,trigram,comma_list", "top_tokens": 10,
+                 "n_inject": 3, "n_inject_bigram": 2, "n_inject_trigram": 1, "injection_seed": 0,
+                 "mask": "sinks", "norm_multiple": 10.0, "median_norm": None,
+                 "texts_per_batch": 16},
 }
 """Config fields added after run directories were made (``a.b``: field b of the nested config
 a), with the value that does what the stage did before them: left out of the stage's hash while

@@ -27,6 +27,7 @@ from ..features.scores import LABELS
 from ..runs import RUN_CONFIG
 from ..sae.formats import read_report_card
 from ..store.reader import ActivationStore
+from ..validate.side_by_side import levels_rows, levels_table
 from ..validate.verdicts import KEY_NUMBERS, read_verdicts
 from ..validate.verdicts import SUMMARY_FILE as VALIDATE_SUMMARY
 from . import table
@@ -181,13 +182,24 @@ def _monitor_section(root: Path) -> dict | None:
 
 
 def _validate_section(root: Path) -> dict | None:
+    """Our verdicts (when our tests ran), Ma et al.'s levels next to the paper's and the side by
+    side table (when their protocol ran)."""
     folder = root / table.stage("validate").folder
     summary = _load(folder / VALIDATE_SUMMARY)
     if not summary or (read_marker(folder) or {}).get("status") != "done":
         return None
+    out: dict[str, Any] = {"protocol": summary.get("protocol", "thinksae"),
+                           "ma2026": summary.get("ma2026"),
+                           "side_by_side": summary.get("side_by_side")}
+    if out["ma2026"]:
+        out["ma2026_md"] = _rel(folder / "ma2026.md", root)
+        out["levels_header"], out["levels_rows"] = levels_rows(out["ma2026"]["levels"])
+        out["levels_md"] = "\n".join(levels_table(out["ma2026"]["levels"]))
+    if "counts" not in summary:  # their protocol alone
+        return out
     rows = [{"feature": f, "verdict": r["verdict"], "label": r.get("label"), "why": r.get("why"),
              **{k: r.get(k) for k in KEY_NUMBERS}} for f, r in sorted(read_verdicts(folder).items())]
-    return {"counts": summary["counts"], "passed_all": summary["passed_all"],
+    return {**out, "counts": summary["counts"], "passed_all": summary["passed_all"],
             "features": summary["features"], "traces": summary["traces"],
             "targets": summary["target_text"], "thresholds": summary["thresholds"],
             "comparisons": summary["comparisons"], "comparisons_note": summary["comparisons_note"],

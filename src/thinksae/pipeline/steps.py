@@ -4,6 +4,7 @@ its stage's config with ``p.config(st, **paths)`` and returns it with the action
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -92,6 +93,8 @@ def step_analyze(p: Context, st: Stage) -> Step:
 def step_validate(p: Context, st: Stage) -> Step:
     cfg = p.config(st, sae=str(p.sae_dir), store=str(p.paths.store), analysis=str(p.dir("analyze")),
                    out=str(p.dir(st)), refresh_dashboard=False)
+    if cfg.protocol != "thinksae" and cfg.traces is None:  # Ma et al.'s reasoning set: the run's traces
+        cfg = dataclasses.replace(cfg, traces=str(p.paths.traces))
 
     def action():
         validate(cfg, *p.models.get(cfg))

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import flat_group
 from ..errors import ThinksaeError
+from .ma2026.config import Ma2026Options
 
 SCORES = ("reason_score", "think_rate_ratio", "think_mean_ratio")
 """Rankings whose top ``--top`` content features are validated (plus ``--features``)."""
 METRICS = ("logprob", "logit")
+PROTOCOLS = ("thinksae", "ma2026", "both")
+"""thinksae: our tests (context, injection, causal, attribution); ma2026: Ma et al.'s token
+injection (:mod:`.ma2026`); both: ours, then theirs on our candidates and their own selection."""
 
 
 @dataclass
@@ -33,7 +38,30 @@ class ValidateConfig:
     corpus: str | None = None
     """Read the held-out traces from this corpus instead of the store's token ids."""
     out: str | None = None
-    """Output directory (default: <analysis>/validate): verdicts.jsonl, validation.json."""
+    """Output directory (default: <analysis>/validate): verdicts.jsonl, validation.json (and
+    ma2026.json/.md, side_by_side.md with --protocol ma2026 or both)."""
+    protocol: str = "thinksae"
+    """Which tests: thinksae (ours: context, injection, causal, attribution), ma2026 (Ma et al.
+    2026's token injection, their selection and thresholds) or both (ours, then theirs on our
+    candidates and their own top selection, side by side)."""
+    traces: str | None = None
+    """ma2026: the reasoning set, the thinking of this traces JSONL cut into max_tokens-token pieces
+    (default: --corpus, else the run's traces, else the store's corpus)."""
+    nonreasoning: str | None = None
+    """ma2026: the non-reasoning set, JSONL with a text field, plain text (one text per paragraph),
+    a saved `datasets` directory or a hub dataset name (default: the packaged plain prose, 64 texts
+    the offline model wrote with no thinking)."""
+    text_field: str = "text"
+    """ma2026: the field (JSONL) or column (datasets) holding the non-reasoning texts."""
+    our_verdicts: str | None = None
+    """--protocol ma2026: a folder with verdicts.jsonl of an earlier `thinksae validate` of the same
+    SAE (e.g. a run's validate stage): its features are judged by their protocol too, and put side
+    by side with these verdicts."""
+    compare_masking: bool = False
+    """ma2026: run their protocol under both --mask modes (twice the cost) and count the verdicts
+    the choice changes (ma2026_masking.json/.md)."""
+    ma2026: Ma2026Options = flat_group(Ma2026Options)
+    """Ma et al.'s options (flat: --n_texts, --strategies, --mask, ...)."""
     top: int = 10
     """Validate the top N features (not dead or rare) of each score: reason_score,
     think_rate_ratio, think_mean_ratio (formatting ones are judged too: verdict formatting)."""
@@ -92,7 +120,8 @@ class ValidateConfig:
 
 
 def check_config(cfg: ValidateConfig) -> None:
-    """Numeric options and choices, before anything is read."""
+    """Numeric options and choices, before anything is read (Ma et al.'s options:
+    :func:`.ma2026.checks.check_options`)."""
     for name in ("top", "max_traces", "max_length", "batch_size", "max_triggers", "bootstrap",
                  "attribution_top"):
         if getattr(cfg, name) < (0 if name in ("top", "attribution_top") else 1):
@@ -108,6 +137,10 @@ def check_config(cfg: ValidateConfig) -> None:
                             "must be > 0")
     if cfg.min_effect < 0 or cfg.min_kl < 0:
         raise ThinksaeError("--min_effect and --min_kl must be >= 0")
+    if cfg.protocol not in PROTOCOLS:
+        raise ThinksaeError(f"unknown --protocol {cfg.protocol!r} (use {', '.join(PROTOCOLS)})")
+    if cfg.our_verdicts is not None and cfg.protocol != "ma2026":
+        raise ThinksaeError("--our_verdicts goes with --protocol ma2026 (both runs our tests itself)")
 
 
 def parse_features(text: str | None) -> list[int]:

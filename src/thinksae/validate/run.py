@@ -3,7 +3,10 @@
 Reads an analysis (``thinksae analyze``), the SAE, its activation store and the model; runs the
 context control (a), token injection (b), causal ablation/clamp (c) and attribution (d) tests;
 writes ``verdicts.jsonl`` (one row per feature, every number that decided its verdict) and
-``validation.json`` (thresholds, counts per verdict, number of comparisons).
+``validation.json`` (thresholds, counts per verdict, number of comparisons). ``--protocol
+ma2026`` runs Ma et al.'s protocol instead (:mod:`.theirs`), ``both`` runs ours and then theirs on
+our candidates, and puts the verdicts side by side (:mod:`.side_by_side`) in validation.json and
+``side_by_side.md``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import atomic
-from ..binding import ModelSource, bind_sae
+from ..binding import Bound, ModelSource, bind_sae
 from ..config import to_dict
 from ..errors import ThinksaeError
 from ..evaluate.checks import docs_of_split
@@ -33,8 +36,12 @@ from .causal import effect, intervene, prepare, target_ids
 from .config import SCORES, ValidateConfig, check_config, parse_features
 from .context import context_control, trigger_activations, trigger_tokens
 from .injection import injection_test, insertions, neutral_texts, run_injections
+from .ma2026.checks import check_options
+from .side_by_side import SIDE_BY_SIDE_FILE, agreement, side_by_side_rows
+from .side_by_side import markdown as side_by_side_markdown
 from .stats import finite, spearman
-from .verdicts import SUMMARY_FILE, VALIDATE_DIR, VERDICTS, VERDICTS_FILE, verdict
+from .theirs import TheirRun, earlier_verdicts, run_theirs, their_summary, their_texts, write_theirs
+from .verdicts import SUMMARY_FILE, VALIDATE_DIR, VERDICTS, VERDICTS_FILE, verdict, verdicts_path
 
 FORMAT = "thinksae-validate/1"
 
@@ -42,7 +49,10 @@ FORMAT = "thinksae-validate/1"
 class ValidateResult(NamedTuple):
     out: Path
     rows: list[dict]
+    """Our verdict rows ([] with --protocol ma2026)."""
     summary: dict
+    theirs: TheirRun | None = None
+    """Ma et al.'s protocol (--protocol ma2026 or both)."""
 
 
 class Inputs(NamedTuple):
@@ -57,15 +67,40 @@ class Inputs(NamedTuple):
     """Document indices of the split (None: every document of the store or corpus)."""
 
 
-def load_inputs(cfg: ValidateConfig, model=None, tokenizer=None) -> Inputs:
-    """The SAE, its hookpoint, store, model and tokenizer: every loading in one place."""
+class Located(NamedTuple):
+    """What a validation reads, found and checked before anything large loads."""
+
+    store: ActivationStore
+    sae_at: SaeAtHookpoint
+    subset: np.ndarray | None
+    source: ModelSource
+
+
+def locate(cfg: ValidateConfig) -> Located:
+    """The store, the SAE's directory and hookpoint, the split (our tests only) and the model's
+    source."""
     store = ActivationStore(cfg.store)
     sae_at = SaeAtHookpoint.find(cfg.sae, cfg.hookpoint, store=store)
-    subset = _split(cfg, sae_at.dir, sae_at.card, store)  # before the model: cheap to refuse
-    source = ModelSource.of(cfg, spec=cfg.model or store.manifest.get("model"))
-    bound = bind_sae(sae_at, source, model, tokenizer, store=store)
-    return Inputs(bound.sae, bound.sae_dir, bound.card, bound.hookpoint, store, bound.model,
-                  bound.tokenizer, subset)
+    subset = (_split(cfg, sae_at.dir, sae_at.card, store)  # before the model: cheap to refuse
+              if cfg.protocol != "ma2026" else None)
+    return Located(store, sae_at, subset, ModelSource.of(cfg, spec=cfg.model or store.manifest.get("model")))
+
+
+def bind(loc: Located, model=None, tokenizer=None, need_model: bool = True) -> Bound:
+    """The SAE bound to the model (``need_model=False``: to the tokenizer only, no model
+    loaded), checked against the store."""
+    return bind_sae(loc.sae_at, loc.source, model, tokenizer, store=loc.store, need_model=need_model)
+
+
+def load_inputs(cfg: ValidateConfig, model=None, tokenizer=None) -> Inputs:
+    """The SAE, its hookpoint, store, model and tokenizer: every loading in one place."""
+    loc = locate(cfg)
+    return _inputs(loc, bind(loc, model, tokenizer))
+
+
+def _inputs(loc: Located, bound: Bound) -> Inputs:
+    return Inputs(bound.sae, bound.sae_dir, bound.card, bound.hookpoint, loc.store, bound.model,
+                  bound.tokenizer, loc.subset)
 
 
 def candidates(rows: list[dict], top: int, named: list[int]) -> dict[int, list[str]]:
@@ -170,27 +205,10 @@ def _causal(cfg, inp, feats, rows, batches, attr, extra) -> tuple[dict[int, dict
     return out, check
 
 
-def run(cfg: ValidateConfig, model=None, tokenizer=None) -> ValidateResult:
-    """Validate the candidates of ``cfg.analysis`` (module docstring); ``model``/``tokenizer``
-    optionally replace loading ``cfg.model`` (a pipeline passes its loaded model)."""
-    cfg = with_defaults(with_run(cfg, "validate", ("sae", "store", "analysis", "model", "tokenizer")),
-                        sae="runs/sae", store="runs/store", analysis="runs/features")
-    check_config(cfg)
-    meta, rows, stats, strings = _analysis(cfg)
-    n = int(meta["sae"]["num_latents"])
-    named = parse_features(cfg.features)
-    bad = [f for f in named if not 0 <= f < n]
-    if bad:
-        raise ThinksaeError(f"unknown feature {bad[0]}: the analysed SAE has {n} features (0..{n - 1})")
-    why = candidates(rows, cfg.top, named)
-    if not why:
-        raise ThinksaeError(f"no feature to validate in {cfg.analysis} (all dead or rare; name "
-                            "some with --features)")
+def _ours(cfg: ValidateConfig, inp: Inputs, why: dict[int, list[str]], rows, stats, strings
+          ) -> tuple[list[dict], dict]:
+    """Our four tests and verdicts of the candidates ``why``: rows and the summary's numbers."""
     t0 = time.perf_counter()
-    inp = load_inputs(cfg, model, tokenizer)
-    if inp.sae.num_latents != n:
-        raise ThinksaeError(f"the SAE in {inp.sae_dir} has {inp.sae.num_latents} features, the "
-                            f"analysis {cfg.analysis} {n}")
     targets = target_ids(inp.tokenizer, cfg.targets)
     docs = _trace_docs(cfg, inp)
     feats = sorted(why)
@@ -208,16 +226,90 @@ def run(cfg: ValidateConfig, model=None, tokenizer=None) -> ValidateResult:
         r["verdict"] = verdict(r["label"], r["context_passed"], r["injection_passed"], r["causal"])
         out_rows.append(r)
     rho = spearman([c["attribution"] for c in check], [c["ablation"] for c in check])
-    summary = _summary(cfg, inp, out_rows, targets, docs, check, rho, attr, time.perf_counter() - t0)
-    return _write(cfg, out_rows, summary)
+    return out_rows, _our_summary(cfg, inp, out_rows, targets, docs, check, rho, attr,
+                                  time.perf_counter() - t0)
 
 
-def _summary(cfg, inp, out_rows, targets, docs, check, rho, attr, seconds) -> dict:
+def run(cfg: ValidateConfig, model=None, tokenizer=None) -> ValidateResult:
+    """Validate the candidates of ``cfg.analysis`` by ``cfg.protocol`` (module docstring);
+    ``model``/``tokenizer`` optionally replace loading ``cfg.model`` (a pipeline passes its
+    loaded model). Every check that needs no model runs before it loads."""
+    cfg = with_defaults(with_run(cfg, "validate", ("sae", "store", "analysis", "model", "tokenizer")),
+                        sae="runs/sae", store="runs/store", analysis="runs/features")
+    check_config(cfg)
+    if cfg.protocol != "thinksae":
+        check_options(cfg.ma2026)
+    out = Path(cfg.out) if cfg.out else Path(cfg.analysis) / VALIDATE_DIR
+    meta, rows, stats, strings = _analysis(cfg)
+    n = int(meta["sae"]["num_latents"])
+    named = parse_features(cfg.features)
+    bad = [f for f in named if not 0 <= f < n]
+    if bad:
+        raise ThinksaeError(f"unknown feature {bad[0]}: the analysed SAE has {n} features (0..{n - 1})")
+    ours_run = cfg.protocol != "ma2026"
+    why = candidates(rows, cfg.top, named) if ours_run else {}
+    if ours_run and not why:
+        raise ThinksaeError(f"no feature to validate in {cfg.analysis} (all dead or rare; name "
+                            "some with --features)")
+    earlier, earlier_summary = earlier_verdicts(cfg.our_verdicts, n) if cfg.our_verdicts else ({}, {})
+    if not ours_run and not earlier and verdicts_path(out) == out / VERDICTS_FILE:
+        raise ThinksaeError(f"{out} holds our verdicts of an earlier validation: give another --out, "
+                            f"or --our_verdicts {out} to put theirs beside them")
+    t0 = time.perf_counter()
+    loc = locate(cfg)
+    if earlier_summary.get("store_hash") not in (None, loc.store.hash):
+        raise ThinksaeError(f"the verdicts in {cfg.our_verdicts} were made on another store "
+                            f"({earlier_summary['store_hash']}, this one is {loc.store.hash})")
+    texts = None
+    if cfg.protocol != "thinksae":  # their texts need only the tokenizer: checked before the model
+        pre = bind(loc, model, tokenizer, need_model=False) if model is None else None
+        texts = their_texts(cfg, pre.tokenizer if pre else tokenizer, loc.store, n)
+    inp = _inputs(loc, bind(loc, model, tokenizer))
+    if inp.sae.num_latents != n:
+        raise ThinksaeError(f"the SAE in {inp.sae_dir} has {inp.sae.num_latents} features, the "
+                            f"analysis {cfg.analysis} {n}")
+    out_rows, summary = _ours(cfg, inp, why, rows, stats, strings) if ours_run else (
+        [dict(r) for _, r in sorted(earlier.items())], _earlier_summary(earlier_summary))
+    summary = {**_base_summary(cfg, inp), **summary, "ours_from": cfg.our_verdicts}
+    theirs = _theirs(cfg, inp, texts, out_rows, named, summary) if texts is not None else None
+    summary["seconds"] = time.perf_counter() - t0
+    return _write(out, out_rows, summary, theirs)
+
+
+def _theirs(cfg: ValidateConfig, inp: Inputs, texts, out_rows: list[dict], named: list[int],
+            summary: dict) -> TheirRun:
+    """Their protocol on our candidates (``out_rows``) and ``named`` besides their selection;
+    ``summary`` gets its ``ma2026`` block and, when there are ours, the ``side_by_side`` table."""
+    ours = {r["feature"]: r["verdict"] for r in out_rows}
+    theirs = run_theirs(cfg, inp, texts, set(ours) | set(named))
+    summary["ma2026"] = their_summary(theirs, ours)
+    if ours:
+        table = side_by_side_rows(ours, {f["feature"]: f for f in
+                                         (x.to_dict() for x in theirs.result.features)})
+        summary["side_by_side"] = {"rows": table, "agreement": agreement(table),
+                                   "file": SIDE_BY_SIDE_FILE}
+    return theirs
+
+
+def _base_summary(cfg: ValidateConfig, inp: Inputs) -> dict:
+    return {"format": FORMAT, "protocol": cfg.protocol, "config": to_dict(cfg),
+            "sae": str(inp.sae_dir), "hookpoint": inp.hookpoint, "store_hash": inp.store.hash}
+
+
+OUR_KEYS = ("traces", "targets", "target_text", "thresholds", "features", "counts", "passed_all",
+            "comparisons", "comparisons_note", "attribution")
+"""validation.json's numbers of our tests (kept from an earlier validation by --our_verdicts)."""
+
+
+def _earlier_summary(earlier: dict) -> dict:
+    return {k: earlier[k] for k in OUR_KEYS if k in earlier}
+
+
+def _our_summary(cfg, inp, out_rows, targets, docs, check, rho, attr, seconds) -> dict:
     counts = {v: sum(r["verdict"] == v for r in out_rows) for v in VERDICTS}
     top = torch.argsort(attr.abs(), descending=True, stable=True)[:50].tolist()
     return {
-        "format": FORMAT, "config": to_dict(cfg), "sae": str(inp.sae_dir), "hookpoint": inp.hookpoint,
-        "store_hash": inp.store.hash, "traces": len(docs), "targets": targets,
+        "traces": len(docs), "targets": targets,
         "target_text": inp.tokenizer.convert_ids_to_tokens(targets),
         "thresholds": {k: getattr(cfg, k) for k in ("min_context_ratio", "max_injection_ratio",
                                                      "min_effect", "min_kl", "clamp_factor",
@@ -227,16 +319,25 @@ def _summary(cfg, inp, out_rows, targets, docs, check, rho, attr, seconds) -> di
         "comparisons": 4 * len(out_rows),
         "comparisons_note": "4 interval tests per feature (context, injection, ablation, clamp); "
                             "95% intervals, not corrected for multiple comparisons",
-        "attribution": {"metric": cfg.metric, "checked": check, 
+        "attribution": {"metric": cfg.metric, "checked": check,
                         "spearman": finite(rho) if rho is not None else None,
                         "top": [{"feature": int(g), "estimate": finite(float(attr[g]))} for g in top]},
-        "seconds": seconds,
+        "seconds_ours": seconds,
     }
 
 
-def _write(cfg: ValidateConfig, out_rows: list[dict], summary: dict) -> ValidateResult:
-    out = Path(cfg.out) if cfg.out else Path(cfg.analysis) / VALIDATE_DIR
-    with atomic.atomic_path(out / VERDICTS_FILE) as tmp:
-        Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows))
+def _write(out: Path, out_rows: list[dict], summary: dict, theirs: TheirRun | None) -> ValidateResult:
+    """Every file, each atomically: our verdicts (when there are ours), their files, the side by
+    side table, validation.json last."""
+    if out_rows:
+        with atomic.atomic_path(out / VERDICTS_FILE) as tmp:
+            Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows))
+    if theirs is not None:
+        write_theirs(theirs, out)
+    side = summary.get("side_by_side")
+    if side is not None:
+        text = side_by_side_markdown(side["rows"], side["agreement"], summary["ma2026"]["levels"],
+                                     summary["ma2026"]["masking"])
+        atomic.write_bytes(out / SIDE_BY_SIDE_FILE, text.encode())
     atomic.write_json(out / SUMMARY_FILE, summary)
-    return ValidateResult(out, out_rows, summary)
+    return ValidateResult(out, out_rows, summary, theirs)

@@ -3,7 +3,8 @@ as their code implements it, beside thinksae's own validation: candidate selecti
 ROC-AUC and a Bonferroni-corrected Mann–Whitney test on per-text max activations; trigger tokens
 and n-grams per candidate; eight (of eleven) injection strategies into non-reasoning text; d and
 a t-test per strategy; their four verdicts. :func:`run_ma2026` runs it, :func:`compare_masking`
-runs it under both masking modes (their positions vs thinksae's sink rule).
+runs it under both masking modes (their positions vs thinksae's sink rule). `thinksae validate
+--protocol ma2026` (or ``both``) runs it on a run's model and SAE (:mod:`thinksae.validate.theirs`).
 
 Pitfalls of their protocol, kept (``mask="ma2026"``) and named:
 
@@ -18,24 +19,19 @@ Pitfalls of their protocol, kept (``mask="ma2026"``) and named:
 
 Ours differ only where stated: draws are seeded per (seed, feature, strategy); the reasoning set
 is the run's own thinking in 64-token pieces; the offline non-reasoning set is plain prose
-(:data:`PLAIN_PROSE`) and no Pile filters (≥ 100 characters, ASCII only) are applied."""
+(:data:`PLAIN_PROSE`) and no Pile filters (≥ 100 characters, ASCII only) are applied.
 
-from .config import Ma2026Options, check_options, check_text_counts
-from .experiment import compare_masking, run_ma2026
-from .report import (
-           PAPER,
-           FeatureResult,
-           Ma2026Result,
-           MaskingComparison,
-           markdown,
-           write_comparison,
-           write_results,
-)
-from .stats import LEVELS
-from .strategies import DEFAULT_STRATEGIES, STRATEGIES
-from .texts import PLAIN_PROSE, load_texts, plain_prose, reasoning_pieces, text_sets
+The names below load their modules on first use (the options class loads no torch)."""
 
-__all__ = ["DEFAULT_STRATEGIES", "LEVELS", "PAPER", "PLAIN_PROSE", "STRATEGIES", "FeatureResult",
-           "Ma2026Options", "Ma2026Result", "MaskingComparison", "check_options",
-           "check_text_counts", "compare_masking", "load_texts", "markdown", "plain_prose",
-           "reasoning_pieces", "run_ma2026", "text_sets", "write_comparison", "write_results"]
+from ...lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "Ma2026Options": "config", "check_options": "checks", "check_text_counts": "checks",
+    "compare_masking": "experiment", "run_ma2026": "experiment",
+    "PAPER": "report", "FeatureResult": "report", "Ma2026Result": "report",
+    "MaskingComparison": "report", "markdown": "report", "shares": "report",
+    "write_comparison": "report", "write_results": "report",
+    "LEVELS": "config", "DEFAULT_STRATEGIES": "strategies", "STRATEGIES": "strategies",
+    "PLAIN_PROSE": "texts", "load_texts": "texts", "plain_prose": "texts",
+    "reasoning_pieces": "texts", "text_sets": "texts",
+})

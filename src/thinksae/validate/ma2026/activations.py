@@ -38,9 +38,7 @@ from ...corpus.segment import control_token_ids
 from ...errors import ThinksaeError
 from ...models.hookpoints import capture
 from ...sinks import SinkRule, special_flags
-
-MASK_MODES = ("sinks", "ma2026")
-"""sinks: thinksae's rule (default); ma2026: their code's positions (module docstring)."""
+from .config import check_mask_mode
 
 
 @dataclass(frozen=True)
@@ -55,11 +53,6 @@ class Masking:
 
     def __post_init__(self):
         check_mask_mode(self.mode)
-
-
-def check_mask_mode(mode: str) -> None:
-    if mode not in MASK_MODES:
-        raise ThinksaeError(f"unknown masking mode {mode!r} (use {', '.join(MASK_MODES)})")
 
 
 class Batch(NamedTuple):

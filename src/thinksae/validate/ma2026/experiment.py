@@ -4,7 +4,8 @@ and hookpoint (:func:`run_ma2026`), and the same run under both masking modes
 
 1. *Selection pass*: the first ``n_texts`` of each set, per-text max of every latent
    (:mod:`.activations`); selection statistics and rule (:mod:`.stats`); the kept latents, best
-   first, plus the latents named in ``features``.
+   first, plus the latents named in ``features`` (e.g. the candidates of `thinksae validate`),
+   judged whether or not the rule keeps them.
 2. *Trigger lists* of those latents from the same pass's per-token activations, both sets
    (:mod:`.triggers`); word contexts from the first ``n_injection_texts`` reasoning texts.
 3. *Injection*: the first ``n_injection_texts`` non-reasoning texts (cut to ``max_chars``
@@ -29,7 +30,8 @@ from tqdm.auto import tqdm
 
 from ...errors import ThinksaeError
 from .activations import Masking, add_dropped, encode_texts, latent_acts, row_latent_max, text_max
-from .config import Ma2026Options, check_options, check_text_counts
+from .checks import check_options, check_text_counts, sink_rule
+from .config import Ma2026Options
 from .report import Candidate, FeatureResult, Ma2026Result, MaskingComparison, summarize
 from .stats import Effect, best_strategy, injection_effect, select, selection_stats, verdict
 from .strategies import CONTEXTUAL, Material, count_for, inject, strategy_rng
@@ -46,10 +48,10 @@ class _Selection(NamedTuple):
 
 
 def _selection_pass(model, tokenizer, sae, hookpoint, texts, opt, progress) -> _Selection:
-    masking = Masking(opt.mask, True, opt.sink_rule())
+    masking = Masking(opt.mask, True, sink_rule(opt))
     batches, rows, dropped = [], [], {}
-    it = encode_texts(model, tokenizer, sae, hookpoint, texts, opt.max_tokens, masking, opt.batch_size)
-    for batch in tqdm(it, total=-(-len(texts) // opt.batch_size), desc="ma2026 selection",
+    it = encode_texts(model, tokenizer, sae, hookpoint, texts, opt.max_tokens, masking, opt.texts_per_batch)
+    for batch in tqdm(it, total=-(-len(texts) // opt.texts_per_batch), desc="ma2026 selection",
                       disable=not progress):
         batches.append(batch)
         rows.append(text_max(batch, sae.num_latents).numpy())
@@ -118,8 +120,8 @@ def _materials(sel, latents, n_r, tokenizer, reasoning_inj, opt, strategies
 
 def _passes(model, tokenizer, sae, hookpoint, texts, opt, progress, desc):
     it = encode_texts(model, tokenizer, sae, hookpoint, texts, opt.max_tokens,
-                      Masking(opt.mask, False, opt.sink_rule()), opt.batch_size)
-    return tqdm(it, total=-(-len(texts) // opt.batch_size), desc=desc, disable=not progress)
+                      Masking(opt.mask, False, sink_rule(opt)), opt.texts_per_batch)
+    return tqdm(it, total=-(-len(texts) // opt.texts_per_batch), desc=desc, disable=not progress)
 
 
 def _columns(model, tokenizer, sae, hookpoint, texts, latents, opt, progress, desc
@@ -155,7 +157,7 @@ def _injection(model, tokenizer, sae, hookpoint, base, reasoning, mats, strategi
     texts, owner = [], []
     for f in feats:
         for s in strategies:
-            rng = strategy_rng(opt.seed, f, s)
+            rng = strategy_rng(opt.injection_seed, f, s)
             k = count_for(s, opt.n_inject, opt.n_inject_bigram, opt.n_inject_trigram)
             texts += [inject(t, s, mats[f], k, rng) for t in base]
             owner += [f] * len(base)
@@ -170,12 +172,13 @@ def _injection(model, tokenizer, sae, hookpoint, base, reasoning, mats, strategi
 
 def run_ma2026(model, tokenizer, sae, hookpoint: str, reasoning_texts: Sequence[str],
                nonreasoning_texts: Sequence[str], options: Ma2026Options | None = None,
-               progress: bool = False) -> Ma2026Result:
+               progress: bool = False, features: Sequence[int] = ()) -> Ma2026Result:
     """Their candidate selection and injection experiment (module docstring) on ``model`` up to
-    ``hookpoint`` and ``sae``; the texts are used from the start of each list."""
+    ``hookpoint`` and ``sae``; the texts are used from the start of each list; ``features`` are
+    judged by injection too, whether or not their selection keeps them (``why``: named)."""
     opt = options or Ma2026Options()
     check_options(opt)
-    strategies, named = opt.strategy_list(), opt.feature_list()
+    strategies, named = opt.strategy_list(), list(dict.fromkeys(int(f) for f in features))
     bad = [f for f in named if not 0 <= f < sae.num_latents]
     if bad:
         raise ThinksaeError(f"unknown feature {bad[0]}: the SAE has {sae.num_latents} features "
@@ -194,39 +197,38 @@ def run_ma2026(model, tokenizer, sae, hookpoint: str, reasoning_texts: Sequence[
     usable = {f: m for f, m in mats.items() if len(m.tokens) >= MIN_TOKENS}
     effects, recorded, dropped = _injection(model, tokenizer, sae, hookpoint, base, reasoning_inj,
                                             usable, strategies, opt, progress)
-    features = []
+    judged = []
     for c in cands:
         f = c.latent
         if f not in usable:
-            features.append(FeatureResult(c, lists[f], {}, None, None,
-                                          f"{len(mats[f].tokens)} top tokens (< {MIN_TOKENS})",
-                                          float("nan"), float("nan")))
+            judged.append(FeatureResult(c, lists[f], {}, None, None,
+                                        f"{len(mats[f].tokens)} top tokens (< {MIN_TOKENS})",
+                                        float("nan"), float("nan")))
             continue
         best = best_strategy(effects[f])
-        features.append(FeatureResult(c, lists[f], effects[f], best,
-                                      verdict(effects[f][best].d, effects[f][best].p), None,
-                                      *recorded[f]))
+        judged.append(FeatureResult(c, lists[f], effects[f], best,
+                                    verdict(effects[f][best].d, effects[f][best].p), None,
+                                    *recorded[f]))
     t2 = time.perf_counter()
-    return Ma2026Result(dataclasses.asdict(opt), {"reasoning": len(r_texts),
-                                                  "nonreasoning": len(nr_texts),
-                                                  "injection": n_inj},
-                        sae.num_latents, passed, features, summarize(features, strategies),
+    texts = {"reasoning": len(r_texts), "nonreasoning": len(nr_texts), "injection": n_inj}
+    return Ma2026Result({**dataclasses.asdict(opt), "features": named}, texts, sae.num_latents,
+                        passed, judged, summarize(judged, strategies),
                         {"selection": sel.dropped, "injection": dropped},
                         {"selection": t1 - t0, "injection": t2 - t1, "total": t2 - t0})
 
 
 def compare_masking(model, tokenizer, sae, hookpoint: str, reasoning_texts: Sequence[str],
                     nonreasoning_texts: Sequence[str], options: Ma2026Options | None = None,
-                    progress: bool = False) -> MaskingComparison:
-    """The protocol under ``sinks`` and then under ``ma2026`` masking, the second also judging
-    every feature the first judged (``features``), and how many of their verdicts differ."""
+                    progress: bool = False, features: Sequence[int] = ()) -> MaskingComparison:
+    """The protocol under ``sinks`` (judging ``features`` too) and then under ``ma2026`` masking,
+    the second also judging every feature the first judged, and how many of their verdicts
+    differ."""
     opt = options or Ma2026Options()
     a = run_ma2026(model, tokenizer, sae, hookpoint, reasoning_texts, nonreasoning_texts,
-                   dataclasses.replace(opt, mask="sinks"), progress)
+                   dataclasses.replace(opt, mask="sinks"), progress, features)
     judged = [f.candidate.latent for f in a.features]
     b = run_ma2026(model, tokenizer, sae, hookpoint, reasoning_texts, nonreasoning_texts,
-                   dataclasses.replace(opt, mask="ma2026",
-                                       features=",".join(map(str, judged)) or None), progress)
+                   dataclasses.replace(opt, mask="ma2026"), progress, judged)
     va, vb = a.verdicts(), b.verdicts()
     rows = [{"feature": f, "sinks": va[f], "ma2026": vb[f]} for f in judged
             if va[f] is not None and vb.get(f) is not None]

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ... import atomic
+from ..side_by_side import levels_table
 from ..stats import finite
-from .stats import LEVELS, Effect, Selection
+from .config import LEVELS
+from .stats import Effect, Selection
 
 JSON_FILE, MARKDOWN_FILE = "ma2026.json", "ma2026.md"
 MASKING_JSON, MASKING_MARKDOWN = "ma2026_masking.json", "ma2026_masking.md"
@@ -62,7 +64,7 @@ class FeatureResult(NamedTuple):
     effects: dict[str, Effect]
     best: str | None
     verdict: str | None
-    """One of :data:`.stats.LEVELS`; None when skipped."""
+    """One of :data:`.config.LEVELS`; None when skipped."""
     skipped: str | None
     reasoning_mean: float
     """Mean per-text max on the reasoning texts (recorded only)."""
@@ -158,10 +160,6 @@ class MaskingComparison(NamedTuple):
                 "sinks": self.sinks.to_dict(), "ma2026": self.ma2026.to_dict()}
 
 
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
 def markdown(result: Ma2026Result) -> str:
     """The run's table: per feature its selection d and AUC, best strategy, d, p, verdict and
     first tokens; then the level fractions next to the paper's."""
@@ -175,14 +173,8 @@ def markdown(result: Ma2026Result) -> str:
                      f"| {f.verdict or 'skipped: ' + str(f.skipped)} | {toks} |")
     sel = result.summary["selected"]
     lines += ["", f"Selected by their rule: {result.selected} of {result.tests} latents; judged "
-              f"{sel['judged']} (skipped {sel['skipped']}).",
-              "", "| level | ours (selected) | paper |", "|---|---|---|"]
-    for lvl in LEVELS:
-        lines.append(f"| {lvl} | {_pct(sel['fractions'][lvl])} | |")
-    lo, hi = PAPER["token_driven_any_level"]
-    lines.append(f"| token-driven at some level | {_pct(sel['token_driven_any_level'])} | "
-                 f"{lo:.0%}–{hi:.0%} |")
-    lines.append(f"| prepend best | {_pct(sel['best_strategy_share'].get('prepend'))} | 69.7% |")
+              f"{sel['judged']} (skipped {sel['skipped']}).", ""]
+    lines += levels_table({"selected": sel, "ours": None, "paper": PAPER})
     return "\n".join(lines) + "\n"
 
 

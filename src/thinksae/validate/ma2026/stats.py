@@ -33,14 +33,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .config import LEVELS
+
 SELECTION_EPS = 1e-10
 """Added to the pooled SD of the selection d (their code)."""
 
 MIN_AUC, MAX_P, MIN_D, D_CAP = 0.6, 0.01, 0.3, 3.0
 """Selection thresholds: ROC-AUC ≥ 0.6, Bonferroni p ≤ 0.01, |d| ≥ 0.3; rank by min(|d|, 3)."""
 
-LEVELS = ("token_driven", "partially_token_driven", "weakly_token_driven", "context_dependent")
-"""Their four verdicts, strongest first (their strings)."""
 
 THRESHOLDS = ((LEVELS[0], 0.8, 0.01), (LEVELS[1], 0.5, 0.01), (LEVELS[2], 0.2, 0.05))
 """(verdict, minimum d, p strictly below): the first that holds decides."""
