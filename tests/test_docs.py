@@ -69,7 +69,8 @@ def test_types_and_keys_come_from_the_dataclasses(gen):
     assert "| `--store` | `store` | `str | None` | `None` |" in page
     steer = (REFERENCE / "steer.md").read_text()
     assert "| `--max_new_tokens` | `max_new_tokens` | `int` | `512` |" in steer  # a flat group
-    assert "| `SAE_DIR` | `sae` | `str` | `required` |" in steer
+    assert "| `--sae` | `sae` | `str | None` | `None` |" in steer
+    assert "| `--run` | `run` | `str | None` | `None` |" in steer
 
 
 def _mkdocs_build(config: Path, site: Path, cwd: Path) -> subprocess.CompletedProcess:
