@@ -15,7 +15,6 @@ import yaml
 from conftest import TINY_CONFIG
 
 from thinksae.cli import main
-from thinksae.sae.formats import save_sparsify
 from thinksae.store import ActivationStore
 
 HOOK = "layers.10.mlp"
@@ -37,7 +36,7 @@ def study(tmp_path_factory, tokenizer, corpus_path):
                                sparsify.SparseCoderConfig(num_latents=256, k=8))
     with torch.no_grad():
         sae.encoder.bias.normal_(0, 0.02)
-    save_sparsify(sae, root / "sae-release" / HOOK)
+    sae.save_to_disk(root / "sae-release" / HOOK)  # sparsify's own writer
     sae_files = {p.name: p.read_bytes() for p in (root / "sae-release" / HOOK).iterdir()}
 
     config = {

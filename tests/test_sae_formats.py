@@ -78,7 +78,7 @@ def test_real_sparsify_reads_ours_and_we_read_its_files(sae, tmp_path, x):
     with torch.no_grad():
         written.encoder.bias.normal_(0, 0.2)
         written.b_dec.normal_(0, 0.5)
-    save_sparsify(written, tmp_path / "theirs" / "layers.3.mlp")
+    written.save_to_disk(tmp_path / "theirs" / "layers.3.mlp")  # sparsify's own writer
     ours = load_sae(tmp_path / "theirs", hookpoint="layers.3.mlp")
     ref = written.encode(x)
     torch.testing.assert_close(_dense(*ours.encode(x)), _dense(ref.top_acts, ref.top_indices))
