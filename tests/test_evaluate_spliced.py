@@ -268,6 +268,6 @@ def test_spliced_batch_same_losses_with_and_without_resuming(model, batch, monke
     monkeypatch.setattr(splice_module, "RESUMABLE_TYPES", frozenset())
     whole = spliced_batch(model, "layers.1", _sae(), ids, mask, **args)
     assert set(resumed.losses) == set(whole.losses) == {
-        "ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl_spliced"}
+        "ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl_spliced", "kl_zero"}
     for name, values in whole.losses.items():
         assert torch.equal(resumed.losses[name], values), name

@@ -28,6 +28,11 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
     "train": {"auxk_norm": "x", "sae.architecture": "topk", "sae.matryoshka_widths": ""},
     **{stage: {"run": None} for stage in ("eval", "splice", "analyze", "validate", "explain",
                                           "steer", "monitor")},
+    **{stage: {"run": None, "exclude_sinks": False, "core": False, "probing": False,
+               "probe_families": "regions,behaviours", "probe_ks": "1,2,5",
+               "probe_max_traces": 100, "probe_window_tokens": 32, "absorption": False,
+               "absorption_words_per_letter": 40, "absorption_min_words_per_letter": 5,
+               "absorption_min_letters": 20} for stage in ("eval", "splice")},
 }
 """Config fields added after run directories were made (``a.b``: field b of the nested config
 a), with the value that does what the stage did before them: left out of the stage's hash while
