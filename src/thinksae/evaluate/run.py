@@ -19,6 +19,7 @@ from ..binding import ModelSource, bind_sae
 from ..config import to_dict
 from ..corpus.segment import Region, behaviour_names
 from ..errors import ThinksaeError
+from ..models.tokenizer import load_tokenizer
 from ..runs import need, with_run
 from ..sae.bound import SaeAtHookpoint
 from ..sae.formats import detect_format, update_report_card
@@ -71,8 +72,6 @@ def _precheck_absorption(cfg, tokenizer) -> None:
     if not cfg.saebench.absorption:
         return
     if tokenizer is None:
-        from ..models.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
     check_absorption_vocabulary(cfg, tokenizer)
 
