@@ -189,3 +189,11 @@ def test_corpus_mode_uses_each_batch_median(tmp_path, corpus_path, planted, toke
     think = result.metrics["regions"]["think"]
     assert think["sinks"] == 6 and think["tokens"] > 0
     assert result.saebench["probing"] is None  # no store: nothing to probe
+
+    kept_in = evaluate(_cfg(sae=str(sae_dir), corpus=str(corpus_path), max_length=40,
+                            mean_ablation=False, batch_size=6, exclude_sinks=False, core=False,
+                            out=str(tmp_path / "k.json")), model, tokenizer)
+    assert kept_in.sinks["excluded"] is False and kept_in.sinks["by_norm"] == 6
+    assert kept_in.metrics["regions"]["think"]["tokens"] == think["tokens"] + 6
+    assert "sinks" not in kept_in.metrics["all"] and kept_in.saebench["core"] is None
+    assert kept_in.metrics["regions"]["think"]["ce_positions"] > think["ce_positions"]
