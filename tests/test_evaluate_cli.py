@@ -58,15 +58,17 @@ def test_store_mode_outputs_and_numbers(tmp_path, store_dir, capsys):
     assert merged["eval"] == result and merged["training"] == {"steps": 7}
     assert result["hookpoint"] == "layers.1" and result["data"]["mode"] == "store"
 
-    # the same numbers computed directly over all store tokens at once
+    # the same numbers computed directly over all non-sink store tokens at once
     sae = load_sparsify(sae_dir)
     chunks = list(store.iter_chunks())
-    x = torch.cat([c["activations"] for c in chunks])
-    regions = torch.cat([c["regions"] for c in chunks])
+    kept = torch.from_numpy(~store.sinks)
+    x = torch.cat([c["activations"] for c in chunks])[kept]
+    regions = torch.cat([c["regions"] for c in chunks])[kept]
     with torch.no_grad():
         fwd = sae(x)
     metrics = result["metrics"]
-    assert metrics["all"]["tokens"] == store.num_tokens
+    assert result["data"]["tokens"] == store.num_tokens
+    assert metrics["all"]["tokens"] == int(kept.sum()) and metrics["all"]["sinks"] == int((~kept).sum())
     assert metrics["all"]["fvu"] == pytest.approx(float(fwd.fvu), rel=1e-5)
     assert metrics["all"]["l0"] == pytest.approx(float((fwd.latent_acts > 0).sum(-1).float().mean()))
     fired = torch.zeros(sae.num_latents, dtype=torch.bool)
@@ -76,7 +78,8 @@ def test_store_mode_outputs_and_numbers(tmp_path, store_dir, capsys):
     with torch.no_grad():
         assert metrics["regions"]["think"]["fvu"] == pytest.approx(float(sae(x[think]).fvu), rel=1e-5)
     assert metrics["regions"]["think"]["tokens"] == int(think.sum())
-    assert sum(metrics["regions"][r]["tokens"] for r in metrics["regions"]) == store.num_tokens
+    assert sum(metrics["regions"][r]["tokens"] + metrics["regions"][r]["sinks"]
+               for r in metrics["regions"]) == store.num_tokens
     assert "ce_clean" not in metrics["all"]
 
 
@@ -92,7 +95,8 @@ def test_model_corpus_mode_mlp_hookpoint(tmp_path, tiny_model_dir, corpus_path, 
     assert (out.parent / "res.latent_frequency.png").exists()
     assert json.loads((sae_dir / "thinksae.json").read_text())["eval"] == result
     m = result["metrics"]
-    assert result["hookpoint"] == "layers.2.mlp" and m["all"]["tokens"] == 300
+    assert result["hookpoint"] == "layers.2.mlp" and result["data"]["tokens"] == 300
+    assert m["all"]["tokens"] + m["all"]["sinks"] == 300 and m["all"]["sinks"] > 0
     for key in ("ce_clean", "ce_spliced", "ce_zero_ablated", "ce_mean_ablated", "loss_recovered",
                 "loss_recovered_mean", "kl_spliced", "fvu", "cosine"):
         assert isinstance(m["all"][key], float), key
@@ -148,7 +152,7 @@ def _watched(chunks, key, alive_at_most: int, seen: list):
 
 def test_streaming_holds_no_earlier_chunks_or_documents(tmp_path, store_dir, tiny_model,
                                                         tokenizer, corpus_path, monkeypatch):
-    import thinksae.evaluate.run as run_module
+    import thinksae.evaluate.passes as passes_module
 
     sae_dir = _sae(tmp_path / "layers.1")
     seen: list = []
@@ -159,8 +163,8 @@ def test_streaming_holds_no_earlier_chunks_or_documents(tmp_path, store_dir, tin
     assert len(seen) > 10
 
     docs: list = []
-    original_docs = run_module.corpus_docs
-    monkeypatch.setattr(run_module, "corpus_docs",
+    original_docs = passes_module.corpus_docs
+    monkeypatch.setattr(passes_module, "corpus_docs",
                         lambda *a: _watched(original_docs(*a), None, 4, docs))
     evaluate(EvalConfig(sae=str(sae_dir), corpus=str(corpus_path), batch_size=2, progress=False,
                         mean_ablation=False, max_length=60), tiny_model, tokenizer)
@@ -252,7 +256,8 @@ def test_split_on_the_corpus_equals_split_on_the_store(tmp_path, store_dir, corp
     store = ActivationStore(store_dir)
     docs = [i for i, t in enumerate(store.trace_ids) if t in held]
     a, b = on_store.metrics["all"], on_corpus.metrics["all"]
-    assert a["tokens"] == b["tokens"] == len(store.token_indices(docs=docs))
+    assert a["tokens"] == b["tokens"] and a["sinks"] == b["sinks"]
+    assert a["tokens"] + a["sinks"] == len(store.token_indices(docs=docs))
     assert a["fvu"] == pytest.approx(b["fvu"], rel=1e-5)
     assert a["ce_spliced"] == pytest.approx(b["ce_spliced"], rel=1e-5)
     card = json.loads((sae_dir / "thinksae.json").read_text())

@@ -124,6 +124,16 @@ def test_zero_ablation_costs_loss_and_an_exact_sae_recovers_it(model, batch, hoo
     # positions with a next token: 24 - 1 per full row, 20 - 1 for the padded one
     assert r["ce_positions"] == 23 + 19 + 23 == int(out.loss_mask.sum())
     assert len(out.x) == int(mask.sum())
+    # KL(p_clean ‖ p_zero) by hand: two whole passes, the second with the output zeroed
+    module = resolve_hookpoint(model, hookpoint)
+    with torch.inference_mode():
+        head = output_head(model)
+        logp_clean = torch.log_softmax(head(final_hidden(model, ids, mask)).double(), -1)
+        with splice(module, replace_with(torch.zeros(()))):
+            logp_zero = torch.log_softmax(head(final_hidden(model, ids, mask)).double(), -1)
+    kl = (logp_clean.exp() * (logp_clean - logp_zero)).sum(-1)[out.loss_mask]
+    assert r["kl_zero_ablated"] == pytest.approx(float(kl.mean()), rel=1e-4)
+    assert r["kl_zero_ablated"] > 0.01
 
 
 def test_ablation_baselines_give_zero_loss_recovered(model, batch):
@@ -132,6 +142,7 @@ def test_ablation_baselines_give_zero_loss_recovered(model, batch):
     mean = x.mean(0)
     zero = _stats(spliced_batch(model, "layers.1", _constant_sae(torch.zeros(D)), ids, mask, mean))
     assert zero["ce_spliced"] == pytest.approx(zero["ce_zero_ablated"], abs=1e-5)
+    assert zero["kl_spliced"] == pytest.approx(zero["kl_zero_ablated"], abs=1e-6)  # x̂ = 0
     assert zero["loss_recovered"] == pytest.approx(0, abs=1e-4)
     as_mean = _stats(spliced_batch(model, "layers.1", _constant_sae(mean), ids, mask, mean))
     assert as_mean["ce_spliced"] == pytest.approx(as_mean["ce_mean_ablated"], abs=1e-5)
@@ -268,6 +279,6 @@ def test_spliced_batch_same_losses_with_and_without_resuming(model, batch, monke
     monkeypatch.setattr(splice_module, "RESUMABLE_TYPES", frozenset())
     whole = spliced_batch(model, "layers.1", _sae(), ids, mask, **args)
     assert set(resumed.losses) == set(whole.losses) == {
-        "ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl_spliced"}
+        "ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl_spliced", "kl_zero"}
     for name, values in whole.losses.items():
         assert torch.equal(resumed.losses[name], values), name

@@ -43,7 +43,7 @@ def test_mean_ablation_uses_the_mean_of_the_replaced_tokens_only(tmp_path, store
     """Special tokens' hookpoint outputs made huge (their embeddings x1000, carried by the
     residual stream): the mean that replaces the prompt/think/answer tokens is their own mean,
     computed here by hand from the model's hidden states, untouched by the special tokens."""
-    import thinksae.evaluate.run as run_module
+    import thinksae.evaluate.passes as run_module
 
     store = ActivationStore(store_dir)
     special_code = store.manifest["regions"].index("special")
@@ -100,6 +100,7 @@ def test_headline_is_the_trained_regions_one_ratio_over_their_tokens(tmp_path, s
     names = store.manifest["regions"]
     on = torch.isin(torch.cat([c["regions"] for c in chunks]),
                     torch.tensor([names.index("think"), names.index("answer")], dtype=torch.uint8))
+    on &= torch.from_numpy(~store.sinks)  # the sinks are left out of every group
     x = torch.cat([c["activations"] for c in chunks])[on].double()
     with torch.no_grad():
         x_hat = sae.decode(*sae.encode(x.float())).double()
@@ -110,7 +111,7 @@ def test_headline_is_the_trained_regions_one_ratio_over_their_tokens(tmp_path, s
     assert m["trained"]["fvu"] == pytest.approx(fvu, rel=1e-5)
     per_region = [m["regions"][r]["fvu"] for r in ("think", "answer")]
     assert abs(sum(per_region) / 2 - fvu) > 0.01  # not the mean of the per-region numbers
-    assert m["all"]["tokens"] == store.num_tokens  # all tokens stays, as its own row
+    assert m["all"]["tokens"] + m["all"]["sinks"] == store.num_tokens  # all tokens: its own row
 
 
 @pytest.mark.parametrize("regions,card,label", [

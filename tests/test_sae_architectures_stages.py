@@ -57,11 +57,16 @@ def _store_x(store_dir):
     return torch.cat([c["activations"] for c in ActivationStore(store_dir).iter_chunks()])
 
 
+def _kept_x(store_dir):
+    """The store's activations of the tokens eval keeps (not the sinks)."""
+    return _store_x(store_dir)[torch.from_numpy(~ActivationStore(store_dir).sinks)]
+
+
 def test_jumprelu_eval_l0_counts_active_latents(tmp_path, store_dir, jumprelu_dir, capsys):
     assert main(["eval", "--sae", str(jumprelu_dir), "--store", str(store_dir), "--out",
                  str(tmp_path / "eval.json"), *OFF]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
-    sae, x = load_sae(jumprelu_dir), _store_x(store_dir)
+    sae, x = load_sae(jumprelu_dir), _kept_x(store_dir)
     with torch.no_grad():
         dense = sae.dense_acts(x)
         fvu = float(sae(x).fvu)
@@ -140,7 +145,8 @@ def test_batchtopk_trains_end_to_end_through_run(tmp_path, tiny_model_dir, tiny_
     # eval's L0 is the count of active latents under the threshold, on the held-out traces
     store = ActivationStore(out / "store" / HOOKPOINT)
     held = store.split_docs(0.34, "heldout")
-    x = store.gather(store.token_indices(docs=held))
+    indices = store.token_indices(docs=held)
+    x = store.gather(indices[~store.sinks[indices]])  # eval leaves the sink tokens out
     with torch.no_grad():
         l0 = float((sae.dense_acts(x) > 0).sum(-1).float().mean())
     assert report["eval"]["groups"][0]["l0"] == pytest.approx(l0, rel=1e-5)

@@ -143,7 +143,8 @@ def test_eval_result_is_the_json_it_writes(tmp_path, store_dir):
     written = json.loads((sae_dir / "eval.json").read_text())
     assert written == result.to_dict()
     assert list(written) == ["sae", "format", "hookpoint", "d_in", "num_latents", "k", "data",
-                             "headline", "metrics", "latent_frequency", "config"]
+                             "headline", "metrics", "sinks", "saebench", "latent_frequency",
+                             "config"]
     assert list(written["data"]) == ["mode", "store", "corpus", "model", "tokens", "split",
                                      "traces", "tokenizer_hash", "store_hash", "corpus_hash"]
     assert json.loads((sae_dir / "thinksae.json").read_text())["eval"] == written

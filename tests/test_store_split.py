@@ -173,11 +173,12 @@ def test_eval_on_the_held_out_traces_only(trained):
         docs = store.split_docs(0.25, split)
         indices = store.token_indices(docs=docs)
         got = results[split].metrics["all"]
-        assert got["tokens"] == len(indices)
-        assert got["fvu"] == pytest.approx(_fvu(sae, store.gather(indices)), rel=1e-6)
+        kept = indices[~store.sinks[indices]]  # eval leaves the sink tokens out
+        assert got["tokens"] == len(kept) and got["tokens"] + got["sinks"] == len(indices)
+        assert got["fvu"] == pytest.approx(_fvu(sae, store.gather(kept)), rel=1e-6)
         assert results[split].data.split == split
         assert results[split].data.traces == len(docs)
-    tokens = {s: r.metrics["all"]["tokens"] for s, r in results.items()}
+    tokens = {s: r.metrics["all"]["tokens"] + r.metrics["all"]["sinks"] for s, r in results.items()}
     assert tokens["heldout"] + tokens["train"] == tokens["all"] == store.num_tokens
     assert results["all"].data.traces is None
 

@@ -6,6 +6,48 @@ from dataclasses import dataclass
 
 from simple_parsing import field
 
+from ..config import flat_group
+
+
+@dataclass
+class SaebenchConfig:
+    """SAEBench's metrics (Karvonen et al. 2025) in `thinksae eval`: `saebench` in the JSON, each
+    over the non-sink tokens (special tokens and norm sinks, :mod:`thinksae.sinks`)."""
+
+    core: bool = True
+    """SAEBench's core metrics over the non-sink tokens (explained variance, L0, L1, cosine, l2
+    ratio, relative reconstruction bias, feature density); with --model also the CE-loss and KL
+    scores against zero ablation, from the spliced passes (the sinks kept clean: needs
+    --exclude_sinks)."""
+    probing: bool | None = None
+    """k-sparse probing of the store's region and behaviour labels (mean-pooled units, top-k
+    latents by mean difference, logistic regression; the residual as baseline): true, false, or
+    unset: on whenever a store is given, a label family its traces cannot support skipped with a
+    note (true: an error instead)."""
+    probe_families: str = "regions,behaviours"
+    """Label families to probe, comma-separated: regions (prompt/think/answer windows),
+    behaviours (think sentences; sentence ends need the tokenizer: --model or --tokenizer, else
+    think windows)."""
+    probe_ks: str = "1,2,5"
+    """Numbers of SAE latents (and residual dimensions) a probe may use, comma-separated."""
+    probe_max_traces: int | None = 100
+    """Probe on at most this many traces of the split (a seeded sample; the flag without a value
+    or null: all)."""
+    probe_window_tokens: int | None = 32
+    """Tokens per region unit (a window of one contiguous region of one trace; the flag without a
+    value or null: the whole run)."""
+    absorption: bool = False
+    """Feature absorption on the first-letter task (needs --model; minutes on a CPU): letter
+    probes on the residual, k-sparse probes on the latents, absorption per letter."""
+    absorption_words_per_letter: int | None = 40
+    """Letter-only vocabulary tokens used per first letter (the flag without a value or null: all,
+    as SAEBench)."""
+    absorption_min_words_per_letter: int = 5
+    """Refuse a vocabulary with fewer letter-only tokens for some first letter (at least 2)."""
+    absorption_min_letters: int = 20
+    """Report absorption means only when at least this many letters' probes pass F1 0.6
+    (SAEBench: 20)."""
+
 
 @dataclass
 class EvalConfig:
@@ -54,6 +96,12 @@ class EvalConfig:
     """cpu, cuda, cuda:N or auto."""
     dtype: str = "auto"
     """Model dtype: auto (bf16 where fast), float32, bfloat16 or float16. The SAE runs in float32."""
+    exclude_sinks: bool = True
+    """Leave the sink tokens (the special region and tokens whose norm is above the store's
+    sink-rule multiple of its median norm; without a store, of each batch's median) out of every
+    metric, and keep them clean when splicing and ablating; each group counts them (`sinks`)."""
+    saebench: SaebenchConfig = flat_group(SaebenchConfig)
+    """SAEBench's metrics (options given flat: --core, --probing, --absorption, ...)."""
     update_card: bool = True
     """Merge the results into the SAE's report card (thinksae.json, section `eval`)."""
     progress: bool = True

@@ -15,6 +15,8 @@ reconstruction, sums over the tokens of a group):
 - ``relative_norm`` = mean over tokens of ‖x̂‖ / ‖x‖.
 - ``l0`` = mean over tokens of the number of latents with a non-zero activation.
 - ``dead_fraction`` = share of latents that never fired (activation > 0) on the group's tokens.
+- ``sinks`` = the group's tokens left out of all of the above as attention sinks
+  (:mod:`thinksae.sinks`; `thinksae eval --exclude_sinks`, its default).
 """
 
 from __future__ import annotations
@@ -173,22 +175,37 @@ class TokenGroups:
 class Grouped:
     """One accumulator per token group; ``update`` hands each the rows of its group.
 
-    ``make()`` builds an accumulator with ``update(**tensors)`` and ``result() -> dict``.
+    ``make()`` builds an accumulator with ``update(**tensors)`` and ``result() -> dict``. Rows
+    flagged as sinks are left out of every group and counted per group instead (``sinks`` in
+    each group's result, once any update passed sink flags).
     """
 
     def __init__(self, groups: TokenGroups, make: Callable[[], Any]):
         self.groups = groups
         self.stats = {k: make() for k in groups.keys}
+        self.sinks: dict[str, int] | None = None
 
-    def update(self, regions: Tensor, behaviours: Tensor, **tensors: Tensor) -> None:
-        """Add tokens: per-token ``tensors`` ``[n, …]`` with region and behaviour codes ``[n]``."""
+    def update(self, regions: Tensor, behaviours: Tensor, sinks: Tensor | None = None,
+               **tensors: Tensor) -> None:
+        """Add tokens: per-token ``tensors`` ``[n, …]`` with region and behaviour codes ``[n]``;
+        ``sinks`` ``[n]`` (bool): rows left out and counted."""
         device = next(iter(tensors.values())).device
+        if sinks is not None and self.sinks is None:
+            self.sinks = dict.fromkeys(self.groups.keys, 0)
         for key, mask in self.groups.masks(regions.to(device), behaviours.to(device)).items():
+            if sinks is not None:
+                sink = sinks.to(device).bool()
+                self.sinks[key] += int((mask & sink).sum())
+                mask = mask & ~sink
             self.stats[key].update(**{name: t[mask] for name, t in tensors.items()})
 
     def results(self) -> dict[str, dict]:
-        """Per-group results, nested by :meth:`TokenGroups.nest`."""
-        return self.groups.nest({k: s.result() for k, s in self.stats.items()})
+        """Per-group results, nested by :meth:`TokenGroups.nest` (with ``sinks`` per group
+        when sinks were left out)."""
+        flat = {k: s.result() for k, s in self.stats.items()}
+        if self.sinks is not None:
+            flat = {k: {**v, "sinks": self.sinks[k]} for k, v in flat.items()}
+        return self.groups.nest(flat)
 
 
 def latent_frequency_histogram(fire_counts: Tensor, tokens: int, bins: int = 40) -> dict:

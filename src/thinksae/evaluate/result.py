@@ -17,7 +17,7 @@ class EvalData:
     corpus: str | None
     model: str | None
     tokens: int
-    """Tokens evaluated."""
+    """Tokens read (the metrics' own ``tokens`` leave the sinks out)."""
     split: str
     traces: int | None
     """Documents of ``split`` (None: all of them)."""
@@ -42,7 +42,13 @@ class EvalResult:
     """The trained regions' numbers (see ``headline.py``)."""
     metrics: dict[str, Any]
     """Per group (all, trained, each region and behaviour): reconstruction metrics and, with a
-    model, the spliced losses."""
+    model, the spliced losses; ``sinks`` per group: its tokens left out as sinks."""
+    sinks: dict[str, Any]
+    """The sink rule applied (``rule``, with ``median_from``), whether sinks were left out
+    (``excluded``) and what it found (:class:`~thinksae.evaluate.sink_tokens.SinkTally`)."""
+    saebench: dict[str, Any]
+    """SAEBench's metrics (``core``, ``probing``, ``absorption``; None when off) and their
+    ``definitions`` (:mod:`thinksae.evaluate.bench`)."""
     latent_frequency: dict[str, Any]
     """The latent-frequency histogram and its PNG."""
     config: dict[str, Any]

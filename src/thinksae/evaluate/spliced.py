@@ -12,7 +12,11 @@ the token whose hookpoint output was replaced and whose prediction is scored):
 - ``loss_recovered`` = (CE_zero − CE_spliced) / (CE_zero − CE_clean); ``loss_recovered_mean``
   the same with the mean-ablated CE.
 - ``kl_spliced`` = mean over positions of KL(p_clean ‖ p_spliced)
-  = Σ_v p_clean(v) (ln p_clean(v) − ln p_spliced(v)) over the vocabulary.
+  = Σ_v p_clean(v) (ln p_clean(v) − ln p_spliced(v)) over the vocabulary; ``kl_zero_ablated``
+  the same with the zero-ablated distribution (the denominator of SAEBench's KL score).
+
+Sinks (:mod:`thinksae.sinks`: the special tokens and norm sinks, given a rule) are kept clean in
+every replacement, as are the tokens outside the splice regions.
 
 Each replacement runs only the blocks above the hookpoint from the replaced output where the
 model allows it (:func:`~thinksae.models.splice.resume_layer`); the blocks below ran once, in the
@@ -32,7 +36,9 @@ from torch import Tensor, nn
 
 from ..models.hookpoints import resolve_hookpoint
 from ..models.splice import final_hidden, final_hidden_from, output_head, resume_layer, splice
+from ..sinks import SinkRule
 from .metrics import loss_recovered
+from .sink_tokens import sink_mask
 
 
 def replace_with(value: Tensor) -> Callable[[Tensor], Tensor]:
@@ -92,8 +98,13 @@ class SplicedBatch(NamedTuple):
     loss_mask: Tensor
     """``[batch, seq]`` True at real tokens that have a real next token (the rows of losses)."""
     losses: dict[str, Tensor]
-    """``ce_clean``, ``ce_spliced``, ``ce_zero``, ``kl_spliced`` (and ``ce_mean`` with a mean)
-    per scored position ``[m]``."""
+    """``ce_clean``, ``ce_spliced``, ``ce_zero``, ``kl_spliced``, ``kl_zero`` (and ``ce_mean``
+    with a mean) per scored position ``[m]``."""
+    sinks: Tensor | None = None
+    """``[batch, seq]`` True at the sinks by the rule given (kept clean); None without a rule."""
+    replaced: Tensor | None = None
+    """``[batch, seq]`` True where the hookpoint output was replaced (real tokens neither kept
+    clean nor sinks)."""
 
 
 def clean_pass(model: nn.Module, module: nn.Module, input_ids: Tensor,
@@ -126,16 +137,25 @@ def hidden_with(model: nn.Module, hookpoint: str, module: nn.Module, value: Tens
 @torch.inference_mode()
 def spliced_batch(model: nn.Module, hookpoint: str, sae, input_ids: Tensor,
                   attention_mask: Tensor, mean: Tensor | None = None,
-                  chunk_rows: int = 256, keep_clean: Tensor | None = None) -> SplicedBatch:
+                  chunk_rows: int = 256, keep_clean: Tensor | None = None,
+                  sink_rule: SinkRule | None = None, special: Tensor | None = None
+                  ) -> SplicedBatch:
     """Run a right-padded batch clean, with the SAE spliced in, zero- and (with ``mean``)
     mean-ablated at ``hookpoint``, and score next-token losses (module docstring).
 
     ``keep_clean`` ``[batch, seq]`` (bool) leaves the hookpoint output as it is at those positions
-    in every replacement, e.g. at special tokens the SAE was not trained on."""
+    in every replacement, e.g. at special tokens the SAE was not trained on; with ``sink_rule``
+    so are the sinks by that rule (``special`` ``[batch, seq]``: the special tokens; the median,
+    where the rule has none, is the batch's)."""
     module = resolve_hookpoint(model, hookpoint)
     hidden_clean, clean = clean_pass(model, module, input_ids, attention_mask)
     hidden = {"clean": hidden_clean}
     token_mask = attention_mask.bool()
+    sinks = None
+    if sink_rule is not None:
+        flags = special if special is not None else torch.zeros_like(token_mask)
+        sinks = sink_mask(sink_rule, clean, flags, token_mask).to(clean.device)
+        keep_clean = sinks if keep_clean is None else keep_clean.to(clean.device) | sinks
     x = clean[token_mask].float()
     acts, indices = sae.encode(x.to(sae.dtype))
     x_hat = sae.decode(acts, indices).float()
@@ -144,9 +164,12 @@ def spliced_batch(model: nn.Module, hookpoint: str, sae, input_ids: Tensor,
     replacements = {"spliced": full_hat, "zero": torch.zeros((), dtype=clean.dtype)}
     if mean is not None:
         replacements["mean"] = mean
+    replaced = token_mask.clone()
     if keep_clean is not None:
-        keep = keep_clean.to(clean.device)[..., None]
-        replacements = {name: torch.where(keep, clean, value.to(clean.device, clean.dtype))
+        keep = keep_clean.to(clean.device)
+        replaced &= ~keep
+        replacements = {name: torch.where(keep[..., None], clean,
+                                          value.to(clean.device, clean.dtype))
                         for name, value in replacements.items()}
     for name, value in replacements.items():
         hidden[name] = hidden_with(model, hookpoint, module, value, input_ids, attention_mask,
@@ -157,8 +180,8 @@ def spliced_batch(model: nn.Module, hookpoint: str, sae, input_ids: Tensor,
     pred = loss_mask[:, :-1]
     targets = input_ids[:, 1:][pred]
     losses = token_losses(output_head(model), {n: h[:, :-1][pred] for n, h in hidden.items()},
-                          targets, chunk_rows=chunk_rows)
-    return SplicedBatch(x, x_hat, acts, indices, token_mask, loss_mask, losses)
+                          targets, kl_for=("spliced", "zero"), chunk_rows=chunk_rows)
+    return SplicedBatch(x, x_hat, acts, indices, token_mask, loss_mask, losses, sinks, replaced)
 
 
 class SplicedStats:
@@ -183,7 +206,7 @@ class SplicedStats:
         out = {"ce_positions": n, "ce_clean": clean, "ce_spliced": spliced,
                "ce_zero_ablated": zero, "ce_mean_ablated": ablated_mean,
                "loss_recovered": None, "loss_recovered_mean": None,
-               "kl_spliced": mean.get("kl_spliced")}
+               "kl_spliced": mean.get("kl_spliced"), "kl_zero_ablated": mean.get("kl_zero")}
         if n and clean is not None:
             out["loss_recovered"] = loss_recovered(zero, spliced, clean)
             if ablated_mean is not None:

@@ -26,8 +26,7 @@ UNHASHED = ("progress",)
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "corpus": {"engine": "hf"},
     "train": {"auxk_norm": "x", "sae.architecture": "topk", "sae.matryoshka_widths": ""},
-    **{stage: {"run": None} for stage in ("eval", "splice", "analyze", "explain", "steer",
-                                          "monitor")},
+    **{stage: {"run": None} for stage in ("analyze", "explain", "steer", "monitor")},
     "validate": {"run": None, "protocol": "thinksae", "traces": None, "nonreasoning": None,
                  "text_field": "text", "our_verdicts": None, "compare_masking": False,
                  # the flat Ma et al. group (ma2026.Ma2026Options): unused with protocol thinksae
@@ -37,6 +36,11 @@ ADDED_LATER: dict[str, dict[str, Any]] = {
                  "n_inject": 3, "n_inject_bigram": 2, "n_inject_trigram": 1, "injection_seed": 0,
                  "mask": "sinks", "norm_multiple": 10.0, "median_norm": None,
                  "texts_per_batch": 16},
+    **{stage: {"run": None, "exclude_sinks": False, "core": False, "probing": False,
+               "probe_families": "regions,behaviours", "probe_ks": "1,2,5",
+               "probe_max_traces": 100, "probe_window_tokens": 32, "absorption": False,
+               "absorption_words_per_letter": 40, "absorption_min_words_per_letter": 5,
+               "absorption_min_letters": 20} for stage in ("eval", "splice")},
 }
 """Config fields added after run directories were made (``a.b``: field b of the nested config
 a), with the value that does what the stage did before them: left out of the stage's hash while

@@ -18,7 +18,7 @@ from .. import atomic
 from ..annotations import refresh_dashboard
 from ..corpus.problems import answers_match
 from ..corpus.traces import iter_traces
-from ..evaluate.report import rows
+from ..evaluate.report import rows, saebench_summary, sink_lines
 from ..explain.cache import SUMMARY_FILE as EXPLAIN_SUMMARY
 from ..features.card import feature_info
 from ..features.dashboard import fmt, show_token
@@ -105,6 +105,8 @@ def _eval_section(path: Path, root: Path) -> dict | None:
             "split": result["data"].get("split", "all"), "traces": result["data"].get("traces"),
             "splice_regions": result["config"].get("splice_regions"),
             "headline": groups[0]["label"], "groups": groups,
+            "sinks": result.get("sinks"), "sinks_line": next(iter(sink_lines(result)), None),
+            "saebench": saebench_summary(result),
             "png": _rel(path.with_name(Path(result["latent_frequency"]["png"]).name), root),
             "json": _rel(path, root)}
 

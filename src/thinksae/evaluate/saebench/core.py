@@ -194,7 +194,9 @@ class CoreMetrics:
     ce_loss_score: float | None = None
     """(CE_zero − CE_SAE) / (CE_zero − CE_clean) (:func:`ce_loss_score`)."""
     kl_positions: int = 0
-    """Positions (every kept token) the KL numbers are over."""
+    """Positions the KL numbers are over: every kept token in :func:`~.core_run.core_eval`; the
+    kept tokens with a next token in `thinksae eval`'s model mode (:mod:`thinksae.evaluate.bench`),
+    which reuses its spliced passes."""
     kl_sae: float | None = None
     """E KL(p_clean ‖ p_SAE)."""
     kl_zero: float | None = None
