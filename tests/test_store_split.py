@@ -133,8 +133,11 @@ def test_training_never_reads_held_out_traces(tmp_path):
     card = json.loads((sae_dir / "thinksae.json").read_text())
     assert card["training"]["holdout"] == 0.25
     assert card["data"]["heldout_traces"] == [ids[i] for i in held]
-    train_tokens = len(store.token_indices(docs=store.split_docs(0.25, "train")))
-    assert card["training"]["steps"] == 3 * (train_tokens // 32)
+    train_docs = store.split_docs(0.25, "train")
+    train_tokens = len(store.token_indices(docs=train_docs))
+    sinks = card["training"]["sinks"]  # the special tokens are left out of training
+    assert sinks["special"] == len(store.token_indices(["special"], docs=train_docs))
+    assert card["training"]["steps"] == 3 * ((train_tokens - sinks["sinks"]) // 32)
 
 
 def test_holdout_needs_a_store(tmp_path):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..config import to_dict
 from ..errors import ThinksaeError
 from ..sae import ARCHITECTURES, SaeConfig
+from .sink_rows import parse_norm_multiple
 
 LR_DECAYS = ("none", "linear", "cosine")
 B_DEC_INITS = ("mean", "geometric_median")
@@ -16,9 +18,19 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 AUXK_NORMS = ("x", "residual")
 REGION_NAMES = ("prompt", "think", "answer", "special")  # thinksae.corpus.Region, lower-cased
 
+AUTO = "auto"
+WARMUP_FRACTION = 0.05
+"""lr_warmup_steps auto: this share of the run's steps (bench/quality.py, docs/performance.md)."""
+WARMUP_MAX_STEPS = 1000
+"""lr_warmup_steps auto: at most this many steps (sparsify's fixed warmup) on long runs."""
+DEAD_FRACTION = 0.1
+"""dead_feature_threshold auto: this share of the run's tokens (at most DEAD_MAX_TOKENS)."""
+DEAD_MAX_TOKENS = 10_000_000
+
 # Fields added after checkpoints were first written, with the value older runs trained with: an
 # identity dict without them is read as having these values.
-LATER_FIELDS = {"auxk_norm": "x"}
+LATER_FIELDS = {"auxk_norm": "x", "drop_sinks": False, "sink_norm_multiple": 10.0,
+                "calibrate_threshold": False}
 LATER_SAE_FIELDS = {"architecture": "topk"}
 
 # Fields that say how to run or report, not what is trained: a checkpoint made with other values
@@ -49,10 +61,12 @@ class TrainConfig:
     """Tokens per optimiser step (the global batch, split across ranks under torchrun)."""
     lr: float | None = None
     """Adam learning rate; default 2e-4 / sqrt(num_latents / 2**14) (1e-4 at 65536 latents)."""
-    lr_warmup_steps: int = 1000
+    lr_warmup_steps: int | str = "auto"
     """Steps of linear learning-rate warmup: step s (counted from 1) of the first
     lr_warmup_steps uses lr * s / lr_warmup_steps, so the first step already moves (at
-    lr / lr_warmup_steps) and step lr_warmup_steps runs at the full lr; 0 = no warmup."""
+    lr / lr_warmup_steps) and step lr_warmup_steps runs at the full lr; 0 = no warmup; auto =
+    WARMUP_FRACTION of the run's steps, at most WARMUP_MAX_STEPS. A number must be below the
+    run's steps."""
     lr_decay: str = "none"
     """Learning-rate decay to 0 over the steps after warmup: none, linear or cosine."""
     auxk_alpha: float = 1 / 32
@@ -65,8 +79,9 @@ class TrainConfig:
     2024, openai/sparse_autoencoder; about 1/FVU times stronger at the same auxk_alpha)."""
     aux_k: int | None = None
     """Dead latents the AuxK loss reconstructs the residual with (default d_in // 2)."""
-    dead_feature_threshold: int = 10_000_000
-    """A latent that has not fired for this many tokens counts as dead."""
+    dead_feature_threshold: int | str = "auto"
+    """A latent that has not fired for this many tokens counts as dead (AuxK then trains it);
+    auto = DEAD_FRACTION of the run's tokens, at most 10,000,000 (sparsify's value)."""
     normalize_inputs: bool = False
     """Multiply activations by one constant so that E||x||^2 = d_in (estimated on the first
     batch) while training, so hyperparameters carry across models. The saved SAE has the constant
@@ -101,6 +116,17 @@ class TrainConfig:
     regions: str | None = None
     """Train only on tokens of these regions (comma-separated, of prompt, think, answer,
     special; e.g. think,answer), from a store or on the fly."""
+    drop_sinks: bool = True
+    """Store only: leave attention-sink rows out of training (thinksae.sinks: special tokens, and
+    tokens whose norm is above sink_norm_multiple x the median norm of the store's non-special
+    training tokens); counted in the report card. --nodrop_sinks trains on every row."""
+    sink_norm_multiple: float | str = 10.0
+    """The sink rule's norm multiple (dictionary_learning's max_activation_norm_multiple); none =
+    special tokens only."""
+    calibrate_threshold: bool = True
+    """batchtopk: after training, set the inference threshold so that the training tokens (sinks
+    left out, up to 65,536 of them) have k active latents on average, instead of the running
+    estimate kept during training (thinksae.train.calibrate)."""
     holdout: float = 0.0
     """Store only: share of the traces left out of training (whole questions, chosen by a hash
     of their ids), for `thinksae eval --split heldout`."""
@@ -147,8 +173,13 @@ def check_config(cfg: TrainConfig, world_size: int = 1, need_data: bool = True) 
         if getattr(cfg, name) < 1:
             raise ThinksaeError(f"{name} must be >= 1 (got {getattr(cfg, name)})")
     for name in ("lr_warmup_steps", "dead_feature_threshold"):
-        if getattr(cfg, name) < 0:
-            raise ThinksaeError(f"{name} must be >= 0 (got {getattr(cfg, name)})")
+        value = getattr(cfg, name)
+        if value != AUTO and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ThinksaeError(f"{name} must be auto or a whole number >= 0 (got {value!r})")
+    parse_norm_multiple(cfg.sink_norm_multiple)
+    if cfg.drop_sinks and "special" in (region_list(cfg.regions) or []):
+        raise ThinksaeError("--regions special: special tokens are attention sinks, which "
+                            "training leaves out; add --nodrop_sinks to train on them")
     if cfg.max_tokens is not None and cfg.max_tokens < cfg.batch_size:
         raise ThinksaeError(
             f"max_tokens {cfg.max_tokens} is less than one batch ({cfg.batch_size})"
@@ -183,6 +214,34 @@ def check_config(cfg: TrainConfig, world_size: int = 1, need_data: bool = True) 
                             "are not shared across ranks)")
     if cfg.sae.num_latents < 0 or cfg.sae.expansion_factor < 1:
         raise ThinksaeError("num_latents must be >= 0 and expansion_factor >= 1")
+
+
+class Schedule(NamedTuple):
+    """The step counts a run uses, with ``auto`` resolved against its length."""
+
+    warmup_steps: int
+    dead_feature_threshold: int
+    """In tokens."""
+
+
+def resolve_schedule(cfg: TrainConfig, total_steps: int) -> Schedule:
+    """``auto`` warmup = round(WARMUP_FRACTION · total_steps), at most WARMUP_MAX_STEPS; ``auto``
+    dead threshold = DEAD_FRACTION · total_steps · batch_size tokens, at most DEAD_MAX_TOKENS
+    (at least one batch). A warmup given as a number must be below ``total_steps``."""
+    if cfg.lr_warmup_steps == AUTO:
+        warmup = min(round(WARMUP_FRACTION * total_steps), WARMUP_MAX_STEPS)
+    else:
+        warmup = int(cfg.lr_warmup_steps)
+        if warmup and warmup >= total_steps:
+            raise ThinksaeError(
+                f"lr_warmup_steps {warmup} does not fit this run of {total_steps} steps (the lr "
+                "would never reach its value); use --lr_warmup_steps auto or fewer steps")
+    if cfg.dead_feature_threshold == AUTO:
+        dead = max(min(int(DEAD_FRACTION * total_steps * cfg.batch_size), DEAD_MAX_TOKENS),
+                   cfg.batch_size)
+    else:
+        dead = int(cfg.dead_feature_threshold)
+    return Schedule(warmup, dead)
 
 
 def region_list(regions: str | None) -> list[str] | None:
