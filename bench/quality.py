@@ -127,7 +127,7 @@ def evaluate_dir(path: Path, data: BenchData, model, hookpoint: str | None) -> d
     sae_dir = resolve_sae_dir(path)
     training = read_report_card(sae_dir).get("training", {})
     rec = {"sae_dir": str(sae_dir), "train_s": training.get("wall_time_s"), "peak_rss_mb": None}
-    run = re.sub(r"-s\d+$", "", sae_dir.parent.name)  # seeds of one setting share a row
+    run = re.sub(r"-s\d+$", "", path.name)  # seeds of one setting share a row
     return {"system": run, "label": "given", "k": load_sae(sae_dir).cfg.k,
             "seed": training.get("seed"), **rec,
             "metrics": evaluate_run(rec, data, model, hookpoint)}

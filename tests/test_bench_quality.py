@@ -19,7 +19,13 @@ from thinksae.store.shards import write_shard
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 quality = pytest.importorskip("quality")
-from quality_data import BenchData, prepare, quality_metrics  # noqa: E402
+from quality_data import (  # noqa: E402
+    BenchData,
+    HeldoutDoc,
+    prepare,
+    quality_metrics,
+    spliced_think,
+)
 from quality_train import MatrixSource, batch_stream, run_worker  # noqa: E402
 
 D = 8
@@ -185,3 +191,36 @@ def test_smoke_table_on_a_tiny_store(tmp_path, capsys):
     for run in result["runs"]:
         assert 0 < run["metrics"]["think"]["fvu"] < 2 and run["train_s"] > 0
         assert run["metrics"]["dead_pct"] >= 0 and run["peak_rss_mb"] > 0
+
+
+def test_spliced_think_scores_by_hand():
+    """An SAE that reconstructs exactly scores CE 1 and KL 0 on think positions; one that outputs
+    zeros is the zero ablation (score 0); sink positions stay clean and are not scored."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=256, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+        initializer_range=0.2)).eval()
+    g = torch.Generator().manual_seed(1)
+    docs = []
+    for n in (12, 9):
+        regions = torch.tensor([SPECIAL, PROMPT, PROMPT] + [THINK] * (n - 3), dtype=torch.uint8)
+        docs.append(HeldoutDoc(torch.randint(0, 256, (n,), generator=g), regions,
+                               regions == SPECIAL))
+    data = BenchData(torch.zeros(1, 16), torch.zeros(1, 16), torch.zeros(1), ["prompt", "think",
+                     "answer", "special"], docs, {})
+    exact = make_sae(16, SaeConfig(num_latents=32, k=32))
+    zero = make_sae(16, SaeConfig(num_latents=32, k=1))
+    with torch.no_grad():
+        exact.encoder.weight.copy_(torch.cat([torch.eye(16), -torch.eye(16)]))
+        exact.W_dec.copy_(torch.cat([torch.eye(16), -torch.eye(16)]))
+        for sae in (exact, zero):
+            sae.encoder.bias.zero_()
+            sae.b_dec.zero_()
+        zero.W_dec.zero_()
+    r = spliced_think(model, "layers.0", exact, data, batch_size=2)
+    assert r["positions"] == (12 - 3 - 1) + (9 - 3 - 1)  # think positions with a next token
+    assert r["ce_score"] == pytest.approx(1.0, abs=1e-4) and r["kl"] == pytest.approx(0, abs=1e-5)
+    assert spliced_think(model, "layers.0", zero, data)["ce_score"] == pytest.approx(0, abs=1e-9)

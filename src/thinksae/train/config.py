@@ -60,7 +60,9 @@ class TrainConfig:
     batch_size: int = 4096
     """Tokens per optimiser step (the global batch, split across ranks under torchrun)."""
     lr: float | None = None
-    """Adam learning rate; default 2e-4 / sqrt(num_latents / 2**14) (1e-4 at 65536 latents)."""
+    """Adam learning rate; default 5e-4 / sqrt(num_latents / 2**14) (1e-3 at 4096 latents,
+    2.5e-4 at 65536): sparsify's width rule at 2.5 times its base, the best of bench/quality.py's
+    sweep at 1024 and 4096 latents."""
     lr_warmup_steps: int | str = "auto"
     """Steps of linear learning-rate warmup: step s (counted from 1) of the first
     lr_warmup_steps uses lr * s / lr_warmup_steps, so the first step already moves (at
@@ -141,9 +143,14 @@ class TrainConfig:
     but takes shuffle_tokens x d_in x 4 bytes of memory."""
 
 
+DEFAULT_LR_AT_16K = 5e-4
+"""The default lr at 16384 latents (sparsify's rule has 2e-4; bench/quality.py on the demo store,
+k 32, 352 steps: best at 2e-3 for 1024 latents and 1e-3 for 4096, both this rule)."""
+
+
 def default_lr(num_latents: int) -> float:
-    """sparsify's width rule: 2e-4 at 16384 latents, scaled by 1 / sqrt(width)."""
-    return 2e-4 / math.sqrt(num_latents / 2**14)
+    """sparsify's width rule, 1 / sqrt(width), from DEFAULT_LR_AT_16K at 16384 latents."""
+    return DEFAULT_LR_AT_16K / math.sqrt(num_latents / 2**14)
 
 
 def check_config(cfg: TrainConfig, world_size: int = 1, need_data: bool = True) -> None:
@@ -172,14 +179,7 @@ def check_config(cfg: TrainConfig, world_size: int = 1, need_data: bool = True) 
                  "model_batch_size", "shuffle_tokens"):
         if getattr(cfg, name) < 1:
             raise ThinksaeError(f"{name} must be >= 1 (got {getattr(cfg, name)})")
-    for name in ("lr_warmup_steps", "dead_feature_threshold"):
-        value = getattr(cfg, name)
-        if value != AUTO and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ThinksaeError(f"{name} must be auto or a whole number >= 0 (got {value!r})")
-    parse_norm_multiple(cfg.sink_norm_multiple)
-    if cfg.drop_sinks and "special" in (region_list(cfg.regions) or []):
-        raise ThinksaeError("--regions special: special tokens are attention sinks, which "
-                            "training leaves out; add --nodrop_sinks to train on them")
+    _check_schedule_and_sinks(cfg)
     if cfg.max_tokens is not None and cfg.max_tokens < cfg.batch_size:
         raise ThinksaeError(
             f"max_tokens {cfg.max_tokens} is less than one batch ({cfg.batch_size})"
@@ -214,6 +214,19 @@ def check_config(cfg: TrainConfig, world_size: int = 1, need_data: bool = True) 
                             "are not shared across ranks)")
     if cfg.sae.num_latents < 0 or cfg.sae.expansion_factor < 1:
         raise ThinksaeError("num_latents must be >= 0 and expansion_factor >= 1")
+
+
+def _check_schedule_and_sinks(cfg: TrainConfig) -> None:
+    """Step counts are auto or whole numbers >= 0; the sink rule's multiple is > 1 or none, and
+    the special region cannot be trained on while sinks are dropped."""
+    for name in ("lr_warmup_steps", "dead_feature_threshold"):
+        value = getattr(cfg, name)
+        if value != AUTO and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ThinksaeError(f"{name} must be auto or a whole number >= 0 (got {value!r})")
+    parse_norm_multiple(cfg.sink_norm_multiple)
+    if cfg.drop_sinks and "special" in (region_list(cfg.regions) or []):
+        raise ThinksaeError("--regions special: special tokens are attention sinks, which "
+                            "training leaves out; add --nodrop_sinks to train on them")
 
 
 class Schedule(NamedTuple):
