@@ -15,7 +15,7 @@ from thinksae.store import ActivationStore
 from thinksae.store.harvest import FORMAT, MANIFEST
 from thinksae.store.shards import write_shard
 from thinksae.train import SyntheticActivations, TrainConfig, train
-from thinksae.train.calibrate import calibrated_threshold, has_batch_threshold
+from thinksae.train.calibrate import calibrate, calibrated_threshold, has_batch_threshold
 from thinksae.train.config import check_config, resolve_schedule
 from thinksae.train.sink_rows import parse_norm_multiple, sink_keep_mask
 
@@ -140,6 +140,16 @@ def test_calibrated_threshold_by_hand():
         calibrated_threshold(sae, [x], 1, 3)
 
 
+def test_calibrate_keeps_the_larger_of_the_two_thresholds():
+    x = torch.tensor([[1.0, 2.0], [0.5, 0.0]])  # θ_k = 1 at k = 1 (test above)
+    for running, expected in ((0.5, 1.0), (2.5, 2.5), (-1.0, 1.0)):  # -1: never trained
+        sae = _hand_batchtopk()
+        sae.threshold.fill_(running)
+        rec = calibrate(sae, [x], 1, 2)
+        assert float(sae.threshold) == expected == rec["threshold"]
+        assert (rec["threshold_k"], rec["threshold_running"]) == (1.0, running)
+
+
 def test_batchtopk_training_calibrates_its_threshold(tmp_path):
     src = SyntheticActivations(d_in=16, num_tokens=1024, num_features=64, active=4, seed=2)
     cfg = TrainConfig(out=str(tmp_path / "r"), sae=SaeConfig(num_latents=64, k=4,
@@ -148,13 +158,14 @@ def test_batchtopk_training_calibrates_its_threshold(tmp_path):
     sae_dir = train(cfg, source=src)
     card = json.loads((sae_dir / "thinksae.json").read_text())["training"]
     cal = card["threshold_calibration"]
-    assert cal["calibration_tokens"] == 1024 and cal["threshold"] != cal["threshold_estimated"]
+    assert cal["calibration_tokens"] == 1024 and cal["threshold_k"] != cal["threshold_running"]
+    assert cal["threshold"] == max(cal["threshold_k"], cal["threshold_running"])
     from thinksae.sae import load_sae
 
     sae = load_sae(sae_dir)
     assert float(sae.threshold) == pytest.approx(cal["threshold"])
-    acts, _ = sae.encode(src.data)
-    assert (acts > 0).sum(-1).float().mean().item() == pytest.approx(4.0, abs=1e-3)
+    l0 = (sae.pre_acts(src.data).relu() > cal["threshold_k"]).sum(-1).float().mean().item()
+    assert l0 == pytest.approx(4.0, abs=1e-3)  # θ_k: k latents per training token on average
     assert card["lr_warmup_steps"] == round(0.05 * 24) and card["lr_warmup_steps_option"] == "auto"
 
 

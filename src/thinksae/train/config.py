@@ -126,9 +126,10 @@ class TrainConfig:
     """The sink rule's norm multiple (dictionary_learning's max_activation_norm_multiple); none =
     special tokens only."""
     calibrate_threshold: bool = True
-    """batchtopk: after training, set the inference threshold so that the training tokens (sinks
-    left out, up to 65,536 of them) have k active latents on average, instead of the running
-    estimate kept during training (thinksae.train.calibrate)."""
+    """batchtopk: after training, raise the inference threshold to the one that gives the
+    training tokens (sinks left out, up to 65,536 of them) k active latents on average where
+    that is higher than the running estimate kept during training (thinksae.train.calibrate);
+    --nocalibrate_threshold keeps the running estimate."""
     holdout: float = 0.0
     """Store only: share of the traces left out of training (whole questions, chosen by a hash
     of their ids), for `thinksae eval --split heldout`."""

@@ -150,9 +150,10 @@ CALIBRATION_TOKENS = 65536
 
 
 def calibrate_threshold(trainer: Trainer) -> dict | None:
-    """batchtopk (a scalar inference threshold) with calibrate_threshold: set θ so that the first
-    training batches of the seeded pass (sinks left out; up to CALIBRATION_TOKENS tokens) have k
-    active latents on average (:mod:`thinksae.train.calibrate`); the record for the card."""
+    """batchtopk (a scalar inference threshold) with calibrate_threshold: θ = max(the θ that
+    gives the first training batches of the seeded pass (sinks left out; up to
+    CALIBRATION_TOKENS tokens) k active latents on average, the running estimate)
+    (:mod:`thinksae.train.calibrate`); the record for the card."""
     cfg, sae = trainer.cfg, trainer.sae
     if not (cfg.calibrate_threshold and has_batch_threshold(sae)):
         return None
