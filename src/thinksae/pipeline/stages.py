@@ -32,7 +32,8 @@ UNHASHED = ("progress",)
 """Config fields that do not change a stage's output."""
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "corpus": {"engine": "hf"},
-    "train": {"auxk_norm": "x", "sae.architecture": "topk"},
+    "train": {"auxk_norm": "x", "sae.architecture": "topk", "drop_sinks": False,
+              "sink_norm_multiple": 10.0, "calibrate_threshold": False},
 }
 """Config fields added after run directories were made (``a.b``: field b of the nested config
 a), with the value that does what the stage did before them: left out of the stage's hash while
