@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -179,3 +180,15 @@ def test_store_batches_honour_a_keep_mask(tmp_path):
     assert store.num_batches(4, keep=keep) == 9
     with pytest.raises(ThinksaeError, match="keep mask of shape"):
         store.token_indices(keep=np.ones(5, dtype=bool))
+
+
+def test_help_states_the_auto_values():
+    """The CLI help (the field docstrings) says what auto means in numbers, and those are the
+    constants resolve_schedule uses."""
+    from thinksae.train import config
+
+    src = " ".join(inspect.getsource(config.TrainConfig).split())
+    assert "auto = 5 % of the run's steps, at most 1000" in src
+    assert "auto = 10 % of the run's tokens, at most 10,000,000" in src
+    assert (config.WARMUP_FRACTION, config.WARMUP_MAX_STEPS) == (0.05, 1000)
+    assert (config.DEAD_FRACTION, config.DEAD_MAX_TOKENS) == (0.1, 10_000_000)
