@@ -188,7 +188,7 @@ def test_help_states_the_auto_values():
     from thinksae.train import config
 
     src = " ".join(inspect.getsource(config.TrainConfig).split())
-    assert "auto = 5 % of the run's steps, at most 1000" in src
-    assert "auto = 10 % of the run's tokens, at most 10,000,000" in src
+    assert "auto = 0.05 x the run's steps, at most 1000" in src
+    assert "auto = 0.1 x the run's tokens, at most 10,000,000" in src
     assert (config.WARMUP_FRACTION, config.WARMUP_MAX_STEPS) == (0.05, 1000)
     assert (config.DEAD_FRACTION, config.DEAD_MAX_TOKENS) == (0.1, 10_000_000)

@@ -67,7 +67,7 @@ class TrainConfig:
     """Steps of linear learning-rate warmup: step s (counted from 1) of the first
     lr_warmup_steps uses lr * s / lr_warmup_steps, so the first step already moves (at
     lr / lr_warmup_steps) and step lr_warmup_steps runs at the full lr; 0 = no warmup; auto =
-    5 % of the run's steps, at most 1000. A number must be below the run's steps."""
+    0.05 x the run's steps, at most 1000. A number must be below the run's steps."""
     lr_decay: str = "none"
     """Learning-rate decay to 0 over the steps after warmup: none, linear or cosine."""
     auxk_alpha: float = 1 / 32
@@ -82,7 +82,7 @@ class TrainConfig:
     """Dead latents the AuxK loss reconstructs the residual with (default d_in // 2)."""
     dead_feature_threshold: int | str = "auto"
     """A latent that has not fired for this many tokens counts as dead (AuxK then trains it);
-    auto = 10 % of the run's tokens, at most 10,000,000 (sparsify's value)."""
+    auto = 0.1 x the run's tokens, at most 10,000,000 (sparsify's value)."""
     normalize_inputs: bool = False
     """Multiply activations by one constant so that E||x||^2 = d_in (estimated on the first
     batch) while training, so hyperparameters carry across models. The saved SAE has the constant
