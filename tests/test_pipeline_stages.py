@@ -20,8 +20,9 @@ from thinksae.pipeline import Pipeline, Stage, Step, resolve, table
 
 # The hash of every stage of the offline-demo preset as the last released version computed it
 # (commit 0178bdd): a run directory made by it must skip the stages whose output is unchanged —
-# corpus, harvest, train (fields added since, `corpus.engine` and `train.auxk_norm`, are left out of
-# the hash at their old behaviour: stages.ADDED_LATER). The stages whose output changed for the same
+# corpus, harvest (fields added since, e.g. `corpus.engine`, are left out of the hash at their old
+# behaviour: stages.ADDED_LATER). Train reruns: its sink rule (`train.drop_sinks`, on by default)
+# now leaves the prompt's "\n" sink rows out of training. The stages whose output changed for the same
 # config (eval/splice: the mean ablation and the headline row; analyze: ReasonScore matching,
 # trace-level think-specificity, max over trained regions; steer: Smax over the window; monitor:
 # top-k values) are at version 2, so their hashes moved on purpose and those stages rerun.
@@ -30,7 +31,7 @@ OLD_HASHES = {
     "eval": "c45009f302f676dd", "splice": "c05edf01b5f3a7d7", "analyze": "bff7bfc44db0d9d5",
     "steer": "2c39f790819b745c", "monitor": "abc77d72ee532dcf",
 }
-KEPT = ("corpus", "harvest", "train")
+KEPT = ("corpus", "harvest")
 ROWS = [  # features.jsonl that steer (top:reason_score) and monitor (top:freq) choose from
     {"feature": 0, "label": "formatting", "freq": 0.5, "reason_score": 0.9, "mean_act": 2.0,
      "max_act": 3.0},
@@ -70,6 +71,19 @@ def test_stage_hashes_of_the_offline_demo_are_those_of_the_previous_version(
              progress=False).run()
     assert {k: digests[k] for k in KEPT} == {k: OLD_HASHES[k] for k in KEPT}
     assert all(digests[k] != OLD_HASHES[k] for k in OLD_HASHES if k not in KEPT)
+
+
+def test_train_without_the_sink_rule_keeps_the_previous_hash(tmp_path, monkeypatch):
+    """`drop_sinks: false` (and no threshold calibration) trains as before: same train hash."""
+    out = tmp_path / "a"
+    (out / "features").mkdir(parents=True)
+    (out / "features" / "features.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    digests = _no_actions(monkeypatch)
+    old_corpus = {"engine": "hf", "batch_size": 16, "max_new_tokens": 192, "answer_tokens": 48}
+    train = {"epochs": 20, "drop_sinks": False, "calibrate_threshold": False}
+    Pipeline(resolve(None, "offline-demo", {"out": str(out), "corpus": old_corpus,
+                                            "train": train}), progress=False).run()
+    assert digests["train"] == OLD_HASHES["train"]
 
 
 def test_the_table_is_consistent():

@@ -67,6 +67,7 @@ def make_store(path, questions: int = 12, samples: int = 2, tokens_per_doc: int 
     activations of ``nan_docs`` are NaN."""
     ids = _ids(questions, samples)
     gen = torch.Generator().manual_seed(0)
+    norms = []
     basis = torch.randn(6, D_IN, generator=gen)
     shards, total = [], 0
     for s, first in enumerate(range(0, len(ids), docs_per_shard)):
@@ -75,6 +76,7 @@ def make_store(path, questions: int = 12, samples: int = 2, tokens_per_doc: int 
         x = torch.randn(m, 6, generator=gen).relu() @ basis + 0.05 * torch.randn(m, D_IN,
                                                                                 generator=gen)
         doc_index = torch.tensor(docs, dtype=torch.int32).repeat_interleave(tokens_per_doc)
+        norms.append(x.norm(dim=1)[torch.arange(m) % 3 + 1 != 3])  # harvest's median: no NaN
         for d in nan_docs:
             x[doc_index == d] = float("nan")
         name = f"shard-{s:05d}.safetensors"
@@ -92,6 +94,7 @@ def make_store(path, questions: int = 12, samples: int = 2, tokens_per_doc: int 
         "corpus_hash": "c", "dtype": "float32", "d_in": D_IN, "num_tokens": total,
         "num_docs": len(ids), "shards": shards, "complete": True,
         "regions": ["prompt", "think", "answer", "special"], "behaviours": ["none"],
+        "sink_rule": {"norm_multiple": 10.0, "median_norm": float(torch.cat(norms).median())},
     })
     return ActivationStore(path)
 
@@ -133,8 +136,11 @@ def test_training_never_reads_held_out_traces(tmp_path):
     card = json.loads((sae_dir / "thinksae.json").read_text())
     assert card["training"]["holdout"] == 0.25
     assert card["data"]["heldout_traces"] == [ids[i] for i in held]
-    train_tokens = len(store.token_indices(docs=store.split_docs(0.25, "train")))
-    assert card["training"]["steps"] == 3 * (train_tokens // 32)
+    train_docs = store.split_docs(0.25, "train")
+    train_tokens = len(store.token_indices(docs=train_docs))
+    sinks = card["training"]["sinks"]  # the special tokens are left out of training
+    assert sinks["special"] == len(store.token_indices(["special"], docs=train_docs))
+    assert card["training"]["steps"] == 3 * ((train_tokens - sinks["sinks"]) // 32)
 
 
 def test_holdout_needs_a_store(tmp_path):

@@ -28,9 +28,10 @@ def _cfg(tmp_path, **kw) -> TrainConfig:
 
 
 def test_default_lr_follows_width_rule():
-    assert default_lr(2**14) == pytest.approx(2e-4)
-    assert default_lr(65536) == pytest.approx(1e-4)
-    assert default_lr(4 * 65536) == pytest.approx(5e-5)
+    assert default_lr(2**14) == pytest.approx(5e-4)
+    assert default_lr(4096) == pytest.approx(1e-3)
+    assert default_lr(65536) == pytest.approx(2.5e-4)
+    assert default_lr(4 * 65536) == pytest.approx(1.25e-4)
 
 
 @pytest.mark.parametrize(

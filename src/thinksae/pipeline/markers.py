@@ -25,7 +25,8 @@ UNHASHED = ("progress",)
 """Config fields that do not change a stage's output."""
 ADDED_LATER: dict[str, dict[str, Any]] = {
     "corpus": {"engine": "hf"},
-    "train": {"auxk_norm": "x", "sae.architecture": "topk", "sae.matryoshka_widths": ""},
+    "train": {"auxk_norm": "x", "sae.architecture": "topk", "sae.matryoshka_widths": "",
+              "drop_sinks": False, "sink_norm_multiple": 10.0, "calibrate_threshold": False},
     **{stage: {"run": None} for stage in ("analyze", "explain", "steer", "monitor")},
     "validate": {"run": None, "protocol": "thinksae", "traces": None, "nonreasoning": None,
                  "text_field": "text", "our_verdicts": None, "compare_masking": False,

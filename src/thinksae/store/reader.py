@@ -154,9 +154,14 @@ class ActivationStore:
         return out
 
     def token_indices(self, regions: Iterable[str] | None = None,
-                      docs: np.ndarray | None = None) -> np.ndarray:
-        """Global indices of the tokens in the given regions and documents (all when None)."""
-        keep = np.ones(self.num_tokens, dtype=bool)
+                      docs: np.ndarray | None = None, keep: np.ndarray | None = None
+                      ) -> np.ndarray:
+        """Global indices of the tokens in the given regions and documents (all when None) and,
+        given ``keep`` (bool per token of the store, e.g. not an attention sink), kept by it."""
+        keep = np.ones(self.num_tokens, dtype=bool) if keep is None else np.array(keep, dtype=bool)
+        if keep.shape != (self.num_tokens,):
+            raise ThinksaeError(f"keep mask of shape {keep.shape} for a store of "
+                                f"{self.num_tokens} tokens")
         if regions is not None:
             names = self.manifest["regions"]
             unknown = [r for r in regions if r not in names]
@@ -168,9 +173,9 @@ class ActivationStore:
         return np.flatnonzero(keep).astype(np.int64)
 
     def num_batches(self, batch_size: int, regions: Iterable[str] | None = None,
-                    docs: np.ndarray | None = None) -> int:
+                    docs: np.ndarray | None = None, keep: np.ndarray | None = None) -> int:
         """Full batches in one pass."""
-        return len(self.token_indices(regions, docs)) // batch_size
+        return len(self.token_indices(regions, docs, keep)) // batch_size
 
     def iter_batches(
         self,
@@ -181,16 +186,17 @@ class ActivationStore:
         world_size: int = 1,
         regions: Iterable[str] | None = None,
         docs: np.ndarray | None = None,
+        keep: np.ndarray | None = None,
     ) -> Iterator[torch.Tensor]:
         """One shuffled pass of float32 batches ``[batch_size // world_size, d_in]``.
 
         The permutation depends only on ``seed``; rank ``r`` gets the r-th slice of each global
         batch; ``start_batch`` skips that many batches (to resume). The last partial batch is
-        dropped. ``regions``/``docs`` keep only those tokens.
+        dropped. ``regions``/``docs``/``keep`` keep only those tokens.
         """
         if batch_size % world_size:
             raise ThinksaeError(f"batch size {batch_size} is not divisible by {world_size} ranks")
-        pool = self.token_indices(regions, docs)
+        pool = self.token_indices(regions, docs, keep)
         perm = np.random.default_rng(seed).permutation(len(pool))
         per_rank = batch_size // world_size
         for b in range(start_batch, len(pool) // batch_size):

@@ -6,7 +6,9 @@ import math
 
 from ..errors import ThinksaeError
 from ..sae.registry import ARCHITECTURES, sae_class
+from ..sinks import check_norm_multiple
 from .config import (
+    AUTO,
     AUXK_NORMS,
     B_DEC_INITS,
     COMPUTE_DTYPES,
@@ -51,6 +53,10 @@ def _check_data(cfg: TrainConfig, world_size: int, need_data: bool) -> None:
         unknown = [r for r in regions if r not in REGION_NAMES]
         if not regions or (cfg.store is None and unknown):
             raise ThinksaeError(f"--regions {cfg.regions!r}: give some of {', '.join(REGION_NAMES)}")
+    check_norm_multiple(cfg.sink_norm_multiple)
+    if cfg.drop_sinks and "special" in (region_list(cfg.regions) or []):
+        raise ThinksaeError("--regions special: special tokens are attention sinks, which "
+                            "training leaves out; add --nodrop_sinks to train on them")
 
 
 def _check_schedule(cfg: TrainConfig) -> None:
@@ -68,8 +74,9 @@ def _check_schedule(cfg: TrainConfig) -> None:
         if getattr(cfg, name) < 1:
             raise ThinksaeError(f"{name} must be >= 1 (got {getattr(cfg, name)})")
     for name in ("lr_warmup_steps", "dead_feature_threshold"):
-        if getattr(cfg, name) < 0:
-            raise ThinksaeError(f"{name} must be >= 0 (got {getattr(cfg, name)})")
+        value = getattr(cfg, name)
+        if value != AUTO and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ThinksaeError(f"{name} must be auto or a whole number >= 0 (got {value!r})")
     if cfg.max_tokens is not None and cfg.max_tokens < cfg.batch_size:
         raise ThinksaeError(
             f"max_tokens {cfg.max_tokens} is less than one batch ({cfg.batch_size})"

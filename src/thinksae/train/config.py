@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..config import to_dict
 from ..errors import ThinksaeError
@@ -16,9 +17,19 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 AUXK_NORMS = ("x", "residual")
 REGION_NAMES = ("prompt", "think", "answer", "special")  # thinksae.corpus.Region, lower-cased
 
+AUTO = "auto"
+WARMUP_FRACTION = 0.05
+"""lr_warmup_steps auto: this share of the run's steps (bench/quality.py, docs/performance.md)."""
+WARMUP_MAX_STEPS = 1000
+"""lr_warmup_steps auto: at most this many steps (sparsify's fixed warmup) on long runs."""
+DEAD_FRACTION = 0.1
+"""dead_feature_threshold auto: this share of the run's tokens (at most DEAD_MAX_TOKENS)."""
+DEAD_MAX_TOKENS = 10_000_000
+
 # Fields added after checkpoints were first written, with the value older runs trained with: an
 # identity dict without them is read as having these values.
-LATER_FIELDS = {"auxk_norm": "x"}
+LATER_FIELDS = {"auxk_norm": "x", "drop_sinks": False, "sink_norm_multiple": 10.0,
+                "calibrate_threshold": False}
 LATER_SAE_FIELDS = {"architecture": "topk", "matryoshka_widths": ""}
 
 # Fields that say how to run or report, not what is trained: a checkpoint made with other values
@@ -48,11 +59,14 @@ class TrainConfig:
     batch_size: int = 4096
     """Tokens per optimiser step (the global batch, split across ranks under torchrun)."""
     lr: float | None = None
-    """Adam learning rate; default 2e-4 / sqrt(num_latents / 2**14) (1e-4 at 65536 latents)."""
-    lr_warmup_steps: int = 1000
+    """Adam learning rate; default 5e-4 / sqrt(num_latents / 2**14) (1e-3 at 4096 latents,
+    2.5e-4 at 65536): sparsify's width rule at 2.5 times its base, the best of bench/quality.py's
+    sweep at 1024 and 4096 latents."""
+    lr_warmup_steps: int | str = "auto"
     """Steps of linear learning-rate warmup: step s (counted from 1) of the first
     lr_warmup_steps uses lr * s / lr_warmup_steps, so the first step already moves (at
-    lr / lr_warmup_steps) and step lr_warmup_steps runs at the full lr; 0 = no warmup."""
+    lr / lr_warmup_steps) and step lr_warmup_steps runs at the full lr; 0 = no warmup; auto =
+    0.05 x the run's steps, at most 1000. A number must be below the run's steps."""
     lr_decay: str = "none"
     """Learning-rate decay to 0 over the steps after warmup: none, linear or cosine."""
     auxk_alpha: float = 1 / 32
@@ -65,8 +79,9 @@ class TrainConfig:
     2024, openai/sparse_autoencoder; about 1/FVU times stronger at the same auxk_alpha)."""
     aux_k: int | None = None
     """Dead latents the AuxK loss reconstructs the residual with (default d_in // 2)."""
-    dead_feature_threshold: int = 10_000_000
-    """A latent that has not fired for this many tokens counts as dead."""
+    dead_feature_threshold: int | str = "auto"
+    """A latent that has not fired for this many tokens counts as dead (AuxK then trains it);
+    auto = 0.1 x the run's tokens, at most 10,000,000 (sparsify's value)."""
     normalize_inputs: bool = False
     """Multiply activations by one constant so that E||x||^2 = d_in (estimated on the first
     batch) while training, so hyperparameters carry across models. The saved SAE has the constant
@@ -101,6 +116,18 @@ class TrainConfig:
     regions: str | None = None
     """Train only on tokens of these regions (comma-separated, of prompt, think, answer,
     special; e.g. think,answer), from a store or on the fly."""
+    drop_sinks: bool = True
+    """Store only: leave attention-sink rows out of training (thinksae.sinks: special tokens, and
+    tokens whose norm is above sink_norm_multiple x the median norm of the store's non-special
+    tokens, the store's own rule); counted in the report card. --nodrop_sinks trains on every row."""
+    sink_norm_multiple: float | None = 10.0
+    """The sink rule's norm multiple (dictionary_learning's max_activation_norm_multiple; given
+    with no value, or null in a config: special tokens only)."""
+    calibrate_threshold: bool = True
+    """batchtopk: after training, raise the inference threshold to the one that gives the
+    training tokens (sinks left out, up to 65,536 of them) k active latents on average where
+    that is higher than the running estimate kept during training (thinksae.train.calibrate);
+    --nocalibrate_threshold keeps the running estimate."""
     holdout: float = 0.0
     """Store only: share of the traces left out of training (whole questions, chosen by a hash
     of their ids), for `thinksae eval --split heldout`."""
@@ -115,9 +142,42 @@ class TrainConfig:
     but takes shuffle_tokens x d_in x 4 bytes of memory."""
 
 
+DEFAULT_LR_AT_16K = 5e-4
+"""The default lr at 16384 latents (sparsify's rule has 2e-4; bench/quality.py on the demo store,
+k 32, 352 steps: best at 2e-3 for 1024 latents and 1e-3 for 4096, both this rule)."""
+
+
 def default_lr(num_latents: int) -> float:
-    """sparsify's width rule: 2e-4 at 16384 latents, scaled by 1 / sqrt(width)."""
-    return 2e-4 / math.sqrt(num_latents / 2**14)
+    """sparsify's width rule, 1 / sqrt(width), from DEFAULT_LR_AT_16K at 16384 latents."""
+    return DEFAULT_LR_AT_16K / math.sqrt(num_latents / 2**14)
+
+
+class Schedule(NamedTuple):
+    """The step counts a run uses, with ``auto`` resolved against its length."""
+
+    warmup_steps: int
+    dead_feature_threshold: int
+    """In tokens."""
+
+
+def resolve_schedule(cfg: TrainConfig, total_steps: int) -> Schedule:
+    """``auto`` warmup = round(WARMUP_FRACTION · total_steps), at most WARMUP_MAX_STEPS; ``auto``
+    dead threshold = DEAD_FRACTION · total_steps · batch_size tokens, at most DEAD_MAX_TOKENS
+    (at least one batch). A warmup given as a number must be below ``total_steps``."""
+    if cfg.lr_warmup_steps == AUTO:
+        warmup = min(round(WARMUP_FRACTION * total_steps), WARMUP_MAX_STEPS)
+    else:
+        warmup = int(cfg.lr_warmup_steps)
+        if warmup and warmup >= total_steps:
+            raise ThinksaeError(
+                f"lr_warmup_steps {warmup} does not fit this run of {total_steps} steps (the lr "
+                "would never reach its value); use --lr_warmup_steps auto or fewer steps")
+    if cfg.dead_feature_threshold == AUTO:
+        dead = max(min(int(DEAD_FRACTION * total_steps * cfg.batch_size), DEAD_MAX_TOKENS),
+                   cfg.batch_size)
+    else:
+        dead = int(cfg.dead_feature_threshold)
+    return Schedule(warmup, dead)
 
 
 def region_list(regions: str | None) -> list[str] | None:

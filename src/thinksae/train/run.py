@@ -13,6 +13,7 @@ from ..errors import ThinksaeError
 from ..sae.formats import save_sparsify, write_report_card
 from ..store.reader import ActivationStore
 from ..versions import stack_versions
+from .calibrate import calibrate, has_batch_threshold
 from .checkpoint import find_checkpoint, remove_checkpoints
 from .checks import check_config, check_sizes
 from .config import (
@@ -119,18 +120,21 @@ def report_card(trainer: Trainer) -> dict:
         "expansion_factor": round(int(sae.num_latents) / trainer.d_in, 4),
         "k": cfg.sae.k,
         "training": {
-            "lr": trainer.lr, "lr_warmup_steps": cfg.lr_warmup_steps, "lr_decay": cfg.lr_decay,
+            "lr": trainer.lr, "lr_warmup_steps": trainer.schedule.warmup_steps,
+            "lr_warmup_steps_option": cfg.lr_warmup_steps, "lr_decay": cfg.lr_decay,
             "optimizer": "adam", "betas": [0.9, 0.999], "eps": 1e-8,
             "auxk_alpha": cfg.auxk_alpha, "auxk_norm": cfg.auxk_norm,
             "aux_k": cfg.aux_k or trainer.d_in // 2,
-            "dead_feature_threshold": cfg.dead_feature_threshold,
+            "dead_feature_threshold": trainer.schedule.dead_feature_threshold,
+            "dead_feature_threshold_option": cfg.dead_feature_threshold,
             "normalize_inputs": cfg.normalize_inputs, "input_scale": trainer.scale,
             "input_scale_folded": True, "b_dec_init": cfg.b_dec_init,
             "batch_size": cfg.batch_size, "epochs": cfg.epochs, "max_tokens": cfg.max_tokens,
             "seed": cfg.seed, "dtype": str(trainer.dtype).removeprefix("torch."),
             "world_size": trainer.ranks.world_size, "tokens_seen": trainer.tokens_seen,
             "steps": trainer.step, "wall_time_s": round(trainer.wall_time, 3),
-            "regions": cfg.regions, "holdout": cfg.holdout,
+            "regions": cfg.regions, "holdout": cfg.holdout, "sinks": trainer.sinks,
+            **({"threshold_calibration": trainer.calibration} if trainer.calibration else {}),
         },
         "data": {
             "source": _source_name(cfg, source),
@@ -142,10 +146,29 @@ def report_card(trainer: Trainer) -> dict:
     }
 
 
+CALIBRATION_TOKENS = 65536
+"""Training tokens the inference threshold of a batchtopk SAE is calibrated on (at most)."""
+
+
+def calibrate_threshold(trainer: Trainer) -> dict | None:
+    """batchtopk (a scalar inference threshold) with calibrate_threshold: θ = max(the θ that
+    gives the first training batches of the seeded pass (sinks left out; up to
+    CALIBRATION_TOKENS tokens) k active latents on average, the running estimate)
+    (:mod:`thinksae.train.calibrate`); the record for the card."""
+    cfg, sae = trainer.cfg, trainer.sae
+    if not (cfg.calibrate_threshold and has_batch_threshold(sae)):
+        return None
+    batches = max(1, min(trainer.steps_per_epoch, CALIBRATION_TOKENS // cfg.batch_size))
+    stream = trainer.source.iter_batches(cfg.batch_size, seed=cfg.seed, **trainer.data_filter)
+    rows = (x.to(trainer.device, torch.float32) for _, x in zip(range(batches), stream))
+    return calibrate(sae, rows, cfg.sae.k, batches * cfg.batch_size)
+
+
 def _finish(trainer: Trainer) -> None:
     """Save the final SAE (raw-activation units), report card and config; drop the checkpoint."""
     sae_dir = trainer.sae_dir
     fold_input_scale(trainer.sae, trainer.scale)
+    trainer.calibration = calibrate_threshold(trainer)
     save_sparsify(trainer.sae, sae_dir)
     write_report_card(sae_dir, report_card(trainer))
     save_config(trainer.cfg, sae_dir / TRAIN_CONFIG)

@@ -27,11 +27,13 @@ from .config import (
     differing_fields,
     identity,
     region_list,
+    resolve_schedule,
     with_later_fields,
 )
 from .distributed import Ranks
 from .metrics import METRICS, MetricsLog, open_loggers, truncate_metrics
 from .sae_step import compute_dtype, forward_loss
+from .sink_rows import sink_keep_mask
 
 
 def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
@@ -105,13 +107,16 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_tokens is not None:
             self.total_steps = min(self.total_steps, cfg.max_tokens // cfg.batch_size)
+        self.schedule = resolve_schedule(cfg, self.total_steps)
         self.scheduler = LambdaLR(self.optimizer, partial(
-            lr_factor, warmup=cfg.lr_warmup_steps, total=self.total_steps, decay=cfg.lr_decay))
+            lr_factor, warmup=self.schedule.warmup_steps, total=self.total_steps,
+            decay=cfg.lr_decay))
         self.since_fired = torch.zeros(num_latents, dtype=torch.int64, device=device)
         self.step = self.tokens_seen = self.epoch = self.batch_in_epoch = 0
         self.scale = 1.0
         self.wall_time = 0.0
         self.checkpoint_step: int | None = None
+        self.calibration: dict | None = None
         self.metrics = MetricsLog(sae_dir / METRICS, write=ranks.is_main)
 
     def _data_filter(self) -> dict:
@@ -132,6 +137,14 @@ class Trainer:
             out["docs"] = self.source.split_docs(self.cfg.holdout, "train")
             ids = self.source.trace_ids
             self.heldout_ids = [ids[i] for i in self.source.split_docs(self.cfg.holdout, "heldout")]
+        self.sinks: dict = {"dropped": False}
+        if self.cfg.drop_sinks and hasattr(self.source, "labels"):
+            pool = self.source.token_indices(out.get("regions"), out.get("docs"))
+            out["keep"], record = sink_keep_mask(
+                self.source, self.cfg.sink_norm_multiple, pool)
+            self.sinks = {"dropped": True, **record}
+        elif self.cfg.drop_sinks:
+            self.sinks["why"] = "the source is not an activation store (no per-token labels)"
         return out
 
     def _steps_per_epoch(self) -> int:
@@ -229,7 +242,7 @@ class Trainer:
             x = x * self.scale
         dead_mask = None
         if cfg.auxk_alpha > 0:
-            dead_mask = self.since_fired > cfg.dead_feature_threshold
+            dead_mask = self.since_fired > self.schedule.dead_feature_threshold
         out, fvu, recon, auxk, prefix = forward_loss(sae, x, dead_mask, cfg.aux_k, self.dtype,
                                                      ranks, cfg.auxk_norm)
         loss = recon + cfg.auxk_alpha * auxk if cfg.auxk_alpha > 0 else recon
@@ -290,7 +303,7 @@ class Trainer:
 
     def dead_pct(self) -> float:
         """Percentage of latents that have not fired for dead_feature_threshold tokens."""
-        dead = self.since_fired > self.cfg.dead_feature_threshold
+        dead = self.since_fired > self.schedule.dead_feature_threshold
         return 100.0 * dead.float().mean().item()
 
     def fit(self) -> None:
