@@ -80,7 +80,9 @@ def test_train_without_the_sink_rule_keeps_the_previous_hash(tmp_path, monkeypat
     (out / "features" / "features.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     digests = _no_actions(monkeypatch)
     old_corpus = {"engine": "hf", "batch_size": 16, "max_new_tokens": 192, "answer_tokens": 48}
-    train = {"epochs": 20, "drop_sinks": False, "calibrate_threshold": False}
+    train = {"epochs": 20, "drop_sinks": False, "calibrate_threshold": False,  # and the preset's
+             "lr": 0.001, "lr_warmup_steps": 50, "lr_decay": "cosine",  # schedule of then
+             "dead_feature_threshold": 100000}
     Pipeline(resolve(None, "offline-demo", {"out": str(out), "corpus": old_corpus,
                                             "train": train}), progress=False).run()
     assert digests["train"] == OLD_HASHES["train"]

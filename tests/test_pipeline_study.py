@@ -83,7 +83,9 @@ def test_the_store_holds_the_mlp_output_of_block_10(study, tokenizer):
 def test_eval_equals_sparsify_s_own_reconstruction(study):
     root, _, sae, _ = study
     store = ActivationStore(root / "run" / "store" / HOOK)
-    x = store.gather(np.arange(store.num_tokens)).float()
+    kept = np.flatnonzero(~store.sinks)  # eval leaves the sinks (here the special tokens) out
+    assert 0 < len(kept) < store.num_tokens
+    x = store.gather(kept).float()
     with torch.no_grad():
         x_hat = sae(x).sae_out.double()
     x = x.double()
@@ -91,12 +93,14 @@ def test_eval_equals_sparsify_s_own_reconstruction(study):
     report = json.loads((root / "run" / "report.json").read_text())
     groups = {g["group"]: g for g in report["eval"]["groups"]}
     assert groups["all"]["fvu"] == pytest.approx(fvu, rel=1e-4)
-    assert groups["all"]["tokens"] == store.num_tokens
+    assert groups["all"]["tokens"] == len(kept)
     assert groups["all"]["l0"] == pytest.approx(8.0)
     assert groups["region think"]["tokens"] > 0 and groups["region answer"]["tokens"] > 0
     assert any(g.startswith("behaviour ") for g in groups)  # "wait", "hmm", ... in the traces
     splice = {g["group"]: g for g in report["splice"]["groups"]}
-    assert splice["all"]["tokens"] == 96 and splice["all"]["ce_spliced"] > 0
+    sinks = report["splice"]["sinks"]  # of the 96 spliced tokens, the sinks are not scored
+    assert sinks["tokens"] == 96 and sinks["sinks"] == sinks["special"] > 0
+    assert splice["all"]["tokens"] == 96 - sinks["sinks"] and splice["all"]["ce_spliced"] > 0
 
 
 def test_features_name_their_trigger_tokens(study):
