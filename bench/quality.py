@@ -10,35 +10,60 @@ writes the JSON.
     python bench/quality.py --store runs/findings/store/layers.10 --k 16 32 64 --seeds 0 1 2
     python bench/quality.py --store S --systems thinksae-topk --set lr_warmup_steps=0 --label nowarm
     python bench/quality.py --store S --spliced --model offline      # + CE score / KL on think
+    python bench/quality.py --store runs/findings/store/layers.10 --systems thinksae-topk \
+        thinksae-batchtopk thinksae-matryoshka_batchtopk --variants own --k 32 --seeds 0 1 2 \
+        --latents 4096 --epochs 4 --spliced --model offline --saebench --eval_threads 2 \
+        --json out.json        # Matryoshka vs BatchTopK vs TopK at matched L0, SAEBench metrics
 
-Systems: thinksae-<architecture> for every trainable registered architecture, sparsify-topk,
-saelens-topk, saelens-batchtopk (the peers need the bench extra: pip install -e ".[bench]").
+Systems: thinksae-<architecture> for every trainable registered architecture (topk, batchtopk,
+matryoshka_batchtopk), sparsify-topk, saelens-topk, saelens-batchtopk (the peers need the bench
+extra: pip install -e ".[bench]"). thinksae-matryoshka_batchtopk nests its prefixes as
+--matryoshka_widths says, by default latents/32, /8, /2 and latents (128,512,2048,4096 for 4096;
+inner widths below k dropped: quality_saebench.default_matryoshka_widths); the header gives the
+widths used. Matched L0: the table's L0 columns are held-out L0 (TopK exactly k; BatchTopK and
+Matryoshka by the inference threshold the trainer calibrates after training), and a header line
+names every setting whose held-out L0 is more than 25 % away from k.
+
+--saebench adds SAEBench's metrics by thinksae's own functions (bench/quality_saebench.py):
+k-sparse probing accuracy of the store's region and behaviour labels on the held-out traces
+(k = --probe_ks), and with --model first-letter absorption (mean absorption fraction and
+full-absorption rate). --eval_threads: torch threads of the measuring process (the model passes
+of --spliced and absorption), --threads those of each training worker.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
+import itertools
 import json
-import platform
 import re
-import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from quality_data import REGIONS, BenchData, prepare, quality_metrics, spliced_think
+from quality_data import BenchData, prepare, quality_metrics, spliced_think
+from quality_report import header, table
+from quality_saebench import (
+    SaebenchSetup,
+    default_matryoshka_widths,
+    l0_notes,
+    prepare_saebench,
+    saebench_metrics,
+    saebench_notes,
+)
 from quality_train import run_worker
 from safetensors.torch import save_file
 
-from thinksae.sae import ARCHITECTURES, load_sae
+from thinksae.evaluate.config import SaebenchConfig
+from thinksae.sae import ARCHITECTURES, SaeConfig, load_sae, sae_class
 
 PEERS = {"sparsify": ("sparsify", "eai-sparsify"), "saelens": ("sae_lens", "sae-lens")}
 PEER_SYSTEMS = ("sparsify-topk", "saelens-topk", "saelens-batchtopk")
+MATRYOSHKA = "thinksae-matryoshka_batchtopk"
 VARIANTS = ("own", "matched")
 
 
@@ -74,33 +99,6 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def cpu_line() -> str:
-    """CPU model and the flags that decide the fast paths."""
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {torch.get_num_threads()} threads, flags {' '.join(have) or 'none'}"
-
-
-def commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
-                              capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "src", "bench"], cwd=root,
-                               text=True, capture_output=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (with uncommitted changes)" if dirty else "")
-
-
 def train_one(spec: dict) -> dict:
     """One SAE in its own subprocess; its result record."""
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -112,15 +110,26 @@ def train_one(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def evaluate_run(record: dict, data: BenchData, model, hookpoint: str | None) -> dict:
+class Evaluation(NamedTuple):
+    """What every trained SAE is measured with besides the data: the model for the spliced
+    losses (None: none), and the SAEBench setup (None: no --saebench)."""
+
+    model: object
+    hookpoint: str | None
+    saebench: SaebenchSetup | None
+
+
+def evaluate_run(record: dict, data: BenchData, ev: Evaluation) -> dict:
     sae = load_sae(record["sae_dir"])
     out = quality_metrics(sae, data)
-    if model is not None:
-        out["spliced_think"] = spliced_think(model, hookpoint, sae, data)
+    if ev.model is not None and ev.hookpoint is not None:
+        out["spliced_think"] = spliced_think(ev.model, ev.hookpoint, sae, data)
+    if ev.saebench is not None:
+        out["saebench"] = saebench_metrics(sae, ev.saebench)
     return out
 
 
-def evaluate_dir(path: Path, data: BenchData, model, hookpoint: str | None) -> dict:
+def evaluate_dir(path: Path, data: BenchData, ev: Evaluation) -> dict:
     """A row for an SAE trained elsewhere: its report card's k, seed and training seconds."""
     from thinksae.sae import read_report_card, resolve_sae_dir
 
@@ -130,72 +139,27 @@ def evaluate_dir(path: Path, data: BenchData, model, hookpoint: str | None) -> d
     run = re.sub(r"-s\d+$", "", path.name)  # seeds of one setting share a row
     return {"system": run, "label": "given", "k": load_sae(sae_dir).cfg.k,
             "seed": training.get("seed"), **rec,
-            "metrics": evaluate_run(rec, data, model, hookpoint)}
+            "metrics": evaluate_run(rec, data, ev)}
 
 
-def _stat(values: list[float | None], digits: int) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+def _int_or_none(text: str) -> int | None:
+    return None if text.lower() in ("none", "null", "all") else int(text)
 
 
-def table(rows: list[dict], spliced: bool) -> str:
-    """Markdown: one line per system, schedule and k; mean ± sd over the seeds."""
-    head = ["system", "schedule", "k", "seeds", "FVU all", *(f"FVU {r}" for r in REGIONS), "MSE",
-            *(f"L0 {r}" for r in REGIONS), "dead %", "train s", "peak MB"]
-    if spliced:
-        head += ["CE score think", "KL think"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["system"], r["label"], r["k"]), []).append(r)
-    for (system, label, k), runs in groups.items():
-        m = [r["metrics"] for r in runs]
-        cells = [system, label, str(k), str(len(runs)), _stat([x["all"]["fvu"] for x in m], 3),
-                 *(_stat([x[g]["fvu"] for x in m], 3) for g in REGIONS),
-                 _stat([x["all"]["mse"] for x in m], 4),
-                 *(_stat([x[g]["l0"] for x in m], 1) for g in REGIONS),
-                 _stat([x["dead_pct"] for x in m], 1), _stat([r["train_s"] for r in runs], 0),
-                 _stat([r["peak_rss_mb"] for r in runs], 0)]
-        if spliced:
-            cells += [_stat([x["spliced_think"]["ce_score"] for x in m], 3),
-                      _stat([x["spliced_think"]["kl"] for x in m], 4)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def header(args, data: BenchData, steps: int, schedules: dict) -> str:
-    s = data.summary
-    sinks = s["sinks_train"]
-    by_norm = ", ".join(f"id {t['id']} × {t['count']}" for t in sinks.get("by_norm_tokens", []))
-    return "\n".join([
-        f"- date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; CPU "
-        f"{cpu_line()}; torch {torch.__version__}; commit {commit()}",
-        f"- command: `{shlex.join(['python', *sys.argv])}`",
-        f"- store {s['store']} ({s['tokens']} tokens, {s['traces']} traces, d_in {s['d_in']}); "
-        f"held out {len(s['heldout_traces'])} traces by thinksae's hash split "
-        f"(holdout {s['holdout']})",
-        f"- sink rule: special tokens + norm > {s['sink_rule']['norm_multiple']} × median "
-        f"{s['sink_rule']['median_norm']:.2f} (non-special training tokens); training: "
-        f"{sinks['sinks']} sinks ({sinks['special']} special, {sinks['by_norm']} by norm"
-        f"{': ' + by_norm if by_norm else ''}) "
-        f"{'dropped' if s['sinks_dropped_from_training'] else 'KEPT'}; {s['train_rows']} rows "
-        "trained on",
-        f"- held-out metrics on {s['eval_rows']} of {s['heldout_rows']} held-out tokens: sinks "
-        f"left out, and {s['heldout_equal_to_training_row']} tokens bit-identical to a training "
-        f"row (the shared system prompt; {s['heldout_equal_by_region']}) left out; by region "
-        f"{s['eval_rows_by_region']}",
-        "- SAEs evaluated as given (trained elsewhere; train s = the card's training loop)"
-        if not steps else f"- every run: {args.latents} latents, batch {args.batch_size}, {steps} steps = "
-        f"{steps * args.batch_size} tokens, float32 weights, compute {args.dtype}, "
-        f"{args.threads} threads; train s = the whole training call (incl. saving), peak MB = "
-        "the worker's max RSS",
-        "- schedules: " + "; ".join(f"{k}: {json.dumps(v)}" for k, v in schedules.items()),
-    ])
+def add_saebench_args(p: argparse.ArgumentParser) -> None:
+    """--saebench and its options (defaults: `thinksae eval`'s, from SaebenchConfig)."""
+    d = SaebenchConfig()
+    p.add_argument("--saebench", action="store_true",
+                   help="SAEBench k-sparse probing on the held-out traces; with --model absorption")
+    p.add_argument("--probe_ks", default=d.probe_ks, help="latents per probe, comma-separated")
+    p.add_argument("--probe_max_traces", type=_int_or_none, default=d.probe_max_traces,
+                   help="probe on at most this many held-out traces (none: all)")
+    p.add_argument("--probe_window_tokens", type=_int_or_none, default=d.probe_window_tokens,
+                   help="tokens per region unit (none: the whole run)")
+    p.add_argument("--absorption_words_per_letter", type=_int_or_none,
+                   default=d.absorption_words_per_letter, help="absorption words per letter")
+    p.add_argument("--absorption_min_letters", type=int, default=d.absorption_min_letters,
+                   help="report absorption only when this many letters' probes pass F1 0.6")
 
 
 def parse_args(argv=None):
@@ -221,9 +185,18 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", help="thinksae compute dtype")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per worker (1 is steadier on a shared CPU)")
+    p.add_argument("--eval_threads", type=int, default=None,
+                   help="torch threads of the measuring process (the model's passes: spliced, "
+                        "absorption; default: --threads)")
     p.add_argument("--spliced", action="store_true", help="CE score and KL on think (needs --model)")
     p.add_argument("--model", default=None)
     p.add_argument("--model_dtype", default="auto")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer for the behaviour probes' sentence ends (default: --model's)")
+    p.add_argument("--matryoshka_widths", default=None,
+                   help="thinksae-matryoshka_batchtopk's cumulative prefix widths (default: "
+                        "latents/32, /8, /2, latents; inner ones below k dropped)")
+    add_saebench_args(p)
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--work", default=None, help="keep the trained SAEs here (default: a temp dir)")
     p.add_argument("--saes", nargs="+", default=None, metavar="DIR",
@@ -238,6 +211,79 @@ def parse_args(argv=None):
     return args
 
 
+def load_evaluation(args, data: BenchData) -> Evaluation:
+    """The model (with --model and --spliced or --saebench) and the SAEBench setup, all checked
+    before anything trains."""
+    model = tokenizer = hookpoint = None
+    if args.model and (args.spliced or args.saebench):
+        from thinksae.models import load_model
+        from thinksae.store import ActivationStore
+
+        hookpoint = ActivationStore(args.store).hookpoint
+        model, tokenizer = load_model(args.model, "cpu", args.model_dtype,
+                                      tokenizer=args.tokenizer, progress=False)
+    elif args.tokenizer and args.saebench:
+        from thinksae.models.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    setup = prepare_saebench(args, data, model, tokenizer, hookpoint) if args.saebench else None
+    return Evaluation(model if args.spliced else None, hookpoint, setup)
+
+
+def matryoshka_widths(args, system: str, k: int) -> str | None:
+    """The prefix widths of a thinksae-matryoshka_batchtopk run (None for other systems)."""
+    if system != MATRYOSHKA:
+        return None
+    return args.matryoshka_widths or default_matryoshka_widths(args.latents, k)
+
+
+def train_all(args, systems: list[str], data: BenchData, steps: int, ev: Evaluation
+              ) -> tuple[list[dict], dict]:
+    """Every system × variant × k × seed trained in its own worker and measured; the rows and
+    the schedules used."""
+    knobs = parse_set(args.set)
+    matched = {"lr": args.matched_lr, "warmup": args.matched_warmup, "decay": args.matched_decay}
+    rows, schedules = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        data_file = str(Path(tmp) / "train.safetensors")
+        save_file({"train_x": data.train_x}, data_file)
+        for system, variant, k, seed in itertools.product(systems, args.variants, args.k,
+                                                          args.seeds):
+            name = f"{system}-{variant}-k{k}-s{seed}"
+            spec = {"system": system, "variant": variant, "k": k, "seed": seed,
+                    "latents": args.latents, "batch_size": args.batch_size, "steps": steps,
+                    "matched": matched, "dtype": args.dtype, "threads": args.threads,
+                    "data_file": data_file, "data_hash": data.summary["store_hash"],
+                    "set": knobs if system.startswith("thinksae") else {},
+                    "matryoshka_widths": matryoshka_widths(args, system, k),
+                    "out_dir": str(work / name)}
+            rec = train_one(spec)
+            rec["metrics"] = evaluate_run(rec, data, ev)
+            label = variant + (f" {args.label}" if args.label else "")
+            rows.append({"system": system, "label": label, "k": k, "seed": seed, **rec})
+            schedules[f"{system} {label}"] = rec["schedule"]
+            print(f"{name}: think FVU {rec['metrics']['think']['fvu']:.4f} L0 "
+                  f"{rec['metrics']['think']['l0']:.1f} ({rec['train_s']:.0f} s)",
+                  file=sys.stderr, flush=True)
+    return rows, schedules
+
+
+def notes(args, systems: list[str], rows: list[dict], ev: Evaluation) -> list[str]:
+    """Header lines after the run: Matryoshka's widths, matched L0, SAEBench's setup."""
+    out = []
+    if MATRYOSHKA in systems and not args.saes:
+        widths = {k: matryoshka_widths(args, MATRYOSHKA, k) for k in args.k}
+        out.append(f"- {MATRYOSHKA} prefix widths (cumulative): " + "; ".join(
+            f"k={k}: {w}" for k, w in widths.items()) + (" (given)" if args.matryoshka_widths
+                                                         else " (default: latents/32, /8, /2, "
+                                                         "latents; inner ones below k dropped)"))
+    out += l0_notes(rows)
+    if ev.saebench is not None:
+        out += saebench_notes(rows, ev.saebench)
+    return out
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
@@ -245,51 +291,24 @@ def main(argv=None) -> None:
         return
     systems = args.systems or all_systems()
     check_systems(systems)
-    knobs = parse_set(args.set)
-    torch.set_num_threads(args.threads)
+    parse_set(args.set)  # a bad --set refused before the data is read
+    torch.set_num_threads(args.eval_threads or args.threads)
     multiple = None if str(args.sink_norm_multiple).lower() == "none" else float(
         args.sink_norm_multiple)
     data = prepare(args.store, args.holdout, multiple, drop_sinks=not args.keep_sinks)
     steps = int(args.epochs * (len(data.train_x) // args.batch_size))
-    model = hookpoint = None
-    if args.spliced:
-        from thinksae.models import load_model
-        from thinksae.store import ActivationStore
-
-        hookpoint = ActivationStore(args.store).hookpoint
-        model, _ = load_model(args.model, "cpu", args.model_dtype, progress=False)
+    if MATRYOSHKA in systems and not args.saes:
+        for k in args.k:  # a bad nesting refused before anything trains
+            sae_class("matryoshka_batchtopk").check_config(SaeConfig(
+                num_latents=args.latents, k=k, architecture="matryoshka_batchtopk",
+                matryoshka_widths=matryoshka_widths(args, MATRYOSHKA, k)), args.latents)
+    ev = load_evaluation(args, data)
     if args.saes:
-        rows = [evaluate_dir(Path(d), data, model, hookpoint) for d in args.saes]
-        print(header(args, data, 0, {}) + "\n\n" + table(rows, args.spliced))
-        return
-    matched = {"lr": args.matched_lr, "warmup": args.matched_warmup, "decay": args.matched_decay}
-    rows, schedules = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(args.work or tmp)
-        data_file = str(Path(tmp) / "train.safetensors")
-        save_file({"train_x": data.train_x}, data_file)
-        for system in systems:
-            for variant in args.variants:
-                for k in args.k:
-                    for seed in args.seeds:
-                        name = f"{system}-{variant}-k{k}-s{seed}"
-                        spec = {"system": system, "variant": variant, "k": k, "seed": seed,
-                                "latents": args.latents, "batch_size": args.batch_size,
-                                "steps": steps, "matched": matched, "dtype": args.dtype,
-                                "threads": args.threads, "data_file": data_file,
-                                "data_hash": data.summary["store_hash"],
-                                "set": knobs if system.startswith("thinksae") else {},
-                                "out_dir": str(work / name)}
-                        rec = train_one(spec)
-                        rec["metrics"] = evaluate_run(rec, data, model, hookpoint)
-                        label = variant + (f" {args.label}" if args.label else "")
-                        rows.append({"system": system, "label": label, "k": k, "seed": seed,
-                                     **rec})
-                        schedules[f"{system} {label}"] = rec["schedule"]
-                        print(f"{name}: think FVU {rec['metrics']['think']['fvu']:.4f} L0 "
-                              f"{rec['metrics']['think']['l0']:.1f} ({rec['train_s']:.0f} s)",
-                              file=sys.stderr, flush=True)
-    text = header(args, data, steps, schedules) + "\n\n" + table(rows, args.spliced)
+        rows, schedules, steps = [evaluate_dir(Path(d), data, ev) for d in args.saes], {}, 0
+    else:
+        rows, schedules = train_all(args, systems, data, steps, ev)
+    text = "\n".join([header(args, data, steps, schedules), *notes(args, systems, rows, ev)])
+    text += "\n\n" + table(rows, args.spliced, ev.saebench)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": data.summary, "runs": rows,

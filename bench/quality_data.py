@@ -64,6 +64,10 @@ class BenchData(NamedTuple):
     heldout_docs: list[HeldoutDoc]
     summary: dict
     """Counts and the sink rule, for the report."""
+    heldout_doc_index: np.ndarray | None = None
+    """The store's document indices of the held-out traces (the order of ``heldout_docs``)."""
+    sink_rule: SinkRule | None = None
+    """The rule that marked the sinks (the store's median, the bench's norm multiple)."""
 
 
 def _labels(store: ActivationStore) -> dict[str, np.ndarray]:
@@ -138,7 +142,7 @@ def prepare(store_path: str, holdout: float, norm_multiple: float | None,
         rows = rows[np.argsort(labels["positions"][rows], kind="stable")]
         docs.append(HeldoutDoc(ids[rows], regions[rows].to(torch.uint8), sinks[rows]))
     return BenchData(x[train_keep].contiguous(), x[eval_keep].contiguous(),
-                     regions[eval_keep], names, docs, summary)
+                     regions[eval_keep], names, docs, summary, np.asarray(held), rule)
 
 
 @torch.no_grad()

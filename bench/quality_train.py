@@ -14,6 +14,11 @@ after 1000 steps without firing, gradient norm clipped to 1). ``matched``: Adam 
 eps 1e-8) at one lr with thinksae's warmup/decay function (:func:`thinksae.train.trainer.lr_factor`)
 for every system; each keeps its other choices (init, loss, AuxK).
 
+thinksae-matryoshka_batchtopk gets the cumulative prefix widths of ``spec["matryoshka_widths"]``
+(bench/quality.py: --matryoshka_widths, else :func:`quality_saebench.default_matryoshka_widths`).
+A batch-threshold SAE's record carries the card's ``threshold_calibration`` (the trainer's
+default calibration of θ after training, :mod:`thinksae.train.calibrate`).
+
 Knobs (ablations, thinksae systems only; ``--set key=value``): any TrainConfig field, plus
 ``optimizer=signum`` (sparsify's optimiser in thinksae's trainer, constant lr), ``loss=mse``
 (Σ‖x − x̂‖² / batch instead of FVU), ``encoder_init_norm=v`` (encoder rows scaled to norm v),
@@ -134,8 +139,9 @@ def train_thinksae(arch: str, spec: dict, x: torch.Tensor, out: Path) -> tuple[P
     knobs = {k: v for k, v in spec["set"].items() if k in BENCH_KNOBS}
     fields = {k: v for k, v in spec["set"].items() if k not in BENCH_KNOBS}
     per_epoch = len(x) // spec["batch_size"]
+    widths = spec.get("matryoshka_widths") or ""
     base = dict(out=str(out), sae=SaeConfig(num_latents=spec["latents"], k=spec["k"],
-                                            architecture=arch),
+                                            architecture=arch, matryoshka_widths=widths),
                 batch_size=spec["batch_size"], epochs=math.ceil(spec["steps"] / per_epoch),
                 max_tokens=spec["steps"] * spec["batch_size"], seed=spec["seed"],
                 dtype=spec["dtype"], device="cpu", progress=False, log_every=10**9,
@@ -146,9 +152,11 @@ def train_thinksae(arch: str, spec: dict, x: torch.Tensor, out: Path) -> tuple[P
     _install_knobs(knobs)
     sae_dir = train(TrainConfig(**{**base, **fields}), source=MatrixSource(x, spec["data_hash"]))
     card = json.loads((sae_dir / "thinksae.json").read_text())
-    return sae_dir, {"schedule": {k: card["training"].get(k) for k in (
+    schedule = {k: card["training"].get(k) for k in (
         "lr", "lr_warmup_steps", "lr_decay", "optimizer", "dead_feature_threshold", "auxk_alpha",
-        "b_dec_init")} | knobs}
+        "b_dec_init")} | knobs | ({"matryoshka_widths": widths} if widths else {})
+    return sae_dir, {"schedule": schedule,
+                     "threshold_calibration": card["training"].get("threshold_calibration")}
 
 
 def _matched_adam(params, spec: dict):
