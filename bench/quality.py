@@ -117,13 +117,16 @@ class Evaluation(NamedTuple):
     model: object
     hookpoint: str | None
     saebench: SaebenchSetup | None
+    spliced_traces: int | None = None
+    """The spliced losses over the first this many held-out traces (None: all)."""
 
 
 def evaluate_run(record: dict, data: BenchData, ev: Evaluation) -> dict:
     sae = load_sae(record["sae_dir"])
     out = quality_metrics(sae, data)
     if ev.model is not None and ev.hookpoint is not None:
-        out["spliced_think"] = spliced_think(ev.model, ev.hookpoint, sae, data)
+        out["spliced_think"] = spliced_think(ev.model, ev.hookpoint, sae, data,
+                                             max_traces=ev.spliced_traces)
     if ev.saebench is not None:
         out["saebench"] = saebench_metrics(sae, ev.saebench)
     return out
@@ -189,6 +192,8 @@ def parse_args(argv=None):
                    help="torch threads of the measuring process (the model's passes: spliced, "
                         "absorption; default: --threads)")
     p.add_argument("--spliced", action="store_true", help="CE score and KL on think (needs --model)")
+    p.add_argument("--spliced_traces", type=int, default=None,
+                   help="spliced losses over the first N held-out traces only (default: all)")
     p.add_argument("--model", default=None)
     p.add_argument("--model_dtype", default="auto")
     p.add_argument("--tokenizer", default=None,
@@ -227,7 +232,7 @@ def load_evaluation(args, data: BenchData) -> Evaluation:
 
         tokenizer = load_tokenizer(args.tokenizer)
     setup = prepare_saebench(args, data, model, tokenizer, hookpoint) if args.saebench else None
-    return Evaluation(model if args.spliced else None, hookpoint, setup)
+    return Evaluation(model if args.spliced else None, hookpoint, setup, args.spliced_traces)
 
 
 def matryoshka_widths(args, system: str, k: int) -> str | None:

@@ -172,15 +172,17 @@ def quality_metrics(sae, data: BenchData, chunk: int = 4096) -> dict:
 
 @torch.no_grad()
 def spliced_think(model, hookpoint: str, sae, data: BenchData, pad_id: int = 0,
-                  batch_size: int = 4) -> dict:
-    """CE-loss score and KL at the think positions of the held-out traces, the SAE spliced in at
-    every non-sink token (module docstring; :mod:`thinksae.evaluate.spliced` does the runs)."""
+                  batch_size: int = 4, max_traces: int | None = None) -> dict:
+    """CE-loss score and KL at the think positions of the held-out traces (the first
+    ``max_traces`` of them; None: all), the SAE spliced in at every non-sink token (module
+    docstring; :mod:`thinksae.evaluate.spliced` does the runs)."""
     think = data.region_names.index("think")
     stats = SplicedStats()
     sae = sae.float().eval()
     device = next(model.parameters()).device
-    for a in range(0, len(data.heldout_docs), batch_size):
-        docs = data.heldout_docs[a : a + batch_size]
+    heldout = data.heldout_docs[:max_traces]
+    for a in range(0, len(heldout), batch_size):
+        docs = heldout[a : a + batch_size]
         width = max(len(d.input_ids) for d in docs)
         ids = torch.full((len(docs), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(docs), width), dtype=torch.long)

@@ -96,7 +96,7 @@ def header(args, data: BenchData, steps: int, schedules: dict) -> str:
         f"held out {len(s['heldout_traces'])} traces by thinksae's hash split "
         f"(holdout {s['holdout']})",
         f"- sink rule: special tokens + norm > {s['sink_rule']['norm_multiple']} × median "
-        f"{s['sink_rule']['median_norm']:.2f} (non-special training tokens); training: "
+        f"{s['sink_rule']['median_norm']:.2f} (the store's: all its non-special tokens); training: "
         f"{sinks['sinks']} sinks ({sinks['special']} special, {sinks['by_norm']} by norm"
         f"{': ' + by_norm if by_norm else ''}) "
         f"{'dropped' if s['sinks_dropped_from_training'] else 'KEPT'}; {s['train_rows']} rows "
@@ -111,4 +111,6 @@ def header(args, data: BenchData, steps: int, schedules: dict) -> str:
         f"{args.threads} threads per training worker; train s = the whole training call (incl. "
         "saving), peak MB = the worker's max RSS",
         "- schedules: " + "; ".join(f"{k}: {json.dumps(v)}" for k, v in schedules.items()),
+        *([f"- spliced CE score and KL: think positions of the first {args.spliced_traces} "
+           "held-out traces"] if getattr(args, "spliced_traces", None) else []),
     ])
