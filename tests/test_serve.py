@@ -277,7 +277,12 @@ def test_one_model_user_at_a_time(client, app):
 def test_client_going_away_stops_generation(client, app, tiny_model):
     lock = app.state.workbench.lock
     calls = []
-    handle = tiny_model.model.register_forward_hook(lambda *a: calls.append(1))
+
+    def slow_step(*_):  # each forward pass takes >= 50 ms, so 40 steps outlast the disconnect
+        calls.append(1)
+        time.sleep(0.05)
+
+    handle = tiny_model.model.register_forward_hook(slow_step)
     try:
         with client.stream("POST", "/api/steer", json={"prompt": QUESTION, "features": "3=off",
                                                        "start": "prompt", "end": "none",
