@@ -24,7 +24,7 @@ from thinksae.validate.ma2026 import (
     write_comparison,
     write_results,
 )
-from thinksae.validate.ma2026.activations import Masking, encode_texts, text_max
+from thinksae.validate.ma2026.activations import EncodingCache, Masking, encode_texts, text_max
 from thinksae.validate.ma2026.stats import verdict
 
 WAIT, PAD, BOS = 13824, 151654, 151646
@@ -163,6 +163,47 @@ def test_masking_comparison_and_files(world, tmp_path):
     assert md.startswith("| feature | why |") and "77%–95%" in md
     write_comparison(cmp, tmp_path)
     assert json.loads((tmp_path / "ma2026_masking.json").read_text())["changed"] == cmp.changed
+
+
+def test_the_second_masking_mode_reuses_the_first_encodings(world, tiny_model, tokenizer):
+    """compare_masking's ma2026 run takes the texts the sinks run saw from its cache, and comes out
+    as the same run made on its own."""
+    cmp = world["cmp"]
+    n_inj = OPTIONS["n_injection_texts"]
+    assert cmp.reused >= 2 * n_inj  # at least the base and reasoning injection texts
+    judged = [f.candidate.latent for f in cmp.sinks.features]
+    alone = run_ma2026(tiny_model, tokenizer, world["sae"], "embed_tokens", world["reasoning"],
+                       world["other"], Ma2026Options(**{**OPTIONS, "mask": "ma2026"}), features=judged)
+    assert cmp.ma2026.verdicts() == alone.verdicts()
+    for a, b in zip(cmp.ma2026.features, alone.features, strict=True):
+        assert a.candidate.latent == b.candidate.latent
+        for s, e in a.effects.items():
+            assert e.d == pytest.approx(b.effects[s].d, rel=1e-4, abs=1e-6)
+
+
+def test_encoding_cache_runs_each_text_once(world, tiny_model, tokenizer):
+    texts = world["other"][:5] + world["other"][:2]  # two texts twice
+    calls = []
+    handle = tiny_model.model.embed_tokens.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    sinks = Masking("sinks", False, SinkRule(norm_multiple=None))
+    try:
+        cache = EncodingCache()
+        first = list(encode_texts(tiny_model, tokenizer, world["sae"], "embed_tokens", texts, 8, sinks, 4,
+                                  cache=cache))
+        assert sum(calls) == 5 and cache.reused == 2  # the repeats in the same call are reused
+        again = list(encode_texts(tiny_model, tokenizer, world["sae"], "embed_tokens", texts, 8,
+                                  Masking("ma2026", False), 4, cache=cache))
+        assert sum(calls) == 5 and cache.reused == 9  # the other mode's injection pass: no model
+        list(encode_texts(tiny_model, tokenizer, world["sae"], "embed_tokens", texts, 8,
+                          Masking("ma2026", True), 4, cache=cache))
+        assert sum(calls) == 12  # their selection pass counts padding positions: always run
+    finally:
+        handle.remove()
+    plain = list(encode_texts(tiny_model, tokenizer, world["sae"], "embed_tokens", texts, 8, sinks, 4))
+    for a, b in zip(first, plain, strict=True):
+        assert torch.equal(a.counted, b.counted) and torch.allclose(a.acts, b.acts, atol=1e-5)
+    own = torch.arange(again[0].token_ids.shape[1]) < again[0].lengths[:, None]
+    assert torch.equal(again[0].counted, own)  # their injection pass: each text's own positions
 
 
 def test_bad_input_before_the_model_runs(tiny_model, tokenizer):

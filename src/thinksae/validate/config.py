@@ -58,8 +58,9 @@ class ValidateConfig:
     SAE (e.g. a run's validate stage): its features are judged by their protocol too, and put side
     by side with these verdicts."""
     compare_masking: bool = False
-    """ma2026: run their protocol under both --mask modes (twice the cost) and count the verdicts
-    the choice changes (ma2026_masking.json/.md)."""
+    """ma2026: run their protocol under both --mask modes (the second reuses the first's
+    encodings of the same texts) and count the verdicts the choice changes
+    (ma2026_masking.json/.md)."""
     ma2026: Ma2026Options = flat_group(Ma2026Options)
     """Ma et al.'s options (flat: --n_texts, --strategies, --mask, ...)."""
     top: int = 10

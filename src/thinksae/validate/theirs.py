@@ -154,7 +154,7 @@ def their_summary(run: TheirRun, ours: Collection[int]) -> dict:
         "levels": {"selected": shares([f for f in r.features if f.candidate.selected], strategies),
                    "ours": shares(mine, strategies) if ours else None, "paper": PAPER},
         "forward_texts": forward_texts(r) + (forward_texts(cmp.ma2026 if r is cmp.sinks else cmp.sinks)
-                                             if cmp else 0),
+                                             - cmp.reused if cmp else 0),
         "seconds": r.seconds if cmp is None else {m: getattr(cmp, m).seconds for m in ("sinks", "ma2026")},
         "masking": {"changed": cmp.changed, "compared": len(cmp.rows), "selection": cmp.selection}
         if cmp else None,

@@ -23,6 +23,12 @@ Which positions count — the masking mode:
     markers) and with ‖x_t‖ (the hookpoint activation, the SAE input) at most ``norm_multiple``
     × the reference median norm (given, e.g. the store's; else, per batch, the median over the
     batch's non-special tokens). Both passes alike.
+
+A text's own positions do not depend on the mode (the model is causal and the padding on the
+right, so neither the padding nor the attention mask reaches them): an :class:`EncodingCache`
+keeps each text's encoding by its token ids, and a second run over the same texts under the
+other mode (:func:`~.experiment.compare_masking`) reuses it. Only the ``ma2026`` selection pass,
+which counts padding positions, always runs the model.
 """
 
 from __future__ import annotations
@@ -95,15 +101,14 @@ def _padded(rows: list[list[int]], width: int, pad: int) -> tuple[torch.Tensor, 
     return ids, real
 
 
-def _counted(x: torch.Tensor, ids: torch.Tensor, real: torch.Tensor, masking: Masking,
+def _counted(norms: torch.Tensor, ids: torch.Tensor, real: torch.Tensor, masking: Masking,
              special_ids: set[int]) -> tuple[torch.Tensor, dict]:
-    """The counted positions of a batch and what was dropped."""
+    """The counted positions of a batch (``norms``: ‖x_t‖ per position) and what was dropped."""
     if masking.mode == "ma2026":
         counted = torch.ones_like(real) if masking.selection else real
         return counted, {"special": 0, "by_norm": 0,
                          "padding_counted": int((counted & ~real).sum())}
     special = special_flags(ids, special_ids) | ~real
-    norms = x.float().norm(dim=-1)
     rule = masking.rule or SinkRule(norm_multiple=None)
     sinks = rule.mask(norms, special)
     counted = real & ~sinks
@@ -111,29 +116,72 @@ def _counted(x: torch.Tensor, ids: torch.Tensor, real: torch.Tensor, masking: Ma
                      "by_norm": int((sinks & ~special).sum()), "padding_counted": 0}
 
 
+Encoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""``acts [b, L, k]`` (float32), ``indices [b, L, k]`` and ``norms [b, L]`` of a padded batch."""
+
+
+def _encode(model, sae, hookpoint: str, ids: torch.Tensor, mask: torch.Tensor | None) -> Encoded:
+    device = next(model.parameters()).device
+    x = capture(model, hookpoint, ids.to(device), None if mask is None else mask.to(device))[hookpoint]
+    enc = sae.encode(x.to(sae.device, sae.dtype))
+    return (enc.latent_acts.float().cpu(), enc.latent_indices.cpu(), x.float().norm(dim=-1).cpu())
+
+
+class EncodingCache:
+    """Each text's encoding at its own positions, by its token ids (module docstring);
+    ``reused`` counts the texts served from it."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[int, ...], Encoded] = {}
+        self.reused = 0
+
+    def encode(self, rows: list[list[int]], width: int, pad: int, run) -> Encoded:
+        """The batch of ``rows`` padded to ``width``; ``run(ids, mask)`` encodes the texts not
+        kept yet (padded to their longest, with the attention mask)."""
+        keys = [tuple(r) for r in rows]
+        todo = list({k: None for k in keys if k not in self._rows})
+        missing = set(todo)
+        self.reused += sum(k not in missing for k in keys)
+        if todo:
+            ids, real = _padded([list(k) for k in todo], max(map(len, todo)), pad)
+            acts, idx, norms = run(ids, real.long())
+            for j, k in enumerate(todo):
+                self._rows[k] = (acts[j, : len(k)], idx[j, : len(k)], norms[j, : len(k)])
+        k_ = next(iter(self._rows.values()))[0].shape[-1]
+        acts, idx = torch.zeros(len(rows), width, k_), torch.zeros(len(rows), width, k_, dtype=torch.long)
+        norms = torch.zeros(len(rows), width)
+        for i, k in enumerate(keys):
+            a, ix, n = self._rows[k]
+            acts[i, : len(k)], idx[i, : len(k)], norms[i, : len(k)] = a, ix, n
+        return acts, idx, norms
+
+
 @torch.inference_mode()
 def encode_texts(model, tokenizer, sae, hookpoint: str, texts: Sequence[str], max_tokens: int,
-                 masking: Masking, batch_size: int, special_ids: set[int] | None = None
-                 ) -> Iterator[Batch]:
-    """The texts' SAE encodings, batch by batch (module docstring)."""
+                 masking: Masking, batch_size: int, special_ids: set[int] | None = None,
+                 cache: EncodingCache | None = None) -> Iterator[Batch]:
+    """The texts' SAE encodings, batch by batch (module docstring); with ``cache``, texts it
+    keeps are not run again (except by the ``ma2026`` selection pass)."""
 
     if special_ids is None:
         special_ids = control_token_ids(tokenizer)
     pad = pad_id_of(tokenizer)
-    device = next(model.parameters()).device
     rows_all = tokenize(tokenizer, texts, max_tokens)
+    padding_counted = masking.mode == "ma2026" and masking.selection
     for start in range(0, len(rows_all), batch_size):
         rows = rows_all[start: start + batch_size]
         if any(not r for r in rows):
             raise ThinksaeError("a text has no tokens after tokenization (empty text?)")
-        width = max_tokens if masking.mode == "ma2026" and masking.selection else max(map(len, rows))
+        width = max_tokens if padding_counted else max(map(len, rows))
         ids, real = _padded(rows, width, pad)
-        mask = real.long().to(device) if masking.mode == "sinks" else None
-        x = capture(model, hookpoint, ids.to(device), mask)[hookpoint]
-        counted, dropped = _counted(x.cpu(), ids, real, masking, special_ids)
-        enc = sae.encode(x.to(sae.device, sae.dtype))
-        yield Batch(ids, real.sum(1), counted, enc.latent_acts.float().cpu(),
-                    enc.latent_indices.cpu(), dropped)
+        if cache is not None and not padding_counted:
+            acts, idx, norms = cache.encode(rows, width, pad,
+                                            lambda i, m: _encode(model, sae, hookpoint, i, m))
+        else:
+            mask = real.long() if masking.mode == "sinks" else None
+            acts, idx, norms = _encode(model, sae, hookpoint, ids, mask)
+        counted, dropped = _counted(norms, ids, real, masking, special_ids)
+        yield Batch(ids, real.sum(1), counted, acts, idx, dropped)
 
 
 def text_max(batch: Batch, num_latents: int) -> torch.Tensor:

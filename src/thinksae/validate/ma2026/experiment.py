@@ -29,7 +29,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ...errors import ThinksaeError
-from .activations import Masking, add_dropped, encode_texts, latent_acts, row_latent_max, text_max
+from .activations import (
+    EncodingCache,
+    Masking,
+    add_dropped,
+    encode_texts,
+    latent_acts,
+    row_latent_max,
+    text_max,
+)
 from .checks import check_options, check_text_counts, sink_rule
 from .config import Ma2026Options
 from .report import Candidate, FeatureResult, Ma2026Result, MaskingComparison, summarize
@@ -47,10 +55,11 @@ class _Selection(NamedTuple):
     dropped: dict
 
 
-def _selection_pass(model, tokenizer, sae, hookpoint, texts, opt, progress) -> _Selection:
+def _selection_pass(model, tokenizer, sae, hookpoint, texts, opt, progress, cache) -> _Selection:
     masking = Masking(opt.mask, True, sink_rule(opt))
     batches, rows, dropped = [], [], {}
-    it = encode_texts(model, tokenizer, sae, hookpoint, texts, opt.max_tokens, masking, opt.texts_per_batch)
+    it = encode_texts(model, tokenizer, sae, hookpoint, texts, opt.max_tokens, masking,
+                      opt.texts_per_batch, cache=cache)
     for batch in tqdm(it, total=-(-len(texts) // opt.texts_per_batch), desc="ma2026 selection",
                       disable=not progress):
         batches.append(batch)
@@ -118,42 +127,42 @@ def _materials(sel, latents, n_r, tokenizer, reasoning_inj, opt, strategies
     return lists, mats
 
 
-def _passes(model, tokenizer, sae, hookpoint, texts, opt, progress, desc):
+def _passes(model, tokenizer, sae, hookpoint, texts, opt, progress, desc, cache=None):
     it = encode_texts(model, tokenizer, sae, hookpoint, texts, opt.max_tokens,
-                      Masking(opt.mask, False, sink_rule(opt)), opt.texts_per_batch)
+                      Masking(opt.mask, False, sink_rule(opt)), opt.texts_per_batch, cache=cache)
     return tqdm(it, total=-(-len(texts) // opt.texts_per_batch), desc=desc, disable=not progress)
 
 
-def _columns(model, tokenizer, sae, hookpoint, texts, latents, opt, progress, desc
+def _columns(model, tokenizer, sae, hookpoint, texts, latents, opt, progress, desc, cache
              ) -> tuple[np.ndarray, dict]:
     """``[texts, latents]``: per text the max of each of ``latents`` (injection masking)."""
     out, dropped = [], {}
-    for batch in _passes(model, tokenizer, sae, hookpoint, texts, opt, progress, desc):
+    for batch in _passes(model, tokenizer, sae, hookpoint, texts, opt, progress, desc, cache):
         out.append(text_max(batch, sae.num_latents)[:, latents].double().numpy())
         dropped = add_dropped(dropped, batch.dropped)
     return np.concatenate(out), dropped
 
 
-def _own_latent(model, tokenizer, sae, hookpoint, texts, owner, opt, progress, desc
+def _own_latent(model, tokenizer, sae, hookpoint, texts, owner, opt, progress, desc, cache
                 ) -> tuple[np.ndarray, dict]:
     """``[texts]``: per text the max of its own latent ``owner[i]`` (injection masking)."""
     out, dropped, start = [], {}, 0
-    for batch in _passes(model, tokenizer, sae, hookpoint, texts, opt, progress, desc):
+    for batch in _passes(model, tokenizer, sae, hookpoint, texts, opt, progress, desc, cache):
         b = batch.token_ids.shape[0]
         out.append(row_latent_max(batch, owner[start: start + b]))
         dropped, start = add_dropped(dropped, batch.dropped), start + b
     return np.concatenate(out), dropped
 
 
-def _injection(model, tokenizer, sae, hookpoint, base, reasoning, mats, strategies, opt, progress
-               ) -> tuple[dict[int, dict[str, Effect]], dict[int, tuple[float, float]], dict]:
+def _injection(model, tokenizer, sae, hookpoint, base, reasoning, mats, strategies, opt, progress,
+               cache) -> tuple[dict[int, dict[str, Effect]], dict[int, tuple[float, float]], dict]:
     feats = list(mats)
     if not feats:
         return {}, {}, {}
     plain, d1 = _columns(model, tokenizer, sae, hookpoint, base, feats, opt, progress,
-                         "ma2026 base")
+                         "ma2026 base", cache)
     reason, d2 = _columns(model, tokenizer, sae, hookpoint, reasoning, feats, opt, progress,
-                          "ma2026 reasoning")
+                          "ma2026 reasoning", cache)
     texts, owner = [], []
     for f in feats:
         for s in strategies:
@@ -162,7 +171,7 @@ def _injection(model, tokenizer, sae, hookpoint, base, reasoning, mats, strategi
             texts += [inject(t, s, mats[f], k, rng) for t in base]
             owner += [f] * len(base)
     injected, d3 = (_own_latent(model, tokenizer, sae, hookpoint, texts, owner, opt, progress,
-                                "ma2026 injected") if texts else (np.zeros(0), {}))
+                                "ma2026 injected", cache) if texts else (np.zeros(0), {}))
     injected = injected.reshape(len(feats), len(strategies), len(base))
     effects = {f: {s: injection_effect(injected[i, j], plain[:, i]) for j, s in enumerate(strategies)}
                for i, f in enumerate(feats)}
@@ -172,10 +181,12 @@ def _injection(model, tokenizer, sae, hookpoint, base, reasoning, mats, strategi
 
 def run_ma2026(model, tokenizer, sae, hookpoint: str, reasoning_texts: Sequence[str],
                nonreasoning_texts: Sequence[str], options: Ma2026Options | None = None,
-               progress: bool = False, features: Sequence[int] = ()) -> Ma2026Result:
+               progress: bool = False, features: Sequence[int] = (),
+               cache: EncodingCache | None = None) -> Ma2026Result:
     """Their candidate selection and injection experiment (module docstring) on ``model`` up to
     ``hookpoint`` and ``sae``; the texts are used from the start of each list; ``features`` are
-    judged by injection too, whether or not their selection keeps them (``why``: named)."""
+    judged by injection too, whether or not their selection keeps them (``why``: named);
+    ``cache`` keeps the texts' encodings for another run over them (:class:`.EncodingCache`)."""
     opt = options or Ma2026Options()
     check_options(opt)
     strategies, named = opt.strategy_list(), list(dict.fromkeys(int(f) for f in features))
@@ -187,7 +198,8 @@ def run_ma2026(model, tokenizer, sae, hookpoint: str, reasoning_texts: Sequence[
     n_inj = min(opt.n_injection_texts, len(r_texts), len(nr_texts))
     check_text_counts(len(r_texts), len(nr_texts), n_inj, sae.num_latents)
     t0 = time.perf_counter()
-    sel = _selection_pass(model, tokenizer, sae, hookpoint, r_texts + nr_texts, opt, progress)
+    sel = _selection_pass(model, tokenizer, sae, hookpoint, r_texts + nr_texts, opt, progress,
+                          cache)
     cands, passed = _candidates(sel.maxes, len(r_texts), opt, named)
     t1 = time.perf_counter()
     reasoning_inj = [t[: opt.max_chars] for t in r_texts[:n_inj]]
@@ -196,7 +208,7 @@ def run_ma2026(model, tokenizer, sae, hookpoint: str, reasoning_texts: Sequence[
     lists, mats = _materials(sel, latents, len(r_texts), tokenizer, reasoning_inj, opt, strategies)
     usable = {f: m for f, m in mats.items() if len(m.tokens) >= MIN_TOKENS}
     effects, recorded, dropped = _injection(model, tokenizer, sae, hookpoint, base, reasoning_inj,
-                                            usable, strategies, opt, progress)
+                                            usable, strategies, opt, progress, cache)
     judged = []
     for c in cands:
         f = c.latent
@@ -222,17 +234,21 @@ def compare_masking(model, tokenizer, sae, hookpoint: str, reasoning_texts: Sequ
                     progress: bool = False, features: Sequence[int] = ()) -> MaskingComparison:
     """The protocol under ``sinks`` (judging ``features`` too) and then under ``ma2026`` masking,
     the second also judging every feature the first judged, and how many of their verdicts
-    differ."""
+    differ. The second run reuses the first's encodings of the same texts
+    (:class:`.EncodingCache`): it runs the model only for its selection pass and for texts the
+    first did not see."""
     opt = options or Ma2026Options()
+    cache = EncodingCache()
     a = run_ma2026(model, tokenizer, sae, hookpoint, reasoning_texts, nonreasoning_texts,
-                   dataclasses.replace(opt, mask="sinks"), progress, features)
+                   dataclasses.replace(opt, mask="sinks"), progress, features, cache)
     judged = [f.candidate.latent for f in a.features]
     b = run_ma2026(model, tokenizer, sae, hookpoint, reasoning_texts, nonreasoning_texts,
-                   dataclasses.replace(opt, mask="ma2026"), progress, judged)
+                   dataclasses.replace(opt, mask="ma2026"), progress, judged, cache)
     va, vb = a.verdicts(), b.verdicts()
     rows = [{"feature": f, "sinks": va[f], "ma2026": vb[f]} for f in judged
             if va[f] is not None and vb.get(f) is not None]
     sel_a = {f.candidate.latent for f in a.features if f.candidate.selected}
     sel_b = {f.candidate.latent for f in b.features if f.candidate.selected}
     return MaskingComparison(a, b, rows, sum(r["sinks"] != r["ma2026"] for r in rows),
-                             {"sinks": len(sel_a), "ma2026": len(sel_b), "both": len(sel_a & sel_b)})
+                             {"sinks": len(sel_a), "ma2026": len(sel_b), "both": len(sel_a & sel_b)},
+                             cache.reused)

@@ -153,10 +153,12 @@ class MaskingComparison(NamedTuple):
     changed: int
     selection: dict
     """Latents selected under each mode and under both."""
+    reused: int = 0
+    """Texts the second run took from the first's encodings instead of running the model."""
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "changed": self.changed, "compared": len(self.rows),
-                "selection": self.selection, "rows": self.rows,
+                "selection": self.selection, "reused_texts": self.reused, "rows": self.rows,
                 "sinks": self.sinks.to_dict(), "ma2026": self.ma2026.to_dict()}
 
 
