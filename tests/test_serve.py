@@ -6,6 +6,7 @@ bad requests, one model user at a time, client disconnect, the CLI."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -277,12 +278,15 @@ def test_one_model_user_at_a_time(client, app):
 def test_client_going_away_stops_generation(client, app, tiny_model):
     lock = app.state.workbench.lock
     calls = []
+    seen, closed = threading.Event(), threading.Event()
 
-    def slow_step(*_):  # each forward pass takes >= 50 ms, so 40 steps outlast the disconnect
-        calls.append(1)
-        time.sleep(0.05)
+    def step(*_):  # once the client has a token, wait for it to leave; then each pass takes
+        calls.append(1)  # 0.2 s, so the 40 decode steps give the server 8 s to notice
+        if seen.is_set():
+            closed.wait(10)
+            time.sleep(0.2)
 
-    handle = tiny_model.model.register_forward_hook(slow_step)
+    handle = tiny_model.model.register_forward_hook(step)
     try:
         with client.stream("POST", "/api/steer", json={"prompt": QUESTION, "features": "3=off",
                                                        "start": "prompt", "end": "none",
@@ -290,14 +294,17 @@ def test_client_going_away_stops_generation(client, app, tiny_model):
             assert r.status_code == 200
             for line in r.iter_lines():
                 if '"type": "token"' in line:
+                    seen.set()
                     break
-        for _ in range(200):  # bounded wait for the worker to notice
+        closed.set()
+        for _ in range(400):  # bounded wait for the worker to notice
             if not lock.locked():
                 break
             time.sleep(0.05)
     finally:
+        closed.set()
         handle.remove()
-    assert not lock.locked()
+    assert seen.is_set() and not lock.locked()
     assert len(calls) < 40  # stopped before the 40 decode steps (+ the KL passes) ran
     assert events(steer(client, features="3=off"))[-1]["type"] == "done"
 
