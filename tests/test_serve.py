@@ -275,37 +275,45 @@ def test_one_model_user_at_a_time(client, app):
     assert events(steer(client, features="3=off"))[-1]["type"] == "done"
 
 
-def test_client_going_away_stops_generation(client, app, tiny_model):
-    lock = app.state.workbench.lock
-    calls = []
-    seen, closed = threading.Event(), threading.Event()
+def test_cancel_stops_generation(app, tiny_model):
+    """The steer worker stops at the next step once ``cancel`` is set (the server sets it when the
+    client goes away: ``monitor.server.event_stream``)."""
+    from thinksae.serve.app import _steer_request
+    from thinksae.serve.steering import stream_steer
 
-    def step(*_):  # once the client has a token, wait for it to leave; then each pass takes
-        calls.append(1)  # 0.2 s, so the 40 decode steps give the server 8 s to notice
-        if seen.is_set():
-            closed.wait(10)
-            time.sleep(0.2)
+    wb = app.state.workbench
+    req = _steer_request(wb, {"prompt": QUESTION, "features": "3=off", "start": "prompt",
+                              "end": "none", "max_new_tokens": 40})
+    calls, sent, cancel = [], [], threading.Event()
 
-    handle = tiny_model.model.register_forward_hook(step)
+    def emit(event):
+        sent.append(event)
+        if event["type"] == "token":
+            cancel.set()  # as a client leaving after its first token
+
+    handle = tiny_model.model.register_forward_hook(lambda *_: calls.append(1))
     try:
-        with client.stream("POST", "/api/steer", json={"prompt": QUESTION, "features": "3=off",
-                                                       "start": "prompt", "end": "none",
-                                                       "max_new_tokens": 40}) as r:
-            assert r.status_code == 200
-            for line in r.iter_lines():
-                if '"type": "token"' in line:
-                    seen.set()
-                    break
-        closed.set()
-        for _ in range(400):  # bounded wait for the worker to notice
-            if not lock.locked():
-                break
-            time.sleep(0.05)
+        stream_steer(wb.decoding(), req, emit, cancel)
     finally:
-        closed.set()
         handle.remove()
-    assert seen.is_set() and not lock.locked()
+    assert sent[-1] == {"type": "done", "reason": "cancelled"}
     assert len(calls) < 40  # stopped before the 40 decode steps (+ the KL passes) ran
+
+
+def test_client_going_away_frees_the_model(client, app):
+    lock = app.state.workbench.lock
+    with client.stream("POST", "/api/steer", json={"prompt": QUESTION, "features": "3=off",
+                                                   "start": "prompt", "end": "none",
+                                                   "max_new_tokens": 40}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if '"type": "token"' in line:
+                break
+    for _ in range(400):  # bounded wait for the worker to end
+        if not lock.locked():
+            break
+        time.sleep(0.05)
+    assert not lock.locked()
     assert events(steer(client, features="3=off"))[-1]["type"] == "done"
 
 
