@@ -45,6 +45,17 @@ BENCH_KNOBS = ("optimizer", "loss", "encoder_init_norm", "b_dec_init")
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident set in MB: Linux's ``VmHWM`` (the high-water mark of this
+    process's own memory map), else ``ru_maxrss``. Not ``ru_maxrss`` on Linux: a worker started by
+    fork and exec keeps the parent's peak in it (the kernel carries the old map's high-water mark
+    over the exec), so with the model loaded in the measuring process every worker read ~4.4 GB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

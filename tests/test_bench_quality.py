@@ -224,3 +224,18 @@ def test_spliced_think_scores_by_hand():
     assert r["positions"] == (12 - 3 - 1) + (9 - 3 - 1)  # think positions with a next token
     assert r["ce_score"] == pytest.approx(1.0, abs=1e-4) and r["kl"] == pytest.approx(0, abs=1e-5)
     assert spliced_think(model, "layers.0", zero, data)["ce_score"] == pytest.approx(0, abs=1e-9)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork-and-exec quirk is Linux's")
+def test_worker_peak_rss_is_its_own_not_the_parents():
+    """A process started from a parent holding 512 MB reports its own peak (what a bench worker
+    started beside the loaded model must do): ru_maxrss would carry the parent's over the exec."""
+    import subprocess
+
+    ballast = b"\x01" * (512 << 20)  # resident in the parent
+    code = (f"import sys, resource; sys.path.insert(0, {str(BENCH)!r}); import quality_train; "
+            "print(quality_train.peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    own, rusage = map(float, out.stdout.split())
+    assert len(ballast) == 512 << 20
+    assert own < 450, (own, rusage)  # importing torch and the bench: ~220 MB here; ru_maxrss read 526
