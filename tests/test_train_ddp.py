@@ -18,6 +18,7 @@ import torch
 torch.set_num_threads(1)
 from thinksae.sae import SaeConfig
 from thinksae.train import SyntheticActivations, TrainConfig, train
+from thinksae.cli import exit_process
 
 cfg = TrainConfig(
     out=sys.argv[1], sae=SaeConfig(expansion_factor=4, k=4), batch_size=128, max_tokens=8 * 128,
@@ -26,6 +27,7 @@ cfg = TrainConfig(
     progress=False, auxk_norm=sys.argv[2],
 )
 train(cfg, source=SyntheticActivations(d_in=32, num_tokens=2048, num_features=64, active=3))
+exit_process(0)  # as `python -m thinksae` ends a torchrun rank
 '''
 
 pytestmark = pytest.mark.slow
@@ -73,3 +75,15 @@ def test_two_ranks_match_one_process(tmp_path, auxk_norm):
     assert card2["training"]["world_size"] == 2 and card1["training"]["world_size"] == 1
     assert card2["training"]["input_scale"] == pytest.approx(card1["training"]["input_scale"])
     assert any(r["auxk"] > 0 for r in r1)  # the AuxK path was exercised
+
+
+def test_exit_process_skips_the_teardown_only_under_torchrun():
+    """One process: a normal exit (SystemExit, atexit runs); a torchrun rank: streams flushed, the
+    code kept, the interpreter's teardown (atexit) skipped."""
+    code = ("import atexit, sys; from thinksae.cli import exit_process; "
+            "atexit.register(lambda: print('teardown', flush=True)); print('trained'); exit_process(3)")
+    plain = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
+    rank = subprocess.run([sys.executable, "-c", code], env={**_env(), "WORLD_SIZE": "2"},
+                          capture_output=True, text=True)
+    assert (plain.returncode, plain.stdout.split()) == (3, ["trained", "teardown"])
+    assert (rank.returncode, rank.stdout.split()) == (3, ["trained"])

@@ -1,7 +1,5 @@
 """`python -m thinksae …` (also what torchrun starts: `torchrun -m thinksae train …`)."""
 
-import sys
+from .cli import exit_process, main
 
-from .cli import main
-
-sys.exit(main())
+exit_process(main())
