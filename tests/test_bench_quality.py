@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -230,8 +231,6 @@ def test_spliced_think_scores_by_hand():
 def test_worker_peak_rss_is_its_own_not_the_parents():
     """A process started from a parent holding 512 MB reports its own peak (what a bench worker
     started beside the loaded model must do): ru_maxrss would carry the parent's over the exec."""
-    import subprocess
-
     ballast = b"\x01" * (512 << 20)  # resident in the parent
     code = (f"import sys, resource; sys.path.insert(0, {str(BENCH)!r}); import quality_train; "
             "print(quality_train.peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")

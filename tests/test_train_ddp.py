@@ -80,7 +80,7 @@ def test_two_ranks_match_one_process(tmp_path, auxk_norm):
 def test_exit_process_skips_the_teardown_only_under_torchrun():
     """One process: a normal exit (SystemExit, atexit runs); a torchrun rank: streams flushed, the
     code kept, the interpreter's teardown (atexit) skipped."""
-    code = ("import atexit, sys; from thinksae.cli import exit_process; "
+    code = ("import atexit; from thinksae.cli import exit_process; "
             "atexit.register(lambda: print('teardown', flush=True)); print('trained'); exit_process(3)")
     plain = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
     rank = subprocess.run([sys.executable, "-c", code], env={**_env(), "WORLD_SIZE": "2"},

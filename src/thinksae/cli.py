@@ -139,8 +139,8 @@ def exit_process(code: int) -> None:
 
     Why: on a loaded 2-core CPU about 1 torchrun job in 10 had a gloo rank abort *after* training
     had returned and the process group had been destroyed ("terminate called without an active
-    exception", SIGABRT, no Python frame: a C++ thread still joinable when the interpreter tore
-    down), which torchrun reports as a failed job although every file was written. Everything a
+    exception", SIGABRT, no Python frame: most likely a C++ thread still joinable when the interpreter
+    tore down), which torchrun reports as a failed job although every file was written. Everything a
     rank must do is done before this is called."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         raise SystemExit(code)

@@ -84,4 +84,3 @@ def setup(device: str) -> tuple[Ranks, torch.device]:
             raise ThinksaeError(f"cannot join the torchrun job: {e}") from None
         owns = True
     return Ranks(dist.get_rank(), dist.get_world_size(), owns), dev
-
